@@ -1,0 +1,247 @@
+"""`detector run`: wire settings, embedder, Kafka clients, pipeline and HTTP server together.
+
+Start-up order: embedder → initial centroid (state snapshot, else calibration
+artifact, else seed file) → output topics → producer → consumer (subscribed with the
+rebalance listener) → health server → pipeline. Shutdown runs it backwards after the
+pipeline has drained and committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from aiokafka.errors import KafkaError
+
+from detector import __version__
+from detector import records as rec
+from detector.centroid import Centroid
+from detector.config import Settings
+from detector.embedders import Embedder, build_embedder
+from detector.errors import ConfigError
+from detector.kafka import ensure_topics, make_consumer, make_producer
+from detector.metrics import Metrics
+from detector.pipeline import Pipeline
+from detector.samples import read_texts
+from detector.server import HealthServer
+from detector.state import StateStore, snapshot_of, usable
+
+log = structlog.get_logger("detector.app")
+
+EXIT_OK = 0
+EXIT_FATAL = 3  # the embedder failed fatally (bad key, no access, unpaid bill)
+
+
+@dataclass(frozen=True, slots=True)
+class InitialState:
+    """The centroid and threshold the detector starts with, and where they came from."""
+
+    centroid: Centroid
+    threshold: float
+    origin: str
+
+
+async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
+    """Calibration artifact if configured, else the seed file embedded now."""
+    scoring = settings.scoring
+    if scoring.calibration_file is not None:
+        from detector.calibration import check_compatible, load_artifact
+
+        artifact = load_artifact(scoring.calibration_file)
+        check_compatible(artifact, embedder.name, embedder.dimension)
+        centroid = Centroid.from_dict(artifact.centroid)
+        centroid.decay = scoring.decay
+        return InitialState(centroid, artifact.threshold,
+                            f"calibration:{_digest(scoring.calibration_file)}")
+    if scoring.seed_file is None:
+        msg = "set scoring.calibration_file or scoring.seed_file: the detector needs a centroid"
+        raise ConfigError(msg)
+    return InitialState(
+        await seed_centroid(scoring.seed_file, settings, embedder), scoring.threshold,
+        f"seed:{_digest(scoring.seed_file)}",
+    )
+
+
+def _digest(path: Path) -> str:
+    """A short content hash: a snapshot is reused only while its base file is unchanged."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc}"
+        raise ConfigError(msg) from None
+
+
+async def resume_centroid(store: StateStore, state: InitialState, embedder: Embedder
+                          ) -> Centroid:
+    """The last snapshot's centroid when it fits the configuration, else the base's."""
+    snapshot = await store.load()
+    if snapshot is None:
+        return state.centroid
+    why_not = usable(snapshot, embedder.name, embedder.dimension, state.origin)
+    if why_not is not None:
+        log.warning("state snapshot not used; starting from the base", reason=why_not)
+        return state.centroid
+    centroid = snapshot.centroid
+    centroid.decay = state.centroid.decay
+    log.info("centroid resumed from snapshot", version=centroid.version,
+             weight=centroid.weight, saved_at=snapshot.saved_at)
+    return centroid
+
+
+class Snapshotter:
+    """Saves the pipeline's centroid to the state topic: on a timer, on revoke, at the end."""
+
+    def __init__(self, store: StateStore, pipeline: Pipeline, base: str) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.base = base
+        self.saved_version = -1
+
+    async def save(self) -> None:
+        centroid = self.pipeline.centroid
+        if centroid.version == self.saved_version:
+            return
+        snap = snapshot_of(centroid, self.pipeline.threshold, self.pipeline.embedder.name,
+                           self.pipeline.embedder.dimension, self.base)
+        try:
+            await self.store.save(self.pipeline.producer, snap)
+        except KafkaError as exc:
+            log.warning("state snapshot failed; will retry", error=repr(exc))
+            return
+        self.saved_version = snap.centroid.version
+
+    async def every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.save()
+
+
+async def seed_centroid(path: Path, settings: Settings, embedder: Embedder) -> Centroid:
+    """The mean of the embedded normal samples in `path`."""
+    texts = read_texts(path, settings.input)
+    if not texts:
+        msg = f"seed file {path} holds no usable comments"
+        raise ConfigError(msg)
+    size = settings.embedding.batch_size
+    centroid = Centroid.empty(embedder.dimension, settings.scoring.decay)
+    for start in range(0, len(texts), size):
+        for row in await embedder.embed(texts[start:start + size]):
+            centroid.add(row)
+    centroid.version = 0
+    log.info("centroid seeded", file=str(path), samples=len(texts))
+    return centroid
+
+
+def output_topics(settings: Settings) -> dict[str, dict[str, str]]:
+    topics: dict[str, dict[str, str]] = {
+        settings.alerts.topic: {},
+        settings.alerts.dead_letter_topic: {},
+    }
+    if settings.alerts.scores_topic:
+        topics[settings.alerts.scores_topic] = {}
+    return topics
+
+
+async def run(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    embedder: Embedder | None = None,
+    metrics: Metrics | None = None,
+    handle_signals: bool = False,
+) -> int:
+    """Run the detector until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
+    stop = stop or asyncio.Event()
+    metrics = metrics or Metrics()
+    owned_embedder = embedder is None
+    embedder = embedder or build_embedder(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        if owned_embedder:
+            stack.push_async_callback(embedder.aclose)
+        if handle_signals:
+            _install_signal_handlers(stop)
+        state = await initial_state(settings, embedder)
+        if settings.kafka.create_topics:
+            await ensure_topics(settings.kafka, output_topics(settings))
+        store = StateStore(settings) if settings.state.enabled else None
+        centroid = state.centroid
+        if store is not None:
+            if settings.kafka.create_topics:
+                await store.ensure_topic()
+            centroid = await resume_centroid(store, state, embedder)
+        log.info("detector starting", version=__version__, origin=state.origin,
+                 threshold=state.threshold, model=embedder.name, dimension=embedder.dimension,
+                 centroid_version=centroid.version, centroid_weight=centroid.weight,
+                 input=settings.input.topic, group=settings.kafka.group_id)
+        producer = make_producer(settings.kafka)
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        consumer = make_consumer(settings.kafka)
+        pipeline = Pipeline(
+            settings, consumer=consumer, producer=producer, embedder=embedder,
+            centroid=centroid, threshold=state.threshold, metrics=metrics,
+            context=rec.Context(settings.name, __version__, embedder.name, embedder.dimension),
+        )
+        snapshots = Snapshotter(store, pipeline, state.origin) if store else None
+        if snapshots is not None:
+            pipeline.on_revoked = snapshots.save
+        consumer.subscribe([settings.input.topic], listener=pipeline.listener())
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        pipeline_task = asyncio.current_task()
+        if settings.server.enabled:
+            server = HealthServer(
+                settings.server.host, settings.server.port, metrics,
+                live=lambda: _live(pipeline_task),
+                ready=lambda: _ready(pipeline, consumer.assignment()),
+            )
+            await stack.enter_async_context(server)
+            log.info("http server listening", port=server.port)
+        timer = asyncio.create_task(snapshots.every(settings.state.snapshot_interval_s)
+                                    ) if snapshots else None
+        try:
+            await pipeline.run(stop)
+        finally:
+            if timer is not None:
+                timer.cancel()
+                await asyncio.gather(timer, return_exceptions=True)
+        if snapshots is not None:
+            await snapshots.save()
+        log.info("detector stopped", committed=True, fatal=pipeline.fatal is not None)
+        return EXIT_FATAL if pipeline.fatal is not None else EXIT_OK
+    return EXIT_OK  # pragma: no cover - the context manager does not swallow exceptions
+
+
+def _live(task: asyncio.Task[object] | None) -> tuple[bool, str]:
+    if task is None or task.done():
+        return False, "pipeline task is not running"
+    return True, "ok"
+
+
+def _ready(pipeline: Pipeline, assignment: object) -> tuple[bool, str]:
+    if pipeline.fatal is not None:
+        return False, f"embedder failed fatally: {pipeline.fatal.code or pipeline.fatal}"
+    if not assignment:
+        return False, "no partitions assigned yet"
+    return True, "ok"
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting without draining", signal=signum)
+            os._exit(128 + signum)
+        log.info("signal received: draining and stopping", signal=signum)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)

@@ -1,0 +1,276 @@
+"""Configuration: one frozen settings object, built once at the edge and passed down.
+
+Sources, highest priority first: keyword arguments (tests, CLI flags), ``DETECTOR_*``
+environment variables (``__`` between levels, e.g. ``DETECTOR_EMBEDDING__BACKEND``), the
+YAML file (``--config``, else ``$DETECTOR_CONFIG``, else ``config/detector.yaml`` when it
+exists), then the defaults below. API keys come only from the environment (or a mounted
+Kubernetes Secret exposed as an environment variable): ``DETECTOR_EMBEDDING__API_KEY``,
+else ``DASHSCOPE_API_KEY`` / ``OPENAI_API_KEY`` for the matching backend.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from detector.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/detector.yaml")
+
+# Dimensions each hosted model accepts (DashScope documentation, text-embedding-v3/v4).
+MODEL_DIMENSIONS: dict[str, tuple[int, ...]] = {
+    "text-embedding-v4": (2048, 1536, 1024, 768, 512, 256, 128, 64),
+    "text-embedding-v3": (1024, 768, 512),
+}
+LOCAL_MODEL_NAME = "use-multilingual-v3"
+LOCAL_MODEL_DIMENSION = 512
+
+
+class Section(BaseModel):
+    """Base of every configuration section: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(Section):
+    """How to reach the brokers and behave in the consumer group."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "detector"
+    client_id: str = "detector"
+    # Static membership: set from the pod name so rolling restarts do not rebalance.
+    group_instance_id: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=30_000, ge=6_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    max_poll_records: int = Field(default=500, ge=1)
+    fetch_max_wait_ms: int = Field(default=100, ge=0)
+    commit_interval_ms: int = Field(default=1_000, ge=10)
+    create_topics: bool = True
+    topic_partitions: int = Field(default=1, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            msg = (
+                "kafka.security_protocol is SASL_*: set kafka.sasl_mechanism, "
+                "kafka.sasl_username and DETECTOR_KAFKA__SASL_PASSWORD"
+            )
+            raise ValueError(msg)
+        return self
+
+
+class InputSettings(Section):
+    """Where comments come from and how a record's value becomes a comment."""
+
+    topic: str = "comments"
+    format: Literal["json", "raw"] = "json"
+    text_field: str = "text"  # a dotted path reaches nested fields: "payload.body"
+    id_field: str = "id"
+    max_bytes: int = Field(default=1_048_576, ge=1)
+    max_tokens: int = Field(default=8_192, ge=1)
+    on_too_long: Literal["dead_letter", "truncate"] = "dead_letter"
+
+
+class EmbeddingSettings(Section):
+    """Which embedder turns texts into vectors, and how hard to push it."""
+
+    backend: Literal["local", "dashscope", "openai"] = "local"
+    model: str = LOCAL_MODEL_NAME
+    dimension: int = LOCAL_MODEL_DIMENSION
+    batch_size: int = Field(default=10, ge=1, le=2048)
+    linger_ms: int = Field(default=50, ge=0)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    retry_deadline_s: float = Field(default=120.0, gt=0)
+    retry_base_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    price_per_million_tokens: float = Field(default=0.07, ge=0)
+    text_type: Literal["document", "query"] = "document"
+    instruct: str | None = None
+    ca_bundle: Path | None = None
+    verify_tls: bool = True
+    # Local model only: BLAS threads; 0 means the CPUs this process may actually use.
+    local_threads: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmbeddingSettings:
+        if self.instruct is not None and self.text_type != "query":
+            msg = "embedding.instruct is only allowed with embedding.text_type: query"
+            raise ValueError(msg)
+        if self.backend == "local":
+            if self.model != LOCAL_MODEL_NAME or self.dimension != LOCAL_MODEL_DIMENSION:
+                msg = (
+                    f"the local backend is {LOCAL_MODEL_NAME} with dimension "
+                    f"{LOCAL_MODEL_DIMENSION}; got model={self.model!r} "
+                    f"dimension={self.dimension}"
+                )
+                raise ValueError(msg)
+        elif self.backend == "dashscope":
+            allowed = MODEL_DIMENSIONS.get(self.model)
+            if allowed is not None and self.dimension not in allowed:
+                msg = f"{self.model} supports dimensions {list(allowed)}, not {self.dimension}"
+                raise ValueError(msg)
+            if self.batch_size > 10 and self.model in MODEL_DIMENSIONS:
+                msg = f"{self.model} accepts at most 10 texts per request (batch_size)"
+                raise ValueError(msg)
+        return self
+
+
+class ScoringSettings(Section):
+    """The centroid, the threshold, and when a comment may move the centroid."""
+
+    threshold: float = Field(default=0.2, ge=-1.0, le=1.0)
+    margin: float = Field(default=0.05, ge=0.0, le=2.0)
+    decay: float = Field(default=1.0, gt=0.0, le=1.0)
+    update: bool = True
+    seed_file: Path | None = Path("config/normal_comments.jsonl")
+    calibration_file: Path | None = None
+
+
+class AlertSettings(Section):
+    """Where results go."""
+
+    topic: str = "comment-alerts"
+    dead_letter_topic: str = "comment-dead-letters"
+    scores_topic: str | None = None  # every scored comment, for analytics and audits
+
+
+class StateSettings(Section):
+    """Snapshots of the live centroid in a compacted topic."""
+
+    enabled: bool = True
+    topic: str = "detector-state"
+    snapshot_interval_s: float = Field(default=60.0, gt=0)
+
+
+class ServerSettings(Section):
+    """The small HTTP server for /metrics, /healthz and /readyz."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class LogSettings(Section):
+    """Log level and rendering."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """Everything `detector` needs, validated once at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DETECTOR_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    name: str = "detector"
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    kafka: KafkaSettings = KafkaSettings()
+    input: InputSettings = InputSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    alerts: AlertSettings = AlertSettings()
+    state: StateSettings = StateSettings()
+    server: ServerSettings = ServerSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_path = _yaml_path_var.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    def api_key(self) -> SecretStr | None:
+        """The embedding API key: explicit setting first, then the provider's usual variable."""
+        if self.embedding.api_key is not None:
+            return self.embedding.api_key
+        var = {"dashscope": "DASHSCOPE_API_KEY", "openai": "OPENAI_API_KEY"}.get(
+            self.embedding.backend
+        )
+        value = os.environ.get(var) if var else None
+        return SecretStr(value) if value else None
+
+
+class _YamlPath:
+    """Carries the YAML path into `settings_customise_sources` (a classmethod)."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+
+    def get(self) -> Path | None:
+        return self._path
+
+    def set(self, path: Path | None) -> None:
+        self._path = path
+
+
+_yaml_path_var = _YamlPath()
+
+
+def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings, turning validation failures into a `ConfigError` naming the field."""
+    path = Path(config_path) if config_path else None
+    if path is None and os.environ.get("DETECTOR_CONFIG"):
+        path = Path(os.environ["DETECTOR_CONFIG"])
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None and not path.is_file():
+        msg = f"configuration file not found: {path}"
+        raise ConfigError(msg)
+    _yaml_path_var.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    finally:
+        _yaml_path_var.set(None)
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" (from {path} and DETECTOR_* variables)" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {field}: {err['msg']}")
+    return "\n".join(lines)

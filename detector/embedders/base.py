@@ -1,0 +1,68 @@
+"""The `Embedder` protocol and the factory that builds one from the configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.errors import ConfigError, RetriableEmbeddingError
+
+if TYPE_CHECKING:
+    from detector.config import Settings
+
+Matrix = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Embeds texts. Implementations are async context managers owning their resources.
+
+    `embed` returns a float32 array of shape (len(texts), dimension) whose rows are
+    L2-normalised, in the order of `texts`. It raises `detector.errors.EmbeddingError`
+    subclasses; their `retriable` attribute tells the caller what to do.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> Matrix: ...
+
+    async def aclose(self) -> None: ...
+
+
+def normalise_rows(rows: npt.ArrayLike, dimension: int) -> Matrix:
+    """Check the shape and L2-normalise each row; a zero or non-finite row is an error."""
+    matrix = np.asarray(rows, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dimension:
+        msg = f"embedding has shape {matrix.shape}, expected (n, {dimension})"
+        raise RetriableEmbeddingError(msg)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        msg = "embedding contains a zero or non-finite row"
+        raise RetriableEmbeddingError(msg)
+    normalised: Matrix = (matrix / norms).astype(np.float32, copy=False)
+    return normalised
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """The embedder the configuration names; remote ones share one pooled HTTP client."""
+    backend = settings.embedding.backend
+    if backend == "local":
+        from detector.embedders.local import LocalEmbedder
+
+        return LocalEmbedder(threads=settings.embedding.local_threads)
+    if backend in ("dashscope", "openai"):
+        try:
+            from detector.embedders.remote import build_remote_embedder
+        except ImportError as exc:  # pragma: no cover - the module ships with the package
+            msg = f"embedding.backend {backend!r} is not available: {exc}"
+            raise ConfigError(msg) from exc
+        return build_remote_embedder(settings)
+    msg = f"unknown embedding.backend {backend!r}"  # pragma: no cover - Literal forbids it
+    raise ConfigError(msg)

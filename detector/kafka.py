@@ -1,0 +1,114 @@
+"""Kafka client construction: security settings, clients, and topic creation."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from detector.config import KafkaSettings
+
+log = structlog.get_logger("detector.kafka")
+
+
+def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Bootstrap and security arguments shared by every aiokafka client."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+        )
+        if settings.ssl_certfile:
+            context.load_cert_chain(
+                str(settings.ssl_certfile),
+                str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+            )
+        kwargs["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        assert settings.sasl_password is not None  # the settings validator ensures it
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return kwargs
+
+
+def make_consumer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaConsumer:
+    """A group consumer with manual commits (offsets are committed by the pipeline)."""
+    kwargs: dict[str, Any] = {
+        **connection_kwargs(settings),
+        "client_id": settings.client_id,
+        "group_id": settings.group_id,
+        "group_instance_id": settings.group_instance_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.auto_offset_reset,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "max_poll_records": settings.max_poll_records,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "isolation_level": "read_committed",
+    }
+    kwargs.update(overrides)
+    return AIOKafkaConsumer(**kwargs)
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas."""
+    kwargs: dict[str, Any] = {
+        **connection_kwargs(settings),
+        "client_id": settings.client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+    }
+    kwargs.update(overrides)
+    return AIOKafkaProducer(**kwargs)
+
+
+async def ensure_topics(
+    settings: KafkaSettings, topics: dict[str, dict[str, str]], partitions: int | None = None
+) -> list[str]:
+    """Create the named topics (name -> topic configs) that do not exist; return those made."""
+    admin = AIOKafkaAdminClient(**connection_kwargs(settings), client_id=settings.client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name,
+                num_partitions=partitions or settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+                topic_configs=configs,
+            )
+            for name, configs in topics.items()
+            if name not in existing
+        ]
+        if missing:
+            # Another replica may create one between our list and create: that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+            log.info("topics created", topics=[t.name for t in missing])
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
+    """The partition ids of `topic` (empty when it does not exist)."""
+    admin = AIOKafkaAdminClient(**connection_kwargs(settings), client_id=settings.client_id)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code", 0) != 0:
+        return []
+    return sorted(int(p["partition"]) for p in described["partitions"])

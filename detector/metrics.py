@@ -1,0 +1,79 @@
+"""Prometheus metrics of one detector instance, on a registry of its own.
+
+A registry per instance (not the global default) lets tests run several detectors in
+one process and read each one's figures.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SIMILARITY_BUCKETS = tuple(round(-0.2 + 0.05 * i, 2) for i in range(25))  # -0.2 .. 1.0
+
+
+class Metrics:
+    """Every metric the daemon exports; names are part of the operations contract."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(
+            "detector_records_consumed", "Records read from the input topic", registry=r
+        )
+        self.scored = Counter("detector_records_scored", "Comments embedded and scored", registry=r)
+        self.alerts = Counter(
+            "detector_alerts", "Alerts acknowledged by the broker", registry=r
+        )
+        self.dead_letters = Counter(
+            "detector_dead_letters", "Records sent to the dead-letter topic", ["reason"], registry=r
+        )
+        self.embed_requests = Counter(
+            "detector_embedding_requests",
+            "Embedding requests by outcome (ok, retried, throttled, rejected, fatal, error)",
+            ["outcome"],
+            registry=r,
+        )
+        self.embed_seconds = Histogram(
+            "detector_embedding_request_seconds",
+            "Latency of one embedding call, retries included",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("detector_embedding_tokens", "Tokens billed by the API", registry=r)
+        self.cost = Counter(
+            "detector_embedding_cost_usd", "Estimated embedding cost in USD", registry=r
+        )
+        self.end_to_end = Histogram(
+            "detector_end_to_end_seconds",
+            "Record timestamp to alert acknowledgement",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.similarity = Histogram(
+            "detector_similarity",
+            "Similarity of scored comments to the centroid",
+            buckets=SIMILARITY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "detector_batch_size",
+            "Texts per embedding batch",
+            buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 32, 64),
+            registry=r,
+        )
+        self.inflight = Gauge("detector_inflight_batches", "Batches being embedded", registry=r)
+        self.paused = Gauge(
+            "detector_paused_partitions", "Partitions paused for backpressure", registry=r
+        )
+        self.lag = Gauge(
+            "detector_consumer_lag", "Records behind the end of each partition",
+            ["topic", "partition"], registry=r,
+        )
+        self.centroid_weight = Gauge("detector_centroid_weight", "Centroid weight w", registry=r)
+        self.centroid_version = Gauge(
+            "detector_centroid_version", "Centroid updates since creation", registry=r
+        )
+        self.threshold = Gauge("detector_threshold", "Similarity threshold in force", registry=r)
+        self.ready = Gauge("detector_ready", "1 when partitions are assigned and embedder ok",
+                           registry=r)

@@ -1,0 +1,442 @@
+"""`detector replay`: re-score a bounded range of a topic with the live pipeline code.
+
+The range is resolved once at start (timestamps through offsets-for-times, explicit
+``partition:offset`` bounds, end offsets captured at start so a live topic's replay
+terminates). Partitions are assigned manually and no group offsets are committed, so
+the live consumer group is untouched. Partitions are replayed one after another in
+partition order, each through a bounded `Pipeline`, which makes an evolving-centroid
+replay deterministic. Progress is written to a JSON file after every commit interval,
+so an interrupted replay resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from detector import __version__
+from detector import records as rec
+from detector.app import initial_state
+from detector.centroid import Centroid
+from detector.config import Settings
+from detector.embedders import Embedder, build_embedder
+from detector.errors import ConfigError
+from detector.kafka import connection_kwargs, ensure_topics, make_producer, topic_partitions
+from detector.metrics import Metrics
+from detector.pipeline import Pipeline, Sink
+from detector.state import StateStore
+
+log = structlog.get_logger("detector.replay")
+
+PROGRESS_SCHEMA = "detector.replay-progress/v1"
+REPLAY_ALERTS = "replay.alerts"  # internal names when output goes to files
+REPLAY_SCORES = "replay.scores"
+REPLAY_DEAD = "replay.dead-letters"
+
+
+@dataclass
+class Plan:
+    """What to replay: per partition [start, end) offsets; `next` is the resume point."""
+
+    topic: str
+    ranges: dict[int, tuple[int, int]]
+    next: dict[int, int] = field(default_factory=dict)
+    centroid: dict[str, Any] | None = None
+
+    def position(self, partition: int) -> int:
+        return self.next.get(partition, self.ranges[partition][0])
+
+    def total(self) -> int:
+        return sum(end - start for start, end in self.ranges.values())
+
+    def remaining(self) -> int:
+        return sum(max(0, end - self.position(p)) for p, (_, end) in self.ranges.items())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": PROGRESS_SCHEMA, "topic": self.topic,
+                "ranges": {str(p): list(r) for p, r in self.ranges.items()},
+                "next": {str(p): o for p, o in self.next.items()}, "centroid": self.centroid}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Plan:
+        if body.get("schema") != PROGRESS_SCHEMA:
+            msg = "not a replay progress file"
+            raise ConfigError(msg)
+        return cls(body["topic"], {int(p): (int(r[0]), int(r[1]))
+                                   for p, r in body["ranges"].items()},
+                   {int(p): int(o) for p, o in body["next"].items()}, body.get("centroid"))
+
+
+@dataclass
+class ReplayOptions:
+    """Parsed command-line options of a replay."""
+
+    topic: str
+    time_from: int | None = None  # epoch ms
+    time_to: int | None = None
+    starts: dict[int, int] = field(default_factory=dict)
+    ends: dict[int, int] = field(default_factory=dict)
+    partitions: list[int] | None = None
+    alerts_topic: str | None = None
+    output: Path | None = None
+    scores_file: Path | None = None
+    dry_run: bool = False
+    state: str = "frozen"  # frozen | evolving
+    snapshot: str | None = None
+    force: bool = False
+    progress_file: Path | None = None
+    resume: bool = False
+    show_progress: bool = True
+
+
+@dataclass
+class Summary:
+    records: int = 0
+    scored: int = 0
+    flagged: int = 0
+    dead_lettered: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+class FileSink:
+    """A `Sink` that writes alerts (and scores) as JSON lines; acknowledges at once."""
+
+    def __init__(self, alerts: IO[bytes] | None, scores: IO[bytes] | None) -> None:
+        self.files = {REPLAY_ALERTS: alerts, REPLAY_SCORES: scores}
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None
+                   ) -> asyncio.Future[Any]:
+        out = self.files.get(topic)
+        if out is not None:
+            out.write(value + b"\n")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+class ProgressCommitter:
+    """A `Committer` that records offsets in the plan and the progress file."""
+
+    def __init__(self, plan: Plan, centroid: Centroid, path: Path | None, evolving: bool,
+                 flush: IO[bytes] | None = None) -> None:
+        self.plan = plan
+        self.centroid = centroid
+        self.path = path
+        self.evolving = evolving
+        self.flush = flush
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            self.plan.next[tp.partition] = offset
+        if self.flush is not None:
+            self.flush.flush()
+        self.plan.centroid = self.centroid.to_dict() if self.evolving else None
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(self.plan.to_json(), option=orjson.OPT_INDENT_2))
+            tmp.replace(self.path)
+
+
+async def resolve_plan(settings: Settings, opts: ReplayOptions) -> Plan:
+    """Turn timestamps and explicit bounds into per-partition offset ranges."""
+    available = await topic_partitions(settings.kafka, opts.topic)
+    if not available:
+        msg = f"topic {opts.topic!r} does not exist or has no partitions"
+        raise ConfigError(msg)
+    chosen = sorted(opts.partitions if opts.partitions is not None else available)
+    unknown = set(chosen) - set(available)
+    if unknown:
+        msg = f"topic {opts.topic!r} has no partitions {sorted(unknown)}"
+        raise ConfigError(msg)
+    consumer = AIOKafkaConsumer(**connection_kwargs(settings.kafka), group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(opts.topic, p) for p in chosen]
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)  # captured now: a live topic's replay ends
+        starts = {tp.partition: begin[tp] for tp in tps}
+        ends = {tp.partition: end[tp] for tp in tps}
+        for when, target in ((opts.time_from, starts), (opts.time_to, ends)):
+            if when is None:
+                continue
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, when))
+            for tp in tps:
+                hit = found.get(tp)
+                target[tp.partition] = hit.offset if hit is not None else end[tp]
+        starts.update({p: max(o, starts[p]) for p, o in opts.starts.items() if p in starts})
+        ends.update({p: min(o, ends[p]) for p, o in opts.ends.items() if p in ends})
+        return Plan(opts.topic, {p: (starts[p], max(starts[p], ends[p])) for p in chosen})
+    finally:
+        await consumer.stop()
+
+
+async def replay(settings: Settings, opts: ReplayOptions, *, stop: asyncio.Event | None = None,
+                 embedder: Embedder | None = None, out: IO[bytes] | None = None) -> Summary:
+    """Replay the planned range; returns what was done (also when interrupted)."""
+    stop = stop or asyncio.Event()
+    if opts.alerts_topic and opts.alerts_topic == settings.alerts.topic and not opts.force:
+        msg = (f"refusing to write replay alerts to the live alerts topic "
+               f"{opts.alerts_topic!r}; choose another topic or pass --force")
+        raise ConfigError(msg)
+    if opts.resume:
+        if opts.progress_file is None or not opts.progress_file.is_file():
+            msg = "--resume needs an existing --progress-file"
+            raise ConfigError(msg)
+        plan = Plan.from_json(orjson.loads(opts.progress_file.read_bytes()))
+    else:
+        plan = await resolve_plan(settings, opts)
+    owned = embedder is None
+    embedder = embedder or build_embedder(settings)
+    try:
+        return await _run_plan(settings, opts, plan, embedder=embedder, stop=stop, out=out)
+    finally:
+        if owned:
+            await embedder.aclose()
+
+
+async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embedder: Embedder,
+                    stop: asyncio.Event, out: IO[bytes] | None) -> Summary:
+    base = await initial_state(settings, embedder)
+    centroid = base.centroid
+    if opts.snapshot:
+        snap = await StateStore(settings.model_copy(update={"name": opts.snapshot})).load()
+        if snap is None:
+            msg = f"no state snapshot named {opts.snapshot!r} in {settings.state.topic!r}"
+            raise ConfigError(msg)
+        centroid = snap.centroid
+    if opts.resume and plan.centroid is not None:
+        centroid = Centroid.from_dict(plan.centroid)
+    evolving = opts.state == "evolving"
+    to_topic = opts.alerts_topic is not None
+    alerts_name = opts.alerts_topic or REPLAY_ALERTS
+    replay_settings = settings.model_copy(update={
+        "alerts": settings.alerts.model_copy(update={
+            "topic": alerts_name, "dead_letter_topic": REPLAY_DEAD,
+            "scores_topic": REPLAY_SCORES if opts.scores_file else None}),
+        "scoring": settings.scoring.model_copy(update={"update": evolving}),
+        "embedding": settings.embedding.model_copy(update={"linger_ms": 3_600_000}),
+    })
+    metrics = Metrics()
+    summary = Summary()
+    async with contextlib.AsyncExitStack() as stack:
+        alerts_out = None if (to_topic or opts.dry_run) else (
+            stack.enter_context(opts.output.open("ab" if opts.resume else "wb"))
+            if opts.output else (out or sys.stdout.buffer))
+        scores_out = stack.enter_context(opts.scores_file.open("ab" if opts.resume else "wb")
+                                         ) if opts.scores_file else None
+        sink: Sink = FileSink(alerts_out, scores_out)
+        if to_topic:
+            if settings.kafka.create_topics:
+                await ensure_topics(settings.kafka, {alerts_name: {}})
+            producer = make_producer(settings.kafka)
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+            sink = _TopicOrFile(producer, alerts_name, FileSink(None, scores_out))
+        committer = ProgressCommitter(plan, centroid, opts.progress_file, evolving, alerts_out)
+        context = rec.Context(settings.name, __version__, embedder.name, embedder.dimension)
+        reporter = asyncio.create_task(_report(plan, metrics, opts.show_progress))
+        started = time.monotonic()
+        try:
+            for partition, (_, end) in sorted(plan.ranges.items()):
+                if stop.is_set() or plan.position(partition) >= end:
+                    continue
+                await _replay_partition(
+                    replay_settings, plan, partition, sink=sink, committer=committer,
+                    embedder=embedder, centroid=centroid, threshold=base.threshold,
+                    metrics=metrics, context=context, stop=stop)
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+        summary.seconds = time.monotonic() - started
+    summary.records = int(_sample(metrics, "detector_records_consumed_total"))
+    summary.scored = int(_sample(metrics, "detector_records_scored_total"))
+    summary.flagged = int(_sample(metrics, "detector_alerts_total"))
+    summary.dead_lettered = sum(int(s.value) for m in metrics.dead_letters.collect()
+                                for s in m.samples if s.name.endswith("_total"))
+    summary.interrupted = plan.remaining() > 0
+    return summary
+
+
+async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, sink: Sink,
+                            committer: ProgressCommitter, embedder: Embedder, centroid: Centroid,
+                            threshold: float, metrics: Metrics, context: rec.Context,
+                            stop: asyncio.Event) -> None:
+    tp = TopicPartition(plan.topic, partition)
+    consumer = AIOKafkaConsumer(**connection_kwargs(settings.kafka), group_id=None,
+                                enable_auto_commit=False, isolation_level="read_committed",
+                                max_poll_records=settings.kafka.max_poll_records)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, plan.position(partition))
+        pipeline = Pipeline(settings, consumer=consumer, producer=sink, embedder=embedder,
+                            centroid=centroid, threshold=threshold, metrics=metrics,
+                            context=context, committer=committer,
+                            bounds={tp: plan.ranges[partition][1]})
+        pipeline.start_offsets = {tp: plan.position(partition)}
+        await pipeline.run(stop)
+    finally:
+        await consumer.stop()
+
+
+class _TopicOrFile:
+    """Alerts to a Kafka topic; scores to a file; dead letters counted only."""
+
+    def __init__(self, producer: AIOKafkaProducer, alerts_topic: str, files: FileSink) -> None:
+        self.producer = producer
+        self.alerts_topic = alerts_topic
+        self.files = files
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None
+                   ) -> asyncio.Future[Any]:
+        if topic == self.alerts_topic:
+            future: asyncio.Future[Any] = await self.producer.send(topic, value=value, key=key)
+            return future
+        return await self.files.send(topic, value, key)
+
+
+async def _report(plan: Plan, metrics: Metrics, enabled: bool) -> None:
+    """Per-partition progress with rate and ETA on stderr, every two seconds."""
+    if not enabled:
+        return
+    started = time.monotonic()
+    total = plan.total()
+    initial_remaining = plan.remaining()
+    while True:
+        await asyncio.sleep(2.0)
+        done = initial_remaining - plan.remaining()
+        rate = done / max(1e-9, time.monotonic() - started)
+        eta = plan.remaining() / rate if rate > 0 else float("inf")
+        parts = " ".join(f"p{p}:{plan.position(p) - s}/{e - s}"
+                         for p, (s, e) in sorted(plan.ranges.items()))
+        sys.stderr.write(f"replay {total - plan.remaining()}/{total} records  {rate:,.0f}/s  "
+                         f"ETA {eta:,.0f}s  [{parts}]\n")
+
+
+def _sample(metrics: Metrics, name: str) -> float:
+    return metrics.registry.get_sample_value(name) or 0.0
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds from ISO 8601 (naive means UTC) or a number of milliseconds."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        msg = f"not an ISO 8601 time or epoch milliseconds: {text!r}"
+        raise ConfigError(msg) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_bounds(items: list[str]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for item in items:
+        partition, sep, offset = item.partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            msg = f"expected PARTITION:OFFSET, got {item!r}"
+            raise ConfigError(msg)
+        out[int(partition)] = int(offset)
+    return out
+
+
+def install_interrupt(stop: asyncio.Event) -> None:
+    """Ctrl-C / SIGTERM stop the replay cleanly; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        sys.stderr.write("stopping: finishing in-flight batches and saving progress...\n")
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `detector replay`."""
+    p = subparsers.add_parser(
+        "replay", help="re-score a range of a topic without touching the live group",
+        description="Re-score a bounded range of a topic with the live pipeline code. "
+                    "Without --alerts-topic or --output, alerts are written to stdout.")
+    p.add_argument("--topic", help="topic to replay (default: input.topic)")
+    p.add_argument("--from", dest="time_from", help="start time (ISO 8601, UTC if no zone, "
+                   "or epoch ms)")
+    p.add_argument("--to", dest="time_to", help="end time, exclusive")
+    p.add_argument("--start", action="append", default=[], metavar="P:OFFSET",
+                   help="explicit start offset of a partition (repeatable)")
+    p.add_argument("--end", action="append", default=[], metavar="P:OFFSET",
+                   help="explicit end offset (exclusive) of a partition (repeatable)")
+    p.add_argument("--partitions", help="comma-separated partitions to replay (default: all)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--alerts-topic", help="write alerts to this topic")
+    out.add_argument("--output", type=Path, help="write alerts to this JSONL file")
+    out.add_argument("--dry-run", action="store_true", help="print only the summary")
+    p.add_argument("--scores-file", type=Path, help="also write every score to this JSONL file")
+    p.add_argument("--state", choices=["frozen", "evolving"], default="frozen",
+                   help="frozen: score against the starting centroid; evolving: update it "
+                        "as the live daemon would (default: frozen)")
+    p.add_argument("--snapshot", metavar="NAME",
+                   help="start from the state snapshot of detector NAME instead of the "
+                        "calibration artifact or seed file")
+    p.add_argument("--force", action="store_true",
+                   help="allow writing to the live alerts topic")
+    p.add_argument("--progress-file", type=Path, default=Path("replay-progress.json"),
+                   help="where progress is saved (default: replay-progress.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the replay saved in --progress-file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=_cmd_replay)
+
+
+def _cmd_replay(args: Any) -> int:
+    from detector.cli import settings_from
+
+    settings = settings_from(args)
+    opts = ReplayOptions(
+        topic=args.topic or settings.input.topic,
+        time_from=parse_time(args.time_from) if args.time_from else None,
+        time_to=parse_time(args.time_to) if args.time_to else None,
+        starts=parse_bounds(args.start), ends=parse_bounds(args.end),
+        partitions=[int(p) for p in args.partitions.split(",")] if args.partitions else None,
+        alerts_topic=args.alerts_topic, output=args.output, scores_file=args.scores_file,
+        dry_run=args.dry_run, state=args.state, snapshot=args.snapshot, force=args.force,
+        progress_file=args.progress_file, resume=args.resume, show_progress=not args.quiet,
+    )
+
+    async def main() -> Summary:
+        stop = asyncio.Event()
+        install_interrupt(stop)
+        return await replay(settings, opts, stop=stop)
+
+    summary = asyncio.run(main())
+    sys.stderr.write(
+        f"replay summary: records={summary.records} scored={summary.scored} "
+        f"flagged={summary.flagged} dead_lettered={summary.dead_lettered} "
+        f"seconds={summary.seconds:.1f} throughput={summary.rate():,.0f}/s\n")
+    if summary.interrupted:
+        sys.stderr.write(f"replay stopped before the end; progress saved in "
+                         f"{opts.progress_file}. Resume with the same options plus --resume.\n")
+        return 130
+    return 0

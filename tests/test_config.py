@@ -1,0 +1,70 @@
+"""Configuration: YAML + environment, validation messages that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detector.config import load_settings
+from detector.errors import ConfigError
+
+
+class TestSettings:
+    def test_shipped_config_is_valid(self) -> None:
+        """config/detector.yaml loads and selects the local model."""
+        s = load_settings("config/detector.yaml")
+        assert s.embedding.backend == "local"
+        assert s.embedding.batch_size == 10
+
+    def test_environment_overrides_yaml(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """DETECTOR_SECTION__KEY beats the YAML file."""
+        monkeypatch.setenv("DETECTOR_KAFKA__GROUP_ID", "from-env")
+        assert load_settings("config/detector.yaml").kafka.group_id == "from-env"
+
+    def test_invalid_value_names_the_field(self, tmp_path: Path) -> None:
+        """a bad value fails at start with the dotted field name."""
+        path = tmp_path / "c.yaml"
+        path.write_text("embedding:\n  batch_size: 0\n")
+        with pytest.raises(ConfigError, match=r"embedding\.batch_size"):
+            load_settings(path)
+
+    def test_unknown_key_is_an_error(self, tmp_path: Path) -> None:
+        """a typo in a key is reported rather than ignored."""
+        path = tmp_path / "c.yaml"
+        path.write_text("kafka:\n  bootstrap_server: x\n")
+        with pytest.raises(ConfigError, match=r"kafka\.bootstrap_server"):
+            load_settings(path)
+
+    def test_instruct_requires_query(self) -> None:
+        """instruct without text_type query is a configuration error."""
+        with pytest.raises(ConfigError, match="instruct"):
+            load_settings(None, embedding={"backend": "dashscope", "model": "text-embedding-v4",
+                                            "dimension": 1024, "instruct": "x"})
+
+    def test_dimension_checked_against_model(self) -> None:
+        """text-embedding-v3 refuses a v4-only dimension."""
+        with pytest.raises(ConfigError, match="supports dimensions"):
+            load_settings(None, embedding={"backend": "dashscope", "model": "text-embedding-v3",
+                                            "dimension": 2048})
+
+    def test_missing_file_is_a_clear_error(self) -> None:
+        """a --config path that does not exist is reported by name."""
+        with pytest.raises(ConfigError, match=r"not found: nope\.yaml"):
+            load_settings("nope.yaml")
+
+    def test_api_key_from_provider_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """DASHSCOPE_API_KEY is used for the dashscope backend and masked in dumps."""
+        monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-secret-123")
+        s = load_settings(None, embedding={"backend": "dashscope", "model": "text-embedding-v4",
+                                            "dimension": 1024})
+        key = s.api_key()
+        assert key is not None
+        assert key.get_secret_value() == "sk-secret-123"
+        assert "sk-secret-123" not in repr(s)
+        assert "sk-secret-123" not in str(key)
+
+    def test_sasl_needs_credentials(self) -> None:
+        """SASL without username/password fails at start."""
+        with pytest.raises(ConfigError, match="sasl"):
+            load_settings(None, kafka={"security_protocol": "SASL_PLAINTEXT"})

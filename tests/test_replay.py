@@ -1,0 +1,162 @@
+"""`detector replay` against a real broker: ranges, determinism, no group side effects,
+resume after an interrupt, and the refusal to write to the live alerts topic."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from detector.embedders.base import Matrix
+from detector.embedders.local import LocalEmbedder
+from detector.errors import ConfigError
+from detector.replay import ReplayOptions, replay
+from detector.sample_data import stream
+from tests.helpers import RecordingEmbedder, committed, detector_settings
+
+pytestmark = pytest.mark.kafka
+NewTopic = Callable[..., Awaitable[str]]
+BASE_TS = (int(time.time()) - 86_400) * 1000  # brokers refuse far-future stamps
+
+
+async def produce_timed(bootstrap: str, topic: str, n: int, partitions: int) -> None:
+    """n comments spread over partitions, record i stamped BASE_TS + i seconds."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True)
+    await producer.start()
+    try:
+        comments = stream(n, anomaly_rate=0.1, seed=5)
+        for i, c in enumerate(comments):
+            await producer.send(topic, value=orjson.dumps({"id": f"r{i}", "text": c.text}),
+                                key=f"k{i}".encode(), partition=i % partitions,
+                                timestamp_ms=BASE_TS + i * 1000)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def lines_without_detected_at(data: bytes) -> list[dict[str, object]]:
+    out = []
+    for line in data.splitlines():
+        body = orjson.loads(line)
+        body.pop("detected_at", None)
+        out.append(body)
+    return out
+
+
+class StopAfter:
+    """An embedder wrapper that sets `stop` after a number of calls (a Ctrl-C stand-in)."""
+
+    def __init__(self, inner: LocalEmbedder, calls: int, stop: asyncio.Event) -> None:
+        self.inner = inner
+        self.calls = calls
+        self.stop = stop
+        self.name = inner.name
+        self.dimension = inner.dimension
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        self.calls -= 1
+        if self.calls == 0:
+            self.stop.set()
+        return await self.inner.embed(texts)
+
+    async def aclose(self) -> None:
+        """Owned by the session."""
+
+
+class TestReplay:
+    async def test_time_range_returns_exactly_the_records_in_it(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """--from/--to select records by timestamp in every partition, end exclusive."""
+        topic = await new_topic(partitions=3)
+        await produce_timed(kafka_bootstrap, topic, 90, 3)
+        settings = detector_settings(kafka_bootstrap, topic)
+        scores = tmp_path / "scores.jsonl"
+        opts = ReplayOptions(topic=topic, time_from=BASE_TS + 20_000, time_to=BASE_TS + 50_000,
+                             dry_run=True, scores_file=scores, progress_file=None,
+                             show_progress=False)
+        summary = await replay(settings, opts, embedder=RecordingEmbedder(local_embedder))
+        got = sorted(orjson.loads(line)["id"] for line in scores.read_bytes().splitlines())
+        assert got == sorted(f"r{i}" for i in range(20, 50))
+        assert summary.records == 30
+        assert summary.scored == 30
+
+    async def test_replays_are_deterministic_and_leave_the_group_alone(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """two evolving replays give identical alerts; the live group's offsets stay put."""
+        topic = await new_topic(partitions=2)
+        await produce_timed(kafka_bootstrap, topic, 200, 2)
+        settings = detector_settings(kafka_bootstrap, topic)
+        group = settings.kafka.group_id
+        live = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group,
+                                enable_auto_commit=False)
+        await live.start()
+        live.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        await live.commit({TopicPartition(topic, 0): 7, TopicPartition(topic, 1): 11})
+        await live.stop()
+        outputs = []
+        for run in range(2):
+            out = tmp_path / f"alerts-{run}.jsonl"
+            opts = ReplayOptions(topic=topic, output=out, state="evolving",
+                                 progress_file=tmp_path / f"p{run}.json", show_progress=False)
+            summary = await replay(settings, opts, embedder=RecordingEmbedder(local_embedder))
+            assert summary.records == 200
+            outputs.append(out.read_bytes())
+        assert summary.flagged > 0
+        assert lines_without_detected_at(outputs[0]) == lines_without_detected_at(outputs[1])
+        assert await committed(kafka_bootstrap, group, topic, partitions=2) == {0: 7, 1: 11}
+
+    async def test_resume_after_interrupt_gives_the_uninterrupted_output(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """an interrupted replay resumed with --resume writes what one full run writes."""
+        topic = await new_topic(partitions=2)
+        await produce_timed(kafka_bootstrap, topic, 300, 2)
+        settings = detector_settings(kafka_bootstrap, topic)
+        full = tmp_path / "full.jsonl"
+        await replay(settings, ReplayOptions(topic=topic, output=full, state="evolving",
+                                             progress_file=tmp_path / "full.json",
+                                             show_progress=False),
+                     embedder=RecordingEmbedder(local_embedder))
+
+        parts = tmp_path / "parts.jsonl"
+        progress = tmp_path / "progress.json"
+        stop = asyncio.Event()
+        first = await replay(settings, ReplayOptions(
+            topic=topic, output=parts, state="evolving", progress_file=progress,
+            show_progress=False), stop=stop,
+            # 30 calls embed the seed file; interrupt after 6 more batches of the topic
+            embedder=StopAfter(local_embedder, 36, stop))
+        assert first.interrupted
+        assert 0 < first.records < 300
+        second = await replay(settings, ReplayOptions(
+            topic=topic, output=parts, state="evolving", progress_file=progress, resume=True,
+            show_progress=False), embedder=RecordingEmbedder(local_embedder))
+        assert not second.interrupted
+        assert first.records + second.records == 300
+        assert lines_without_detected_at(parts.read_bytes()) == lines_without_detected_at(
+            full.read_bytes())
+
+    async def test_refuses_the_live_alerts_topic_without_force(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+    ) -> None:
+        """--alerts-topic equal to the live alerts topic is refused unless --force."""
+        topic = await new_topic()
+        settings = detector_settings(kafka_bootstrap, topic)
+        opts = ReplayOptions(topic=topic, alerts_topic=settings.alerts.topic,
+                             progress_file=None, show_progress=False)
+        with pytest.raises(ConfigError, match="--force"):
+            await replay(settings, opts, embedder=RecordingEmbedder(local_embedder),
+                         out=io.BytesIO())
