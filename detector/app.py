@@ -13,16 +13,20 @@ import contextlib
 import hashlib
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from detector import __version__
 from detector import records as rec
 from detector.centroid import Centroid
 from detector.config import Settings
+from detector.delivery import Committer, Gate, GroupCommitter, TransactionCommitter
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
 from detector.kafka import ensure_topics, make_consumer, make_producer
@@ -33,9 +37,11 @@ from detector.server import HealthServer
 from detector.state import StateStore, snapshot_of, usable
 
 log = structlog.get_logger("detector.app")
+_Client = TypeVar("_Client", AIOKafkaProducer, AIOKafkaConsumer)
 
 EXIT_OK = 0
 EXIT_FATAL = 3  # the embedder failed fatally (bad key, no access, unpaid bill)
+EXIT_TRANSACTION = 4  # exactly_once: a transaction could not be committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +103,11 @@ async def resume_centroid(store: StateStore, state: InitialState, embedder: Embe
 class Snapshotter:
     """Saves the pipeline's centroid to the state topic: on a timer, on revoke, at the end."""
 
-    def __init__(self, store: StateStore, pipeline: Pipeline, base: str) -> None:
+    def __init__(self, store: StateStore, pipeline: Pipeline, producer: AIOKafkaProducer,
+                 base: str) -> None:
         self.store = store
         self.pipeline = pipeline
+        self.producer = producer
         self.base = base
         self.saved_version = -1
 
@@ -110,7 +118,7 @@ class Snapshotter:
         snap = snapshot_of(centroid, self.pipeline.threshold, self.pipeline.embedder.name,
                            self.pipeline.embedder.dimension, self.base)
         try:
-            await self.store.save(self.pipeline.producer, snap)
+            await self.store.save(self.producer, snap)
         except KafkaError as exc:
             log.warning("state snapshot failed; will retry", error=repr(exc))
             return
@@ -138,6 +146,14 @@ async def seed_centroid(path: Path, settings: Settings, embedder: Embedder) -> C
     return centroid
 
 
+def transactional_id(settings: Settings) -> str:
+    """Stable per instance, so a restarted instance fences its predecessor's transactions."""
+    if settings.kafka.transactional_id:
+        return settings.kafka.transactional_id
+    instance = settings.kafka.group_instance_id or socket.gethostname()
+    return f"{settings.name}-{instance}"
+
+
 def output_topics(settings: Settings) -> dict[str, dict[str, str]]:
     topics: dict[str, dict[str, str]] = {
         settings.alerts.topic: {},
@@ -159,50 +175,27 @@ async def run(
     """Run the detector until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
-    owned_embedder = embedder is None
-    embedder = embedder or build_embedder(settings)
     async with contextlib.AsyncExitStack() as stack:
-        if owned_embedder:
+        if embedder is None:
+            embedder = build_embedder(settings)
             stack.push_async_callback(embedder.aclose)
         if handle_signals:
             _install_signal_handlers(stop)
-        state = await initial_state(settings, embedder)
-        if settings.kafka.create_topics:
-            await ensure_topics(settings.kafka, output_topics(settings))
-        store = StateStore(settings) if settings.state.enabled else None
-        centroid = state.centroid
+        state, centroid, store = await _starting_point(settings, embedder)
+        pipeline = await _build_pipeline(stack, settings, embedder=embedder, state=state,
+                                         centroid=centroid, metrics=metrics)
+        snapshots = None
         if store is not None:
-            if settings.kafka.create_topics:
-                await store.ensure_topic()
-            centroid = await resume_centroid(store, state, embedder)
-        log.info("detector starting", version=__version__, origin=state.origin,
-                 threshold=state.threshold, model=embedder.name, dimension=embedder.dimension,
-                 centroid_version=centroid.version, centroid_weight=centroid.weight,
-                 input=settings.input.topic, group=settings.kafka.group_id)
-        producer = make_producer(settings.kafka)
-        await producer.start()
-        stack.push_async_callback(producer.stop)
-        consumer = make_consumer(settings.kafka)
-        pipeline = Pipeline(
-            settings, consumer=consumer, producer=producer, embedder=embedder,
-            centroid=centroid, threshold=state.threshold, metrics=metrics,
-            context=rec.Context(settings.name, __version__, embedder.name, embedder.dimension),
-        )
-        snapshots = Snapshotter(store, pipeline, state.origin) if store else None
-        if snapshots is not None:
+            state_producer = pipeline.producer
+            if settings.delivery == "exactly_once":  # snapshots stay out of the transactions
+                state_producer = await _started(stack, make_producer(settings.kafka))
+            snapshots = Snapshotter(store, pipeline, cast(AIOKafkaProducer, state_producer),
+                                    state.origin)
             pipeline.on_revoked = snapshots.save
-        consumer.subscribe([settings.input.topic], listener=pipeline.listener())
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
-        pipeline_task = asyncio.current_task()
+        pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
+        await _started(stack, pipeline.consumer)
         if settings.server.enabled:
-            server = HealthServer(
-                settings.server.host, settings.server.port, metrics,
-                live=lambda: _live(pipeline_task),
-                ready=lambda: _ready(pipeline, consumer.assignment()),
-            )
-            await stack.enter_async_context(server)
-            log.info("http server listening", port=server.port)
+            await _serve(stack, settings, pipeline, metrics)
         timer = asyncio.create_task(snapshots.every(settings.state.snapshot_interval_s)
                                     ) if snapshots else None
         try:
@@ -213,9 +206,73 @@ async def run(
                 await asyncio.gather(timer, return_exceptions=True)
         if snapshots is not None:
             await snapshots.save()
-        log.info("detector stopped", committed=True, fatal=pipeline.fatal is not None)
+        log.info("detector stopped", fatal=pipeline.fatal is not None,
+                 transaction_failed=pipeline.failure is not None)
+        if pipeline.failure is not None:
+            return EXIT_TRANSACTION
         return EXIT_FATAL if pipeline.fatal is not None else EXIT_OK
     return EXIT_OK  # pragma: no cover - the context manager does not swallow exceptions
+
+
+async def _starting_point(settings: Settings, embedder: Embedder
+                          ) -> tuple[InitialState, Centroid, StateStore | None]:
+    """The base state, output topics, and the centroid to start from (snapshot or base)."""
+    state = await initial_state(settings, embedder)
+    if settings.kafka.create_topics:
+        await ensure_topics(settings.kafka, output_topics(settings))
+    store = StateStore(settings) if settings.state.enabled else None
+    centroid = state.centroid
+    if store is not None:
+        if settings.kafka.create_topics:
+            await store.ensure_topic()
+        centroid = await resume_centroid(store, state, embedder)
+    log.info("detector starting", version=__version__, origin=state.origin,
+             threshold=state.threshold, model=embedder.name, dimension=embedder.dimension,
+             centroid_version=centroid.version, centroid_weight=centroid.weight,
+             input=settings.input.topic, group=settings.kafka.group_id,
+             delivery=settings.delivery)
+    return state, centroid, store
+
+
+async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, *,
+                          embedder: Embedder, state: InitialState, centroid: Centroid,
+                          metrics: Metrics) -> Pipeline:
+    """Producer (transactional in exactly_once mode), consumer, committer and pipeline."""
+    exactly_once = settings.delivery == "exactly_once"
+    producer = await _started(stack, make_producer(settings.kafka, **(
+        {"transactional_id": transactional_id(settings)} if exactly_once else {})))
+    consumer = make_consumer(settings.kafka)
+    gate = Gate() if exactly_once else None
+    committer: Committer = GroupCommitter(consumer)
+    if gate is not None:
+        txn = TransactionCommitter(producer, settings.kafka.group_id, gate)
+        await txn.begin()
+        stack.push_async_callback(txn.close)
+        committer = txn
+    return Pipeline(
+        settings, consumer=consumer, producer=producer, embedder=embedder,
+        centroid=centroid, threshold=state.threshold, metrics=metrics,
+        context=rec.Context(settings.name, __version__, embedder.name, embedder.dimension),
+        committer=committer, gate=gate,
+    )
+
+
+async def _started(stack: contextlib.AsyncExitStack, client: _Client) -> _Client:
+    await client.start()
+    stack.push_async_callback(client.stop)
+    return client
+
+
+async def _serve(stack: contextlib.AsyncExitStack, settings: Settings, pipeline: Pipeline,
+                 metrics: Metrics) -> None:
+    task = asyncio.current_task()
+    server = HealthServer(
+        settings.server.host, settings.server.port, metrics,
+        live=lambda: _live(task),
+        ready=lambda: _ready(pipeline, pipeline.consumer.assignment()),
+    )
+    await stack.enter_async_context(server)
+    log.info("http server listening", port=server.port)
 
 
 def _live(task: asyncio.Task[object] | None) -> tuple[bool, str]:

@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 import structlog
@@ -32,6 +32,7 @@ from aiokafka.structs import TopicPartition
 from detector import records as rec
 from detector.centroid import Centroid
 from detector.config import Settings
+from detector.delivery import Committer, Gate, GroupCommitter, Sink
 from detector.embedders.base import Embedder, Matrix
 from detector.errors import BatchRejectedError, EmbeddingError, FatalEmbeddingError
 from detector.metrics import Metrics
@@ -43,29 +44,6 @@ Item = tuple[rec.Comment, int]  # a comment and its offset-ledger generation
 Outcome = Matrix | rec.DeadLetter  # a unit vector, or why the text was refused
 Message = tuple[str, bytes | None, bytes]  # topic, key, value
 Work = tuple[rec.Source, int, list[Message]]  # a record, its generation, what it emits
-
-
-class Sink(Protocol):
-    """Where outputs go: an `AIOKafkaProducer`, or a file writer for replays."""
-
-    async def send(self, topic: str, value: bytes, key: bytes | None = None
-                   ) -> asyncio.Future[Any]: ...
-
-
-class Committer(Protocol):
-    """Records progress: consumer-group commits live, a progress file in replays."""
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
-
-
-class GroupCommitter:
-    """Commits to the consumer group (the live daemon)."""
-
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
-        self.consumer = consumer
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        await self.consumer.commit(offsets)
 
 
 @dataclass(slots=True)
@@ -92,6 +70,7 @@ class Pipeline:
         metrics: Metrics,
         context: rec.Context,
         committer: Committer | None = None,
+        gate: Gate | None = None,
         bounds: dict[TopicPartition, int] | None = None,
     ) -> None:
         """`bounds` (exclusive end offsets) turn the pipeline into a bounded replay that
@@ -100,6 +79,8 @@ class Pipeline:
         self.consumer = consumer
         self.producer = producer
         self.committer = committer or GroupCommitter(consumer)
+        self.gate = gate  # set in exactly-once mode: publishes share it, commits take it
+        self.failure: Exception | None = None  # a transaction could not be committed
         self.bounds = bounds
         self.finished: set[TopicPartition] = set()
         self.start_offsets: dict[TopicPartition, int] = {}  # where a bounded replay starts
@@ -421,6 +402,13 @@ class Pipeline:
         A send that fails after the producer's own retries is sent again (at-least-once)
         until it is acknowledged or the pipeline is cancelled at shutdown.
         """
+        if self.gate is None:
+            await self._publish_now(work)
+            return
+        async with self.gate.shared():
+            await self._publish_now(work)
+
+    async def _publish_now(self, work: list[Work]) -> None:
         sends = [(source, msg) for source, _, messages in work for msg in messages]
         attempt = 0
         while sends:
@@ -466,7 +454,14 @@ class Pipeline:
         try:
             await self.committer.commit(offsets)
         except KafkaError as exc:
-            log.warning("commit failed; will retry on the next interval", error=repr(exc))
+            if self.gate is None:
+                log.warning("commit failed; will retry on the next interval", error=repr(exc))
+                return
+            # A transaction that cannot commit cannot be retried: stop, and let a restart
+            # resume from the last committed transaction.
+            log.error("transaction commit failed; stopping", error=repr(exc))
+            self.failure = exc
+            self._exhausted.set()
             return
         self.tracker.mark_committed({(tp.topic, tp.partition): o for tp, o in offsets.items()})
         log.debug("committed", offsets={f"{tp.topic}-{tp.partition}": o

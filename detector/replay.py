@@ -32,11 +32,12 @@ from detector import records as rec
 from detector.app import initial_state
 from detector.centroid import Centroid
 from detector.config import Settings
+from detector.delivery import Sink
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
 from detector.kafka import connection_kwargs, ensure_topics, make_producer, topic_partitions
 from detector.metrics import Metrics
-from detector.pipeline import Pipeline, Sink
+from detector.pipeline import Pipeline
 from detector.state import StateStore
 
 log = structlog.get_logger("detector.replay")

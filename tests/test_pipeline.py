@@ -190,3 +190,36 @@ class TestDeadLetters:
             assert body["error"]
         group = await committed(kafka_bootstrap, settings.kafka.group_id, topic)
         assert group == {0: len(bad) + 1}
+
+
+class TestExactlyOnce:
+    async def test_transactions_publish_outputs_and_offsets_together(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder
+    ) -> None:
+        """delivery exactly_once: a read_committed reader sees every output once and the
+        group offsets move with the transactions."""
+        topic = await new_topic(partitions=2)
+        comments = stream(300, anomaly_rate=0.1, seed=9)
+        await produce(kafka_bootstrap, topic, [
+            (f"k{i}".encode(), comment_value(i, c.text)) for i, c in enumerate(comments)]
+            + [(b"bad", b"not json")])
+        settings = detector_settings(kafka_bootstrap, topic, delivery="exactly_once",
+                                     kafka={"transactional_id": f"txn-{topic}"})
+        scores_topic = settings.alerts.scores_topic
+        assert scores_topic is not None
+        async with running_detector(settings, RecordingEmbedder(local_embedder)) as det:
+            scores = await read_topic(kafka_bootstrap, scores_topic, at_least=300)
+            await wait_for(lambda: metric(det.metrics, "detector_dead_letters_total",
+                                          {"reason": "invalid_json"}) == 1, what="dead letter")
+        keys = sorted((v["source"]["partition"], v["source"]["offset"]) for v in values(scores))
+        assert len(keys) == len(set(keys)) == 300
+        expected_alerts = sum(1 for v in values(scores) if v["anomaly"])
+        alerts = await read_topic(kafka_bootstrap, settings.alerts.topic,
+                                  at_least=expected_alerts, deadline_s=10)
+        alert_keys = [(r.partition, r.key) for r in alerts]
+        assert len(alerts) == expected_alerts == len(set(alert_keys))
+        letters = await read_topic(kafka_bootstrap, settings.alerts.dead_letter_topic,
+                                   at_least=1, deadline_s=10)
+        assert len(letters) == 1
+        final = await committed(kafka_bootstrap, settings.kafka.group_id, topic, partitions=2)
+        assert sum(o or 0 for o in final.values()) == 301
