@@ -1,9 +1,9 @@
 """`detector run`: wire settings, embedder, Kafka clients, pipeline and HTTP server together.
 
-Start-up order: embedder → initial centroid (state snapshot, else calibration
-artifact, else seed file) → output topics → producer → consumer (subscribed with the
-rebalance listener) → health server → pipeline. Shutdown runs it backwards after the
-pipeline has drained and committed.
+Start-up order: embedder → base centroid (calibration artifact, else seed file) plus
+the replicas' contributions from the state topic → output topics → producer →
+consumer (subscribed with the rebalance listener) → state sync → health server →
+pipeline. Shutdown runs it backwards after the pipeline has drained and committed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import TypeVar, cast
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from detector import __version__
 from detector import records as rec
@@ -34,7 +33,7 @@ from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.samples import read_texts
 from detector.server import HealthServer
-from detector.state import StateStore, snapshot_of, usable
+from detector.state import SharedCentroid, StateStore, StateSync
 
 log = structlog.get_logger("detector.app")
 _Client = TypeVar("_Client", AIOKafkaProducer, AIOKafkaConsumer)
@@ -75,59 +74,12 @@ async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
 
 
 def _digest(path: Path) -> str:
-    """A short content hash: a snapshot is reused only while its base file is unchanged."""
+    """A short content hash: shared state is reused only while its base is unchanged."""
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except OSError as exc:
         msg = f"cannot read {path}: {exc}"
         raise ConfigError(msg) from None
-
-
-async def resume_centroid(store: StateStore, state: InitialState, embedder: Embedder
-                          ) -> Centroid:
-    """The last snapshot's centroid when it fits the configuration, else the base's."""
-    snapshot = await store.load()
-    if snapshot is None:
-        return state.centroid
-    why_not = usable(snapshot, embedder.name, embedder.dimension, state.origin)
-    if why_not is not None:
-        log.warning("state snapshot not used; starting from the base", reason=why_not)
-        return state.centroid
-    centroid = snapshot.centroid
-    centroid.decay = state.centroid.decay
-    log.info("centroid resumed from snapshot", version=centroid.version,
-             weight=centroid.weight, saved_at=snapshot.saved_at)
-    return centroid
-
-
-class Snapshotter:
-    """Saves the pipeline's centroid to the state topic: on a timer, on revoke, at the end."""
-
-    def __init__(self, store: StateStore, pipeline: Pipeline, producer: AIOKafkaProducer,
-                 base: str) -> None:
-        self.store = store
-        self.pipeline = pipeline
-        self.producer = producer
-        self.base = base
-        self.saved_version = -1
-
-    async def save(self) -> None:
-        centroid = self.pipeline.centroid
-        if centroid.version == self.saved_version:
-            return
-        snap = snapshot_of(centroid, self.pipeline.threshold, self.pipeline.embedder.name,
-                           self.pipeline.embedder.dimension, self.base)
-        try:
-            await self.store.save(self.producer, snap)
-        except KafkaError as exc:
-            log.warning("state snapshot failed; will retry", error=repr(exc))
-            return
-        self.saved_version = snap.centroid.version
-
-    async def every(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            await self.save()
 
 
 async def seed_centroid(path: Path, settings: Settings, embedder: Embedder) -> Centroid:
@@ -146,12 +98,17 @@ async def seed_centroid(path: Path, settings: Settings, embedder: Embedder) -> C
     return centroid
 
 
+def replica_id(settings: Settings) -> str:
+    """This instance's stable name: state.replica_id, else the pod name, else the host."""
+    return (settings.state.replica_id or settings.kafka.group_instance_id
+            or socket.gethostname())
+
+
 def transactional_id(settings: Settings) -> str:
     """Stable per instance, so a restarted instance fences its predecessor's transactions."""
     if settings.kafka.transactional_id:
         return settings.kafka.transactional_id
-    instance = settings.kafka.group_instance_id or socket.gethostname()
-    return f"{settings.name}-{instance}"
+    return f"{settings.name}-{replica_id(settings)}"
 
 
 def output_topics(settings: Settings) -> dict[str, dict[str, str]]:
@@ -181,31 +138,23 @@ async def run(
             stack.push_async_callback(embedder.aclose)
         if handle_signals:
             _install_signal_handlers(stop)
-        state, centroid, store = await _starting_point(settings, embedder)
+        state, shared, store = await _starting_point(settings, embedder)
         pipeline = await _build_pipeline(stack, settings, embedder=embedder, state=state,
-                                         centroid=centroid, metrics=metrics)
-        snapshots = None
+                                         centroid=shared.centroid, metrics=metrics)
         if store is not None:
             state_producer = pipeline.producer
-            if settings.delivery == "exactly_once":  # snapshots stay out of the transactions
+            if settings.delivery == "exactly_once":  # state stays out of the transactions
                 state_producer = await _started(stack, make_producer(settings.kafka))
-            snapshots = Snapshotter(store, pipeline, cast(AIOKafkaProducer, state_producer),
-                                    state.origin)
-            pipeline.on_revoked = snapshots.save
+            sync = StateSync(store, shared, cast(AIOKafkaProducer, state_producer),
+                             state.threshold, settings.state.snapshot_interval_s)
+            pipeline.on_update = shared.record_local
+            pipeline.on_revoked = sync.publish
+            await stack.enter_async_context(sync)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
         await _started(stack, pipeline.consumer)
         if settings.server.enabled:
             await _serve(stack, settings, pipeline, metrics)
-        timer = asyncio.create_task(snapshots.every(settings.state.snapshot_interval_s)
-                                    ) if snapshots else None
-        try:
-            await pipeline.run(stop)
-        finally:
-            if timer is not None:
-                timer.cancel()
-                await asyncio.gather(timer, return_exceptions=True)
-        if snapshots is not None:
-            await snapshots.save()
+        await pipeline.run(stop)
         log.info("detector stopped", fatal=pipeline.fatal is not None,
                  transaction_failed=pipeline.failure is not None)
         if pipeline.failure is not None:
@@ -215,23 +164,28 @@ async def run(
 
 
 async def _starting_point(settings: Settings, embedder: Embedder
-                          ) -> tuple[InitialState, Centroid, StateStore | None]:
-    """The base state, output topics, and the centroid to start from (snapshot or base)."""
+                          ) -> tuple[InitialState, SharedCentroid, StateStore | None]:
+    """The base, the output topics, and the shared centroid: base + every replica's
+    published contribution."""
     state = await initial_state(settings, embedder)
     if settings.kafka.create_topics:
         await ensure_topics(settings.kafka, output_topics(settings))
+    shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
     store = StateStore(settings) if settings.state.enabled else None
-    centroid = state.centroid
     if store is not None:
         if settings.kafka.create_topics:
             await store.ensure_topic()
-        centroid = await resume_centroid(store, state, embedder)
+        records = await store.load()
+        ignored = shared.restore(records)
+        if ignored:
+            log.warning("state of other bases or models ignored; starting from the base",
+                        replicas=ignored)
     log.info("detector starting", version=__version__, origin=state.origin,
              threshold=state.threshold, model=embedder.name, dimension=embedder.dimension,
-             centroid_version=centroid.version, centroid_weight=centroid.weight,
-             input=settings.input.topic, group=settings.kafka.group_id,
-             delivery=settings.delivery)
-    return state, centroid, store
+             replica=shared.replica, centroid_version=shared.centroid.version,
+             centroid_weight=shared.centroid.weight, input=settings.input.topic,
+             group=settings.kafka.group_id, delivery=settings.delivery)
+    return state, shared, store
 
 
 async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, *,

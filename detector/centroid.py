@@ -107,15 +107,16 @@ class Centroid:
                 updated[i] = True
         return Scored(sims, updated)
 
-    def merge(self, increment_sum: npt.ArrayLike, increment_weight: float) -> None:
-        """Add another replica's increment (its S and w since its last publish)."""
+    def merge(self, increment_sum: npt.ArrayLike, increment_weight: float, updates: int = 1
+              ) -> None:
+        """Add a replica's increment to S and w; `updates` is how many updates it holds."""
         inc = np.asarray(increment_sum, dtype=np.float64)
         if inc.shape != self.sum.shape:
             msg = f"increment has dimension {inc.shape}, centroid {self.sum.shape}"
             raise ValueError(msg)
         self.sum += inc
         self.weight += float(increment_weight)
-        self.version += 1
+        self.version += updates
         self._refresh()
 
     def copy(self) -> Centroid:

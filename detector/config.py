@@ -164,11 +164,14 @@ class AlertSettings(Section):
 
 
 class StateSettings(Section):
-    """Snapshots of the live centroid in a compacted topic."""
+    """The centroid shared by all replicas through a compacted topic (see detector.state)."""
 
     enabled: bool = True
     topic: str = "detector-state"
-    snapshot_interval_s: float = Field(default=60.0, gt=0)
+    # How often this replica publishes its contribution: the most a dead replica loses.
+    snapshot_interval_s: float = Field(default=10.0, gt=0)
+    # Stable name of this replica; default kafka.group_instance_id, else the host name.
+    replica_id: str | None = None
 
 
 class ServerSettings(Section):

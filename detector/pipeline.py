@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
@@ -92,7 +93,9 @@ class Pipeline:
         self.context = context
         self.tracker = OffsetTracker()
         self.fatal: FatalEmbeddingError | None = None
-        self.on_revoked: Callable[[], Awaitable[None]] | None = None  # e.g. state snapshot
+        self.on_revoked: Callable[[], Awaitable[None]] | None = None  # e.g. publish state
+        # Told of local centroid updates: (S before, w before, number of updates).
+        self.on_update: Callable[[npt.NDArray[np.float64], float, int], None] | None = None
         self._pending: list[Item] = []
         self._pending_since = 0.0
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(settings.embedding.concurrency)
@@ -331,11 +334,15 @@ class Pipeline:
         sims: list[float] = []
         updated: list[bool] = []
         if rows:
+            before = (self.centroid.sum.copy(), self.centroid.weight)
             scored = self.centroid.score(
                 np.stack([cast(Matrix, outcomes[i]) for i in rows]), self.threshold,
                 self.settings.scoring.margin, update=self.settings.scoring.update,
             )
             sims, updated = scored.similarities.tolist(), scored.updated.tolist()
+            accepted = int(scored.updated.sum())
+            if accepted and self.on_update is not None:
+                self.on_update(before[0], before[1], accepted)
         by_row = dict(zip(rows, zip(sims, updated, strict=True), strict=True))
         work: list[Work] = []
         alerts = 0

@@ -38,7 +38,7 @@ from detector.errors import ConfigError
 from detector.kafka import connection_kwargs, ensure_topics, make_producer, topic_partitions
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
-from detector.state import StateStore
+from detector.state import SharedCentroid, StateStore
 
 log = structlog.get_logger("detector.replay")
 
@@ -218,11 +218,12 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
     base = await initial_state(settings, embedder)
     centroid = base.centroid
     if opts.snapshot:
-        snap = await StateStore(settings.model_copy(update={"name": opts.snapshot})).load()
-        if snap is None:
-            msg = f"no state snapshot named {opts.snapshot!r} in {settings.state.topic!r}"
+        records = await StateStore(settings.model_copy(update={"name": opts.snapshot})).load()
+        shared = SharedCentroid(centroid, "replay", base.origin, embedder.name)
+        if not records or len(shared.restore(records)) == len(records):
+            msg = (f"no shared state of detector {opts.snapshot!r} for this model and base "
+                   f"in {settings.state.topic!r}")
             raise ConfigError(msg)
-        centroid = snap.centroid
     if opts.resume and plan.centroid is not None:
         centroid = Centroid.from_dict(plan.centroid)
     evolving = opts.state == "evolving"

@@ -1,22 +1,32 @@
-"""Centroid snapshots in a compacted Kafka topic, keyed by the detector's name.
+"""Shared centroid state in a compacted Kafka topic: one centroid across replicas.
 
-A snapshot holds the centroid state (S, w, version, decay), the threshold in force,
-the model, and the *base* it grew from (the calibration artifact or seed file). On
-start the newest snapshot for the key is loaded when its model, dimension and base
-match the configuration; otherwise the detector starts from the base again (a new
-calibration artifact wins over an old snapshot). Snapshots are written on a timer, when
-partitions are revoked, and at shutdown.
+Every replica starts from the same *base* (the calibration artifact or the seed file)
+and keeps its *contribution*: the sum of the changes its own updates made to the
+centroid's weighted sum S and weight w (with decay a change includes the shrinking of
+S, so contributions still add up). The merged centroid is
 
-Reading needs no consumer group: every partition of the state topic is assigned and
-read from the beginning up to the end offsets captured at start.
+    S = S_base + Σ_replicas contribution.sum,    w = w_base + Σ contribution.weight
+
+Each replica publishes its cumulative contribution under the key ``NAME/REPLICA`` (on
+a timer, when partitions are revoked, and at shutdown) and applies the difference
+between each other replica's newest contribution and the last one it applied. A
+cumulative value per key is idempotent and survives compaction; a replica restarting
+under the same id (a StatefulSet or static pod name) continues its own contribution. A
+replica that dies loses at most the updates it made since its last publish.
+
+Records whose base or model differ from the configuration are ignored, so a new
+calibration artifact starts a fresh centroid instead of inheriting an old one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -29,105 +39,254 @@ from detector.records import utc_now
 
 log = structlog.get_logger("detector.state")
 
-STATE_SCHEMA = "detector.state/v1"
+STATE_SCHEMA = "detector.state/v2"
 COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
              "segment.ms": "3600000"}
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One saved centroid state."""
+@dataclass(slots=True)
+class Contribution:
+    """What one replica's updates added to S and w, and how many updates that was."""
 
-    centroid: Centroid
-    threshold: float
+    sum: npt.NDArray[np.float64]
+    weight: float = 0.0
+    updates: int = 0
+
+    @classmethod
+    def zero(cls, dimension: int) -> Contribution:
+        return cls(np.zeros(dimension))
+
+    def minus(self, other: Contribution) -> Contribution:
+        return Contribution(self.sum - other.sum, self.weight - other.weight,
+                            self.updates - other.updates)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """One replica's published state."""
+
+    replica: str
+    base: str
     model: str
     dimension: int
-    base: str
+    threshold: float
+    contribution: Contribution
     saved_at: str
 
     def to_bytes(self, name: str) -> bytes:
+        c = self.contribution
         return orjson.dumps({
-            "schema": STATE_SCHEMA, "name": name, "centroid": self.centroid.to_dict(),
-            "threshold": self.threshold, "model": {"name": self.model,
-                                                   "dimension": self.dimension},
-            "base": self.base, "saved_at": self.saved_at,
+            "schema": STATE_SCHEMA, "name": name, "replica": self.replica, "base": self.base,
+            "model": {"name": self.model, "dimension": self.dimension},
+            "threshold": self.threshold,
+            "contribution": {"sum": [float(v) for v in c.sum], "weight": c.weight,
+                             "updates": c.updates},
+            "saved_at": self.saved_at,
         })
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> Snapshot:
+    def from_bytes(cls, raw: bytes) -> ReplicaRecord:
         body: dict[str, Any] = orjson.loads(raw)
         if body.get("schema") != STATE_SCHEMA:
             msg = f"unknown state schema {body.get('schema')!r}"
             raise ValueError(msg)
-        return cls(Centroid.from_dict(body["centroid"]), float(body["threshold"]),
-                   str(body["model"]["name"]), int(body["model"]["dimension"]),
-                   str(body["base"]), str(body["saved_at"]))
+        c = body["contribution"]
+        return cls(str(body["replica"]), str(body["base"]), str(body["model"]["name"]),
+                   int(body["model"]["dimension"]), float(body["threshold"]),
+                   Contribution(np.asarray(c["sum"], dtype=np.float64), float(c["weight"]),
+                                int(c["updates"])), str(body["saved_at"]))
+
+
+@dataclass
+class SharedCentroid:
+    """The live centroid plus the bookkeeping that keeps replicas' views merged."""
+
+    centroid: Centroid
+    replica: str
+    base: str
+    model: str
+    own: Contribution = field(init=False)
+    applied: dict[str, Contribution] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.own = Contribution.zero(self.centroid.dimension)
+
+    def fits(self, record: ReplicaRecord) -> bool:
+        return (record.base, record.model, record.dimension) == (
+            self.base, self.model, self.centroid.dimension)
+
+    def record_local(self, before_sum: npt.NDArray[np.float64], before_weight: float,
+                     updates: int) -> None:
+        """Account for `updates` local updates that moved S and w from the given values."""
+        self.own.sum += self.centroid.sum - before_sum
+        self.own.weight += self.centroid.weight - before_weight
+        self.own.updates += updates
+
+    def apply(self, record: ReplicaRecord) -> bool:
+        """Merge the change in another replica's cumulative contribution since last time."""
+        if record.replica == self.replica or not self.fits(record):
+            return False
+        previous = self.applied.get(record.replica, Contribution.zero(self.centroid.dimension))
+        delta = record.contribution.minus(previous)
+        if delta.updates <= 0:
+            return False  # an older or repeated record
+        self.centroid.merge(delta.sum, delta.weight, delta.updates)
+        self.applied[record.replica] = record.contribution
+        return True
+
+    def restore(self, records: dict[str, ReplicaRecord]) -> list[str]:
+        """At start: add every fitting replica's contribution, our own included.
+
+        Returns the replicas whose records were ignored because their base or model
+        differ from the configuration.
+        """
+        ignored = []
+        for replica in sorted(records):
+            record = records[replica]
+            if not self.fits(record):
+                ignored.append(replica)
+                continue
+            c = record.contribution
+            self.centroid.merge(c.sum, c.weight, c.updates)
+            if replica == self.replica:
+                self.own = Contribution(c.sum.copy(), c.weight, c.updates)
+            else:
+                self.applied[replica] = c
+        return ignored
+
+    def record(self, threshold: float) -> ReplicaRecord:
+        own = Contribution(self.own.sum.copy(), self.own.weight, self.own.updates)
+        return ReplicaRecord(self.replica, self.base, self.model, self.centroid.dimension,
+                             threshold, own, utc_now())
 
 
 class StateStore:
-    """Loads and saves snapshots of one detector (`settings.name`)."""
+    """Reads, tails and writes the state topic for one detector name."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topic = settings.state.topic
-        self.key = settings.name.encode()
+        self.prefix = f"{settings.name}/".encode()
+        self._ends: dict[TopicPartition, int] = {}
 
     async def ensure_topic(self) -> None:
         await ensure_topics(self.settings.kafka, {self.topic: COMPACTED}, partitions=1)
 
-    async def load(self) -> Snapshot | None:
-        """The newest snapshot for this detector, or None when there is none."""
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(**connection_kwargs(self.settings.kafka), group_id=None,
+                                enable_auto_commit=False)
+
+    async def load(self) -> dict[str, ReplicaRecord]:
+        """The newest record of every replica of this detector (read to the end once)."""
         partitions = await topic_partitions(self.settings.kafka, self.topic)
         if not partitions:
-            return None
+            return {}
         tps = [TopicPartition(self.topic, p) for p in partitions]
-        consumer = AIOKafkaConsumer(**connection_kwargs(self.settings.kafka), group_id=None,
-                                    enable_auto_commit=False)
+        consumer = self._consumer()
         await consumer.start()
+        latest: dict[str, ReplicaRecord] = {}
         try:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            latest: bytes | None = None
-            remaining = {tp for tp in tps if ends[tp] > 0}
+            self._ends = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if self._ends[tp] > 0}
             async with asyncio.timeout(60):
                 while remaining:
                     fetched = await consumer.getmany(timeout_ms=500)
                     for records in fetched.values():
-                        for record in records:
-                            if record.key == self.key and record.value is not None:
-                                latest = record.value
+                        for r in records:
+                            self._keep(r.key, r.value, latest)
                     for tp in list(remaining):
-                        if await consumer.position(tp) >= ends[tp]:
+                        if await consumer.position(tp) >= self._ends[tp]:
                             remaining.discard(tp)
         finally:
             await consumer.stop()
-        if latest is None:
+        return latest
+
+    def _keep(self, key: bytes | None, value: bytes | None,
+              latest: dict[str, ReplicaRecord]) -> ReplicaRecord | None:
+        if key is None or value is None or not key.startswith(self.prefix):
             return None
         try:
-            return Snapshot.from_bytes(latest)
+            record = ReplicaRecord.from_bytes(value)
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable state snapshot", error=str(exc), topic=self.topic)
+            log.warning("ignoring unreadable state record", key=key.decode(errors="replace"),
+                        error=str(exc))
             return None
+        latest[record.replica] = record
+        return record
 
-    async def save(self, producer: AIOKafkaProducer, snapshot: Snapshot) -> None:
-        """Write a snapshot and wait for the broker's acknowledgement."""
-        await producer.send_and_wait(self.topic, key=self.key,
-                                     value=snapshot.to_bytes(self.settings.name))
-        log.debug("state snapshot saved", version=snapshot.centroid.version,
-                  weight=snapshot.centroid.weight)
+    async def follow(self, shared: SharedCentroid) -> None:
+        """Apply other replicas' records as they arrive (runs until cancelled)."""
+        tps = list(self._ends) or [TopicPartition(self.topic, p) for p in
+                                   await topic_partitions(self.settings.kafka, self.topic)]
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self._ends.get(tp, 0))
+            seen: dict[str, ReplicaRecord] = {}
+            while True:
+                fetched = await consumer.getmany(timeout_ms=1000)
+                for records in fetched.values():
+                    for r in records:
+                        record = self._keep(r.key, r.value, seen)
+                        if record is not None and record.replica != shared.replica \
+                                and shared.apply(record):
+                            log.debug("merged replica state", replica=record.replica,
+                                      updates=record.contribution.updates)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def publish(self, producer: AIOKafkaProducer, record: ReplicaRecord) -> None:
+        """Write this replica's record and wait for the broker's acknowledgement."""
+        key = self.prefix + record.replica.encode()
+        await producer.send_and_wait(self.topic, key=key, value=record.to_bytes(
+            self.settings.name))
+        log.debug("state published", updates=record.contribution.updates)
 
 
-def snapshot_of(centroid: Centroid, threshold: float, model: str, dimension: int, base: str
-                ) -> Snapshot:
-    return Snapshot(centroid.copy(), threshold, model, dimension, base, utc_now())
+class StateSync:
+    """Runs the sharing for one replica: publishes its contribution on a timer and on
+    demand, and follows the other replicas' records. An async context manager."""
 
+    def __init__(self, store: StateStore, shared: SharedCentroid, producer: AIOKafkaProducer,
+                 threshold: float, interval_s: float) -> None:
+        self.store = store
+        self.shared = shared
+        self.producer = producer
+        self.threshold = threshold
+        self.interval_s = interval_s
+        self._published = -1
+        self._tasks: list[asyncio.Task[None]] = []
 
-def usable(snapshot: Snapshot, model: str, dimension: int, base: str) -> str | None:
-    """None when the snapshot fits the configuration, else why it does not."""
-    if (snapshot.model, snapshot.dimension) != (model, dimension):
-        return (f"snapshot is for {snapshot.model}/{snapshot.dimension}, "
-                f"configured {model}/{dimension}")
-    if snapshot.base != base:
-        return f"snapshot grew from {snapshot.base}, configured base is {base}"
-    return None
+    async def publish(self) -> None:
+        """Publish our contribution if it changed since the last publish."""
+        if self.shared.own.updates == self._published:
+            return
+        record = self.shared.record(self.threshold)
+        try:
+            await self.store.publish(self.producer, record)
+        except Exception as exc:
+            log.warning("state publish failed; will retry", error=repr(exc))
+            return
+        self._published = record.contribution.updates
+
+    async def _every(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.publish()
+
+    async def __aenter__(self) -> StateSync:
+        self._published = self.shared.own.updates
+        self._tasks = [asyncio.create_task(self._every()),
+                       asyncio.create_task(self.store.follow(self.shared))]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.publish()
