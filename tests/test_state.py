@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -28,17 +29,18 @@ from tests.helpers import (
 NewTopic = Callable[..., Awaitable[str]]
 
 
-def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
+def unit_rows(n: int, dim: int, seed: int) -> npt.NDArray[np.float64]:
     rng = np.random.default_rng(seed)
     rows = rng.normal(size=(n, dim)) + 1.5
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    out: npt.NDArray[np.float64] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
 
 
 def replica(base: Centroid, name: str) -> SharedCentroid:
     return SharedCentroid(base.copy(), name, "base-1", "m")
 
 
-def learn(shared: SharedCentroid, rows: np.ndarray) -> None:
+def learn(shared: SharedCentroid, rows: npt.NDArray[np.float64]) -> None:
     before = (shared.centroid.sum.copy(), shared.centroid.weight)
     scored = shared.centroid.score(rows, threshold=0.0, margin=0.0)
     shared.record_local(before[0], before[1], int(scored.updated.sum()))
