@@ -199,7 +199,7 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
     gate = Gate() if exactly_once else None
     committer: Committer = GroupCommitter(consumer)
     if gate is not None:
-        txn = TransactionCommitter(producer, settings.kafka.group_id, gate)
+        txn = TransactionCommitter(producer, settings.kafka.group_id)
         await txn.begin()
         stack.push_async_callback(txn.close)
         committer = txn

@@ -6,8 +6,9 @@
   (the duplicate window).
 * exactly_once: one Kafka transaction per commit interval holds the alerts, dead
   letters, scores *and* the consumed offsets (`send_offsets_to_transaction`), so a
-  `read_committed` reader sees each output exactly once. Committing takes the `Gate`
-  exclusively: no publish is in flight while the transaction closes.
+  `read_committed` reader sees each output exactly once. The pipeline holds the `Gate`
+  exclusively while it reads the done offsets and closes the transaction, so no publish
+  is in flight then and the transaction holds exactly the outputs of what it commits.
 """
 
 from __future__ import annotations
@@ -86,20 +87,19 @@ class TransactionCommitter:
     the detector exits so that a restart resumes from the last committed transaction.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, group_id: str, gate: Gate) -> None:
+    def __init__(self, producer: AIOKafkaProducer, group_id: str) -> None:
         self.producer = producer
         self.group_id = group_id
-        self.gate = gate
 
     async def begin(self) -> None:
         await self.producer.begin_transaction()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        async with self.gate.exclusive():
-            if offsets:
-                await self.producer.send_offsets_to_transaction(offsets, self.group_id)
-            await self.producer.commit_transaction()
-            await self.producer.begin_transaction()
+        """Called with the pipeline's `Gate` held exclusively: nothing is being sent."""
+        if offsets:
+            await self.producer.send_offsets_to_transaction(offsets, self.group_id)
+        await self.producer.commit_transaction()
+        await self.producer.begin_transaction()
 
     async def close(self) -> None:
         """Abort whatever the last interval left open (nothing is lost: not committed)."""

@@ -449,14 +449,26 @@ class Pipeline:
             self._update_lag()
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit the done prefix of every assigned partition (or of `only`)."""
+        """Commit the done prefix of every assigned partition (or of `only`).
+
+        In exactly-once mode the offsets are read while the gate is held exclusively, so
+        the transaction closes over exactly the outputs of the records it commits.
+        """
+        if self.gate is None:
+            await self._commit_done(only)
+            return
+        async with self.gate.exclusive():
+            await self._commit_done(only, always=True)
+
+    async def _commit_done(self, only: set[TopicPartition] | None, *, always: bool = False
+                           ) -> None:
         assigned = self.consumer.assignment() if only is None else only
         offsets = {
             TopicPartition(*tp): offset
             for tp, offset in self.tracker.to_commit().items()
             if TopicPartition(*tp) in assigned
         }
-        if not offsets:
+        if not offsets and not always:
             return
         try:
             await self.committer.commit(offsets)
@@ -471,8 +483,9 @@ class Pipeline:
             self._exhausted.set()
             return
         self.tracker.mark_committed({(tp.topic, tp.partition): o for tp, o in offsets.items()})
-        log.debug("committed", offsets={f"{tp.topic}-{tp.partition}": o
-                                        for tp, o in offsets.items()})
+        if offsets:
+            log.debug("committed", offsets={f"{tp.topic}-{tp.partition}": o
+                                            for tp, o in offsets.items()})
 
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():
