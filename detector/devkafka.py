@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -155,6 +156,7 @@ class LocalKafka:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             properties = self._properties()
             if not self._formatted:
+                shutil.rmtree(self.work_dir / "data", ignore_errors=True)  # a previous run's
                 self._format(jars, properties)
             log = self.log_path.open("ab")
             self._proc = subprocess.Popen(
@@ -238,7 +240,9 @@ def _metadata_ok(bootstrap: str) -> bool:
         finally:
             await admin.close()
 
-    return asyncio.run(probe())
+    # A thread of its own: the caller may already be running an event loop (the demo).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, probe()).result()
 
 
 def main(argv: list[str] | None = None) -> int:
