@@ -134,7 +134,7 @@ async def run(
     metrics = metrics or Metrics()
     async with contextlib.AsyncExitStack() as stack:
         if embedder is None:
-            embedder = build_embedder(settings)
+            embedder = build_embedder(settings, metrics)
             stack.push_async_callback(embedder.aclose)
         if handle_signals:
             _install_signal_handlers(stop)

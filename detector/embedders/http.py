@@ -1,0 +1,274 @@
+"""What both HTTP embedders share: the pooled client, retries, rate limits, accounting.
+
+`HttpEmbedder.embed` sends one request per batch through one `httpx.AsyncClient`
+(connection pool sized to the configured concurrency, explicit timeouts, TLS
+verification on, proxies from the environment). Retriable failures are retried with
+exponential backoff and full jitter, or after the server's `Retry-After`, until a total
+deadline; then the last error is raised and the pipeline keeps its input paused and
+tries again. Subclasses only say how a request looks and how a response or error reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from pydantic import SecretStr
+
+from detector.config import EmbeddingSettings
+from detector.embedders.base import Matrix, normalise_rows
+from detector.errors import (
+    BatchRejectedError,
+    EmbeddingError,
+    FatalEmbeddingError,
+    RetriableEmbeddingError,
+    ThrottledError,
+)
+from detector.metrics import Metrics
+from detector.records import estimate_tokens
+
+log = structlog.get_logger("detector.embedders")
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class ClientState(enum.Enum):
+    OPEN = 1
+    CLOSED = 2
+
+
+class TokenBucket:
+    """A per-minute limit enforced continuously (DashScope meters per-second slices)."""
+
+    def __init__(self, per_minute: int, clock: Clock) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute / 60.0)  # about one second's worth of burst
+        self.level = self.capacity
+        self.clock = clock
+        self.updated = clock()
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` is available; takes it when that is now."""
+        now = self.clock()
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+        amount = min(amount, self.capacity)  # a request larger than a burst still passes
+        if self.level >= amount:
+            self.level -= amount
+            return 0.0
+        return (amount - self.level) / self.rate
+
+    def give_back(self, amount: float) -> None:
+        self.level = min(self.capacity, self.level + amount)
+
+
+class RateLimiter:
+    """Requests/min and tokens/min buckets; `acquire` sleeps until both allow a call."""
+
+    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None,
+                 clock: Clock, sleep: Sleep) -> None:
+        self.requests = TokenBucket(requests_per_minute, clock) if requests_per_minute else None
+        self.tokens = TokenBucket(tokens_per_minute, clock) if tokens_per_minute else None
+        self.sleep = sleep
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int) -> None:
+        async with self._lock:  # first come, first served
+            for bucket, amount in ((self.requests, 1.0), (self.tokens, float(tokens))):
+                while bucket is not None:
+                    delay = bucket.wait_for(amount)
+                    if delay <= 0:
+                        break
+                    await self.sleep(delay)
+
+    def settle(self, estimated: int, actual: int) -> None:
+        """Correct the token bucket with what the provider actually billed."""
+        if self.tokens is not None and actual < estimated:
+            self.tokens.give_back(estimated - actual)
+        elif self.tokens is not None and actual > estimated:
+            self.tokens.level -= actual - estimated
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from a Retry-After header (a number of seconds or an HTTP date)."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class HttpEmbedder:
+    """Base of the DashScope and OpenAI-compatible embedders."""
+
+    path = ""
+    default_base_url = ""
+
+    def __init__(
+        self,
+        settings: EmbeddingSettings,
+        api_key: SecretStr,
+        *,
+        metrics: Metrics | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._key = api_key
+        self.metrics = metrics
+        self.sleep = sleep
+        self.clock = clock
+        self.url = (settings.base_url or self.default_base_url).rstrip("/") + self.path
+        verify: Any = str(settings.ca_bundle) if settings.ca_bundle else settings.verify_tls
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
+            limits=httpx.Limits(max_connections=settings.concurrency,
+                                max_keepalive_connections=settings.concurrency),
+            headers={"Authorization": f"Bearer {api_key.get_secret_value()}",
+                     "Content-Type": "application/json"},
+            verify=verify, trust_env=True, transport=transport,
+        )
+        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute,
+                                   clock, sleep)
+        self.state = ClientState.OPEN
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.name!r}, url={self.url!r})"
+
+    @property
+    def name(self) -> str:
+        return self.settings.model
+
+    @property
+    def dimension(self) -> int:
+        return self.settings.dimension
+
+    # -- what subclasses define ------------------------------------------------------
+    def body(self, texts: Sequence[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def rows(self, payload: dict[str, Any], count: int) -> tuple[list[list[float]], int]:
+        """Vectors in input order, and the billed tokens (0 when not reported)."""
+        raise NotImplementedError
+
+    def classify(self, status: int, payload: dict[str, Any] | None,
+                 headers: httpx.Headers) -> EmbeddingError:
+        raise NotImplementedError
+
+    # -- the shared machinery ------------------------------------------------------------
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        if self.state is ClientState.CLOSED:
+            msg = f"{type(self).__name__} is closed"
+            raise RuntimeError(msg)
+        if not texts or any(not t.strip() for t in texts):
+            msg = "empty texts never reach the embedding API"
+            raise ValueError(msg)
+        if len(texts) > self.settings.batch_size:
+            msg = f"{len(texts)} texts exceed embedding.batch_size {self.settings.batch_size}"
+            raise ValueError(msg)
+        estimated = sum(estimate_tokens(t) for t in texts)
+        deadline = self.clock() + self.settings.retry_deadline_s
+        attempt = 0
+        while True:
+            await self.limiter.acquire(estimated)
+            try:
+                vectors, tokens = await self._request(texts)
+            except EmbeddingError as exc:
+                self._count(_outcome(exc))
+                if not exc.retriable:
+                    raise
+                attempt += 1
+                delay = getattr(exc, "retry_after", None)
+                if delay is None:
+                    cap = min(self.settings.retry_max_s, self.settings.retry_base_s * 2**attempt)
+                    delay = random.uniform(0, cap)
+                if self.clock() + delay > deadline:
+                    raise
+                log.info("embedding request failed, retrying", code=exc.code,
+                         status=exc.status, error=str(exc), retry_in_s=round(delay, 3))
+                await self.sleep(delay)
+                continue
+            self._count("ok")
+            self.limiter.settle(estimated, tokens or estimated)
+            if self.metrics is not None and tokens:
+                self.metrics.tokens.inc(tokens)
+                self.metrics.cost.inc(tokens * self.settings.price_per_million_tokens / 1e6)
+            matrix = normalise_rows(vectors, self.dimension) if vectors and len(
+                vectors[0]) == self.dimension else None
+            if matrix is None:
+                got = len(vectors[0]) if vectors else 0
+                msg = (f"{self.name} returned {got}-dimensional embeddings, configured "
+                       f"embedding.dimension is {self.dimension}")
+                raise FatalEmbeddingError(msg)
+            return matrix
+
+    async def _request(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        try:
+            response = await self._client.post(self.url, content=orjson.dumps(self.body(texts)))
+        except httpx.TimeoutException:
+            msg = f"request to {self.url} timed out"
+            raise RetriableEmbeddingError(msg) from None
+        except httpx.TransportError as exc:
+            msg = f"connection to {self.url} failed: {type(exc).__name__}"
+            raise RetriableEmbeddingError(msg) from None
+        payload: dict[str, Any] | None
+        try:
+            parsed = orjson.loads(response.content)
+            payload = parsed if isinstance(parsed, dict) else None
+        except orjson.JSONDecodeError:
+            payload = None
+        if response.status_code != 200:
+            raise self.classify(response.status_code, payload, response.headers)
+        if payload is None:
+            msg = f"malformed response body from {self.url} (status 200, not a JSON object)"
+            raise RetriableEmbeddingError(msg, status=200)
+        try:
+            return self.rows(payload, len(texts))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            msg = f"unexpected response shape from {self.url}: {type(exc).__name__}: {exc}"
+            raise RetriableEmbeddingError(msg, status=200) from None
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.embed_requests.labels(outcome=outcome).inc()
+
+    def scrub(self, text: str) -> str:
+        """Never let the key through, even if a server echoes it back."""
+        return text.replace(self._key.get_secret_value(), "***")
+
+    async def aclose(self) -> None:
+        if self.state is ClientState.OPEN:
+            self.state = ClientState.CLOSED
+            await self._client.aclose()
+
+    async def __aenter__(self) -> HttpEmbedder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _outcome(exc: EmbeddingError) -> str:
+    if isinstance(exc, ThrottledError):
+        return "throttled"
+    if isinstance(exc, FatalEmbeddingError):
+        return "fatal"
+    if isinstance(exc, BatchRejectedError):
+        return "rejected"
+    return "retried" if exc.retriable else "error"

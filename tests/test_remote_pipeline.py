@@ -1,0 +1,142 @@
+"""The whole pipeline through the fake embedding API, on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from detector import app
+from detector.embedders import build_embedder
+from detector.fakeapi import FakeEmbeddingServer
+from detector.metrics import Metrics
+from detector.sample_data import stream
+from tests.helpers import (
+    committed,
+    detector_settings,
+    metric,
+    produce,
+    read_topic,
+    running_detector,
+    values,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kafka
+NewTopic = Callable[..., Awaitable[str]]
+KEY = "sk-pipeline"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeEmbeddingServer]:
+    with FakeEmbeddingServer(api_key=KEY, hang_s=3.0) as srv:
+        yield srv
+
+
+def remote_settings(bootstrap: str, topic: str, api: FakeEmbeddingServer, **more: object
+                    ) -> object:
+    embedding = {"backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
+                 "base_url": api.base_url, "api_key": KEY, "timeout_s": 1.0,
+                 "retry_base_s": 0.05, "retry_max_s": 0.3, "retry_deadline_s": 5.0,
+                 "concurrency": 4}
+    embedding.update(more.pop("embedding", {}))  # type: ignore[arg-type]
+    return detector_settings(bootstrap, topic, embedding=embedding,
+                             scoring={"threshold": 0.05}, **more)
+
+
+async def produce_comments(bootstrap: str, topic: str, n: int, marker_at: int | None = None
+                           ) -> None:
+    texts = [c.text for c in stream(n, anomaly_rate=0.05, seed=13)]
+    if marker_at is not None:
+        texts[marker_at] = "FORBIDDEN content here"
+    await produce(bootstrap, topic, [(f"k{i}".encode(), orjson.dumps({"text": t}))
+                                     for i, t in enumerate(texts)])
+
+
+class TestRemotePipeline:
+    async def test_faults_lose_nothing_and_score_nothing_twice(
+        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer
+    ) -> None:
+        """with every transient fault injected mid-stream, each comment is scored once and
+        the one rejected text alone is dead-lettered."""
+        topic = await new_topic(partitions=2)
+        settings = remote_settings(kafka_bootstrap, topic, api)
+        embedder = build_embedder(settings)  # type: ignore[arg-type]
+        async with running_detector(settings, embedder) as det:  # type: ignore[arg-type]
+            await wait_for(lambda: metric(det.metrics, "detector_ready") == 1, what="ready")
+            for fault in ("429", "rate_quota_400", "500", "hang", "reset", "truncated",
+                          "not_json", "shuffle"):
+                api.inject(fault, count=2)
+            api.reject_marker = "FORBIDDEN"
+            await produce_comments(kafka_bootstrap, topic, 400, marker_at=123)
+            scores = await read_topic(kafka_bootstrap, settings.alerts.scores_topic,  # type: ignore[attr-defined]
+                                      at_least=399, deadline_s=90)
+            letters = await read_topic(kafka_bootstrap, settings.alerts.dead_letter_topic,  # type: ignore[attr-defined]
+                                       at_least=1, deadline_s=30)
+        await embedder.aclose()
+        keys = [(v["source"]["partition"], v["source"]["offset"]) for v in values(scores)]
+        assert len(keys) == len(set(keys)) == 399, "every comment scored exactly once"
+        [letter] = values(letters)
+        assert letter["reason"] == "rejected:DataInspectionFailed"
+        assert sum(api.stats.faults.values()) == 16
+        assert api.stats.max_batch <= 10
+        group = await committed(kafka_bootstrap, settings.kafka.group_id, topic, 2)  # type: ignore[attr-defined]
+        assert sum(o or 0 for o in group.values()) == 400
+
+    async def test_throttling_pauses_input_instead_of_buffering(
+        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer
+    ) -> None:
+        """a long run of 429s pauses the partitions; batches in flight stay <= concurrency."""
+        topic = await new_topic()
+        settings = remote_settings(kafka_bootstrap, topic, api,
+                                   embedding={"concurrency": 2, "retry_deadline_s": 30.0})
+        api.inject("429", count=60)  # 60 x Retry-After 0.2 s = about 6 s of throttling
+        embedder = build_embedder(settings)  # type: ignore[arg-type]
+        async with running_detector(settings, embedder) as det:  # type: ignore[arg-type]
+            await produce_comments(kafka_bootstrap, topic, 300)
+            peak_inflight = 0.0
+            paused_seen = False
+            deadline = asyncio.get_running_loop().time() + 60
+            while metric(det.metrics, "detector_records_scored_total") < 300:
+                assert asyncio.get_running_loop().time() < deadline, "stream not finished"
+                peak_inflight = max(peak_inflight, metric(det.metrics,
+                                                          "detector_inflight_batches"))
+                paused_seen |= metric(det.metrics, "detector_paused_partitions") > 0
+                await asyncio.sleep(0.02)
+        await embedder.aclose()
+        assert paused_seen, "input was paused while throttled"
+        assert peak_inflight <= 2
+        assert api.stats.faults["429"] == 60
+
+    async def test_fatal_auth_error_stops_consumption_with_a_clear_message(
+        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer
+    ) -> None:
+        """Arrearage: input stops, readiness goes false, nothing past it is committed."""
+        topic = await new_topic()
+        settings = remote_settings(kafka_bootstrap, topic, api)
+        await produce_comments(kafka_bootstrap, topic, 50)
+        embedder = build_embedder(settings)  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        metrics = Metrics()
+        with capture_logs() as logs:
+            task = asyncio.create_task(app.run(settings, stop=stop, embedder=embedder,  # type: ignore[arg-type]
+                                               metrics=metrics))
+            await wait_for(lambda: metric(metrics, "detector_ready") == 1, what="ready")
+            api.inject("arrearage", count=1000)
+            await produce_comments(kafka_bootstrap, topic, 50)
+            await wait_for(lambda: metric(metrics, "detector_ready") == 0, what="not ready")
+            scored = metric(metrics, "detector_records_scored_total")
+            stop.set()
+            code = await asyncio.wait_for(task, 60)
+        await embedder.aclose()
+        assert code == app.EXIT_FATAL
+        assert scored < 100
+        fatal = [e for e in logs if e["log_level"] == "error"]
+        assert fatal
+        assert "Arrearage" in fatal[0]["code"]
+        assert KEY not in repr(logs)
+        group = await committed(kafka_bootstrap, settings.kafka.group_id, topic)  # type: ignore[attr-defined]
+        assert (group[0] or 0) <= scored, "no offset committed past unembedded records"
