@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_parsers() -> list[Callable[[Any], None]]:
     """Commands living in their own modules; each exposes `add_parser(subparsers)`."""
-    from detector import replay
+    from detector import calibrate, replay
 
-    return [replay.add_parser]
+    return [replay.add_parser, calibrate.add_parser]
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from detector import app
+from detector.config import Settings
 from detector.embedders import build_embedder
 from detector.fakeapi import FakeEmbeddingServer
 from detector.metrics import Metrics
@@ -36,15 +37,14 @@ def api() -> Iterator[FakeEmbeddingServer]:
         yield srv
 
 
-def remote_settings(bootstrap: str, topic: str, api: FakeEmbeddingServer, **more: object
-                    ) -> object:
-    embedding = {"backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
-                 "base_url": api.base_url, "api_key": KEY, "timeout_s": 1.0,
-                 "retry_base_s": 0.05, "retry_max_s": 0.3, "retry_deadline_s": 5.0,
-                 "concurrency": 4}
-    embedding.update(more.pop("embedding", {}))  # type: ignore[arg-type]
-    return detector_settings(bootstrap, topic, embedding=embedding,
-                             scoring={"threshold": 0.05}, **more)
+def remote_settings(bootstrap: str, topic: str, api: FakeEmbeddingServer,
+                    embedding: dict[str, object] | None = None) -> Settings:
+    section: dict[str, object] = {
+        "backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
+        "base_url": api.base_url, "api_key": KEY, "timeout_s": 1.0, "retry_base_s": 0.05,
+        "retry_max_s": 0.3, "retry_deadline_s": 5.0, "concurrency": 4}
+    section.update(embedding or {})
+    return detector_settings(bootstrap, topic, embedding=section, scoring={"threshold": 0.05})
 
 
 async def produce_comments(bootstrap: str, topic: str, n: int, marker_at: int | None = None
@@ -64,17 +64,18 @@ class TestRemotePipeline:
         the one rejected text alone is dead-lettered."""
         topic = await new_topic(partitions=2)
         settings = remote_settings(kafka_bootstrap, topic, api)
-        embedder = build_embedder(settings)  # type: ignore[arg-type]
-        async with running_detector(settings, embedder) as det:  # type: ignore[arg-type]
+        embedder = build_embedder(settings)
+        async with running_detector(settings, embedder) as det:
             await wait_for(lambda: metric(det.metrics, "detector_ready") == 1, what="ready")
             for fault in ("429", "rate_quota_400", "500", "hang", "reset", "truncated",
                           "not_json", "shuffle"):
                 api.inject(fault, count=2)
             api.reject_marker = "FORBIDDEN"
             await produce_comments(kafka_bootstrap, topic, 400, marker_at=123)
-            scores = await read_topic(kafka_bootstrap, settings.alerts.scores_topic,  # type: ignore[attr-defined]
+            assert settings.alerts.scores_topic is not None
+            scores = await read_topic(kafka_bootstrap, settings.alerts.scores_topic,
                                       at_least=399, deadline_s=90)
-            letters = await read_topic(kafka_bootstrap, settings.alerts.dead_letter_topic,  # type: ignore[attr-defined]
+            letters = await read_topic(kafka_bootstrap, settings.alerts.dead_letter_topic,
                                        at_least=1, deadline_s=30)
         await embedder.aclose()
         keys = [(v["source"]["partition"], v["source"]["offset"]) for v in values(scores)]
@@ -83,7 +84,7 @@ class TestRemotePipeline:
         assert letter["reason"] == "rejected:DataInspectionFailed"
         assert sum(api.stats.faults.values()) == 16
         assert api.stats.max_batch <= 10
-        group = await committed(kafka_bootstrap, settings.kafka.group_id, topic, 2)  # type: ignore[attr-defined]
+        group = await committed(kafka_bootstrap, settings.kafka.group_id, topic, 2)
         assert sum(o or 0 for o in group.values()) == 400
 
     async def test_throttling_pauses_input_instead_of_buffering(
@@ -94,8 +95,8 @@ class TestRemotePipeline:
         settings = remote_settings(kafka_bootstrap, topic, api,
                                    embedding={"concurrency": 2, "retry_deadline_s": 30.0})
         api.inject("429", count=60)  # 60 x Retry-After 0.2 s = about 6 s of throttling
-        embedder = build_embedder(settings)  # type: ignore[arg-type]
-        async with running_detector(settings, embedder) as det:  # type: ignore[arg-type]
+        embedder = build_embedder(settings)
+        async with running_detector(settings, embedder) as det:
             await produce_comments(kafka_bootstrap, topic, 300)
             peak_inflight = 0.0
             paused_seen = False
@@ -118,11 +119,11 @@ class TestRemotePipeline:
         topic = await new_topic()
         settings = remote_settings(kafka_bootstrap, topic, api)
         await produce_comments(kafka_bootstrap, topic, 50)
-        embedder = build_embedder(settings)  # type: ignore[arg-type]
+        embedder = build_embedder(settings)
         stop = asyncio.Event()
         metrics = Metrics()
         with capture_logs() as logs:
-            task = asyncio.create_task(app.run(settings, stop=stop, embedder=embedder,  # type: ignore[arg-type]
+            task = asyncio.create_task(app.run(settings, stop=stop, embedder=embedder,
                                                metrics=metrics))
             await wait_for(lambda: metric(metrics, "detector_ready") == 1, what="ready")
             api.inject("arrearage", count=1000)
@@ -138,5 +139,5 @@ class TestRemotePipeline:
         assert fatal
         assert "Arrearage" in fatal[0]["code"]
         assert KEY not in repr(logs)
-        group = await committed(kafka_bootstrap, settings.kafka.group_id, topic)  # type: ignore[attr-defined]
+        group = await committed(kafka_bootstrap, settings.kafka.group_id, topic)
         assert (group[0] or 0) <= scored, "no offset committed past unembedded records"

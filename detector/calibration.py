@@ -1,0 +1,265 @@
+"""Calibration statistics and the calibration artifact. Pure numpy, no I/O but the
+artifact's JSON file.
+
+The centroid is built on a training split of the normal samples and the threshold is
+chosen on the held-out normals, so it is not biased by the samples that made the
+centroid. An alert fires when ``similarity < threshold``, so the false-positive rate of
+a threshold t on normals is ``mean(sims < t)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from detector.centroid import Centroid
+from detector.errors import CalibrationError, ConfigError
+
+ARTIFACT_SCHEMA = "detector.calibration/v1"
+Floats = npt.NDArray[np.float64]
+Method = Literal["target_fpr", "best_f1", "target_precision"]
+
+
+def min_holdout(target_fpr: float) -> int:
+    """Held-out normals needed for a target FPR to mean something (3 expected alerts)."""
+    return math.ceil(3 / target_fpr)
+
+
+def split(n: int, holdout: float, seed: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Shuffled (train, held-out) indices; both non-empty."""
+    if n < 2:
+        msg = f"need at least 2 normal samples, got {n}"
+        raise CalibrationError(msg)
+    order = np.random.default_rng(seed).permutation(n)
+    held = min(n - 1, max(1, round(n * holdout)))
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def threshold_at_fpr(normal_sims: npt.ArrayLike, target_fpr: float) -> float:
+    """The largest cut with at most `target_fpr` of these normals below it."""
+    sims = np.sort(np.asarray(normal_sims, dtype=np.float64))
+    k = math.floor(target_fpr * len(sims))
+    return float(sims[min(k, len(sims) - 1)])
+
+
+def fpr(normal_sims: npt.ArrayLike, threshold: float) -> float:
+    return float(np.mean(np.asarray(normal_sims) < threshold))
+
+
+def bootstrap_ci(normal_sims: npt.ArrayLike, target_fpr: float, rounds: int, seed: int,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of `threshold_at_fpr`."""
+    sims = np.asarray(normal_sims, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = np.sort(rng.choice(sims, size=(rounds, len(sims)), replace=True), axis=1)
+    k = min(math.floor(target_fpr * len(sims)), len(sims) - 1)
+    estimates = draws[:, k]
+    tail = (1 - level) / 2
+    return float(np.quantile(estimates, tail)), float(np.quantile(estimates, 1 - tail))
+
+
+def roc_auc(normal_sims: npt.ArrayLike, anomaly_sims: npt.ArrayLike) -> float:
+    """P(an anomaly scores below a normal), ties counting half (Mann-Whitney U)."""
+    normal = np.asarray(normal_sims, dtype=np.float64)
+    anomaly = np.asarray(anomaly_sims, dtype=np.float64)
+    scores = np.concatenate([anomaly, normal])
+    ranks = _average_ranks(-scores)  # higher anomaly score = lower similarity
+    u = ranks[: len(anomaly)].sum() - len(anomaly) * (len(anomaly) + 1) / 2
+    return float(u / (len(anomaly) * len(normal)))
+
+
+def _average_ranks(values: Floats) -> Floats:
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _curve(normal_sims: Floats, anomaly_sims: Floats) -> tuple[Floats, Floats, Floats, Floats]:
+    """(thresholds, true positives, false positives) for every distinct cut."""
+    sims = np.concatenate([anomaly_sims, normal_sims])
+    is_anomaly = np.concatenate([np.ones(len(anomaly_sims)), np.zeros(len(normal_sims))])
+    order = np.argsort(sims, kind="mergesort")
+    sims, is_anomaly = sims[order], is_anomaly[order]
+    tp = np.cumsum(is_anomaly)
+    fp = np.cumsum(1 - is_anomaly)
+    last = np.r_[np.diff(sims) != 0, True]  # keep the last index of each tie group
+    # alerting on sims <= sims[i] is the threshold just above sims[i]
+    cuts = np.nextafter(sims[last], np.inf)
+    return cuts, tp[last], fp[last], sims[last]
+
+
+def pr_auc(normal_sims: npt.ArrayLike, anomaly_sims: npt.ArrayLike) -> float:
+    """Average precision with anomalies as positives."""
+    _, tp, fp, _ = _curve(np.asarray(normal_sims, float), np.asarray(anomaly_sims, float))
+    precision = tp / (tp + fp)
+    recall = tp / max(1.0, float(len(np.asarray(anomaly_sims))))
+    steps = np.diff(np.r_[0.0, recall])
+    return float(np.sum(steps * precision))
+
+
+def best_f1(normal_sims: npt.ArrayLike, anomaly_sims: npt.ArrayLike) -> tuple[float, float]:
+    """(threshold, F1) maximising F1."""
+    cuts, tp, fp, _ = _curve(np.asarray(normal_sims, float), np.asarray(anomaly_sims, float))
+    positives = len(np.asarray(anomaly_sims))
+    f1 = 2 * tp / (tp + fp + positives)
+    i = int(np.argmax(f1))
+    return float(cuts[i]), float(f1[i])
+
+
+def at_precision(normal_sims: npt.ArrayLike, anomaly_sims: npt.ArrayLike, target: float
+                 ) -> tuple[float, float, float]:
+    """(threshold, precision, recall) with the most recall at precision >= target."""
+    cuts, tp, fp, _ = _curve(np.asarray(normal_sims, float), np.asarray(anomaly_sims, float))
+    precision = tp / (tp + fp)
+    ok = np.flatnonzero(precision >= target)
+    if len(ok) == 0:
+        msg = f"no threshold reaches precision {target}; best is {precision.max():.3f}"
+        raise CalibrationError(msg)
+    i = int(ok[-1])
+    return float(cuts[i]), float(precision[i]), float(tp[i] / len(np.asarray(anomaly_sims)))
+
+
+class CalibrationArtifact(BaseModel):
+    """What `detector run` loads via `scoring.calibration_file`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_: str = ARTIFACT_SCHEMA
+    centroid: dict[str, Any]
+    threshold: float
+    method: Method
+    target: float
+    model: dict[str, Any]
+    counts: dict[str, int]
+    metrics: dict[str, Any]
+    scoring: dict[str, Any] = {}
+    created_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        body = self.model_dump()
+        body["schema"] = body.pop("schema_")
+        return body
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one calibration: artifact plus what the report shows."""
+
+    artifact: CalibrationArtifact
+    holdout_sims: Floats
+    anomaly_sims: Floats
+
+
+def calibrate(
+    train: npt.ArrayLike,
+    holdout: npt.ArrayLike,
+    anomalies: npt.ArrayLike | None,
+    *,
+    model: str,
+    dimension: int,
+    method: Method = "target_fpr",
+    target_fpr: float = 0.01,
+    target_precision: float = 0.9,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> Result:
+    """Centroid from `train`, threshold from `holdout` (and labelled `anomalies`)."""
+    holdout_rows = np.asarray(holdout, dtype=np.float64)
+    if len(holdout_rows) < min_holdout(target_fpr):
+        msg = (f"{len(holdout_rows)} held-out normals cannot calibrate a {target_fpr:.2%} "
+               f"false-positive rate: need at least {min_holdout(target_fpr)} (give more "
+               f"normal samples, a larger --holdout, or a larger --target-fpr)")
+        raise CalibrationError(msg)
+    centroid = Centroid.from_vectors(train)
+    sims = centroid.similarity(holdout_rows)
+    anomaly_sims = (centroid.similarity(np.asarray(anomalies, dtype=np.float64))
+                    if anomalies is not None and len(np.asarray(anomalies)) else np.empty(0))
+    threshold = threshold_at_fpr(sims, target_fpr)
+    lo, hi = bootstrap_ci(sims, target_fpr, bootstrap, seed)
+    metrics: dict[str, Any] = {
+        "holdout_fpr": fpr(sims, threshold), "threshold_ci95": [lo, hi],
+        "target_fpr": target_fpr,
+        "holdout_similarity": {"mean": float(sims.mean()), "min": float(sims.min()),
+                               "p01": float(np.quantile(sims, 0.01)),
+                               "p50": float(np.median(sims))},
+    }
+    target = target_fpr
+    if len(anomaly_sims):
+        metrics["roc_auc"] = roc_auc(sims, anomaly_sims)
+        metrics["pr_auc"] = pr_auc(sims, anomaly_sims)
+        metrics["recall_at_target_fpr"] = float(np.mean(anomaly_sims < threshold))
+        f1_cut, f1 = best_f1(sims, anomaly_sims)
+        metrics["best_f1"] = {"threshold": f1_cut, "f1": f1}
+        if method == "best_f1":
+            threshold, target = f1_cut, f1
+        elif method == "target_precision":
+            threshold, precision, recall = at_precision(sims, anomaly_sims, target_precision)
+            metrics["at_precision"] = {"precision": precision, "recall": recall}
+            target = target_precision
+        metrics["holdout_fpr"] = fpr(sims, threshold)
+    elif method != "target_fpr":
+        msg = f"--select {method} needs labelled anomalies (--anomalies or --label-field)"
+        raise CalibrationError(msg)
+    artifact = CalibrationArtifact(
+        centroid=centroid.to_dict(), threshold=threshold, method=method, target=target,
+        model={"name": model, "dimension": dimension},
+        counts={"train": len(np.asarray(train)), "holdout": len(holdout_rows),
+                "anomalies": len(anomaly_sims)},
+        metrics=metrics, scoring={"center": None},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    return Result(artifact, sims, anomaly_sims)
+
+
+def save_artifact(artifact: CalibrationArtifact, path: Path) -> None:
+    import orjson
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(artifact.to_json(), option=orjson.OPT_INDENT_2))
+
+
+def load_artifact(path: Path) -> CalibrationArtifact:
+    """Read an artifact; a missing or invalid file is a `ConfigError` naming it."""
+    import orjson
+
+    try:
+        body = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        msg = f"cannot read calibration artifact {path}: {exc}"
+        raise ConfigError(msg) from None
+    if not isinstance(body, dict) or body.get("schema") != ARTIFACT_SCHEMA:
+        msg = f"{path} is not a {ARTIFACT_SCHEMA} calibration artifact"
+        raise ConfigError(msg)
+    body["schema_"] = body.pop("schema")
+    try:
+        artifact = CalibrationArtifact(**body)
+        Centroid.from_dict(artifact.centroid)
+    except (ValidationError, ValueError, KeyError) as exc:
+        msg = f"calibration artifact {path} is invalid: {exc}"
+        raise ConfigError(msg) from None
+    return artifact
+
+
+def check_compatible(artifact: CalibrationArtifact, model: str, dimension: int) -> None:
+    """Refuse an artifact made with another embedding model or dimension."""
+    made = (artifact.model.get("name"), artifact.model.get("dimension"))
+    if made != (model, dimension):
+        msg = (f"the calibration artifact was made with {made[0]} ({made[1]} dimensions) but "
+               f"the configured embedder is {model} ({dimension} dimensions); recalibrate "
+               f"with `detector calibrate` or point scoring.calibration_file elsewhere")
+        raise ConfigError(msg)

@@ -1,0 +1,111 @@
+"""Calibration statistics and the artifact contract (pure, no broker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector import calibration as cal
+from detector.errors import CalibrationError, ConfigError
+
+
+def unit_cluster(n: int, seed: int, spread: float = 0.3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = np.ones((n, 16)) + spread * rng.normal(size=(n, 16))
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+class TestStatistics:
+    def test_threshold_gives_the_target_fpr(self) -> None:
+        """at most the target share of the normals falls below the chosen threshold."""
+        sims = np.random.default_rng(0).normal(0.5, 0.1, 10_000)
+        t = cal.threshold_at_fpr(sims, 0.01)
+        assert 0.009 <= cal.fpr(sims, t) <= 0.01
+
+    def test_bootstrap_ci_contains_the_estimate_and_narrows_with_n(self) -> None:
+        """the 95% interval brackets the point estimate and shrinks with more data."""
+        rng = np.random.default_rng(1)
+        small, large = rng.normal(0.5, 0.1, 500), rng.normal(0.5, 0.1, 20_000)
+        lo_s, hi_s = cal.bootstrap_ci(small, 0.05, 300, seed=0)
+        lo_l, hi_l = cal.bootstrap_ci(large, 0.05, 300, seed=0)
+        assert lo_s <= cal.threshold_at_fpr(small, 0.05) <= hi_s
+        assert hi_l - lo_l < hi_s - lo_s
+
+    def test_roc_auc_extremes(self) -> None:
+        """perfect separation gives 1, identical distributions 0.5, reversed 0."""
+        normal, anomalous = np.array([0.8, 0.9, 0.7]), np.array([0.1, 0.2])
+        assert cal.roc_auc(normal, anomalous) == 1.0
+        assert cal.roc_auc(anomalous, normal) == 0.0
+        assert cal.roc_auc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5
+
+    def test_pr_auc_perfect_and_mixed(self) -> None:
+        """average precision is 1 when every anomaly ranks first, lower otherwise."""
+        assert cal.pr_auc([0.8, 0.9], [0.1, 0.2]) == 1.0
+        assert cal.pr_auc([0.15, 0.9], [0.1, 0.2]) == pytest.approx((1 + 2 / 3) / 2)
+
+    def test_best_f1_on_a_known_case(self) -> None:
+        """F1 = 6/7 when the cut includes the anomaly at 0.55 and one normal at 0.5."""
+        threshold, f1 = cal.best_f1([0.5, 0.6, 0.7], [0.1, 0.2, 0.55])
+        assert f1 == pytest.approx(6 / 7)
+        assert 0.55 < threshold <= 0.6
+
+    def test_precision_target(self) -> None:
+        """the chosen cut reaches the precision asked for, or says it cannot."""
+        threshold, precision, recall = cal.at_precision([0.5, 0.6], [0.1, 0.2, 0.55], 1.0)
+        assert precision == 1.0
+        assert recall == pytest.approx(2 / 3)
+        assert 0.2 < threshold <= 0.5
+        with pytest.raises(CalibrationError, match="no threshold"):
+            cal.at_precision([0.01], [0.5], 0.99)
+
+
+class TestCalibrate:
+    def test_too_few_holdout_samples_is_a_clear_error(self) -> None:
+        """a 1% FPR needs 300 held-out normals; fewer is refused with the number."""
+        rows = unit_cluster(100, 0)
+        with pytest.raises(CalibrationError, match="at least 300"):
+            cal.calibrate(rows[:50], rows[50:], None, model="m", dimension=16)
+
+    def test_labelled_anomalies_give_auc_and_f1_threshold(self) -> None:
+        """with anomalies, ROC/PR AUC and the best-F1 threshold are reported and used."""
+        normal, anomalies = unit_cluster(800, 1), unit_cluster(50, 2, spread=3.0)
+        train, hold = cal.split(800, 0.5, seed=0)
+        result = cal.calibrate(normal[train], normal[hold], anomalies, model="m",
+                               dimension=16, method="best_f1", target_fpr=0.01)
+        assert result.artifact.metrics["roc_auc"] > 0.9
+        assert result.artifact.threshold == result.artifact.metrics["best_f1"]["threshold"]
+        assert result.artifact.counts == {"train": 400, "holdout": 400, "anomalies": 50}
+
+    def test_threshold_is_chosen_on_held_out_normals(self) -> None:
+        """train and held-out splits are disjoint and cover every sample."""
+        train, hold = cal.split(1000, 0.3, seed=4)
+        assert len(set(train) & set(hold)) == 0
+        assert sorted([*train, *hold]) == list(range(1000))
+        assert len(hold) == 300
+
+
+class TestArtifact:
+    def test_round_trip_and_compatibility(self, tmp_path: Path) -> None:
+        """an artifact saved is loaded equal; another model or dimension is refused."""
+        rows = unit_cluster(1000, 3)
+        result = cal.calibrate(rows[:600], rows[600:], None, model="m", dimension=16)
+        path = tmp_path / "c.json"
+        cal.save_artifact(result.artifact, path)
+        loaded = cal.load_artifact(path)
+        assert loaded == result.artifact
+        cal.check_compatible(loaded, "m", 16)
+        with pytest.raises(ConfigError, match="recalibrate"):
+            cal.check_compatible(loaded, "m", 32)
+        with pytest.raises(ConfigError, match="recalibrate"):
+            cal.check_compatible(loaded, "other", 16)
+
+    def test_invalid_files_name_the_path(self, tmp_path: Path) -> None:
+        """missing, non-JSON and foreign files are ConfigErrors naming the file."""
+        with pytest.raises(ConfigError, match=r"nope\.json"):
+            cal.load_artifact(tmp_path / "nope.json")
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"schema": "other"}')
+        with pytest.raises(ConfigError, match=r"bad\.json"):
+            cal.load_artifact(bad)
