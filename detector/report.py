@@ -51,7 +51,7 @@ def _plots(result: cal.Result, directory: Path) -> list[Path]:
         return []
     out = []
     fig, ax = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(-0.2, 1.0, 61)
+    bins = np.linspace(-0.2, 1.0, 61).tolist()
     ax.hist(result.holdout_sims, bins=bins, alpha=0.6, label="held-out normal", density=True)
     if len(result.anomaly_sims):
         ax.hist(result.anomaly_sims, bins=bins, alpha=0.6, label="anomalous", density=True)

@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from detector import calibration as cal
 from detector.errors import CalibrationError, ConfigError
 
 
-def unit_cluster(n: int, seed: int, spread: float = 0.3) -> np.ndarray:
+def unit_cluster(n: int, seed: int, spread: float = 0.3) -> npt.NDArray[np.float64]:
     rng = np.random.default_rng(seed)
     rows = np.ones((n, 16)) + spread * rng.normal(size=(n, 16))
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    out: npt.NDArray[np.float64] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
 
 
 class TestStatistics:
