@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table plus JSON of ratios measured in one run."""
