@@ -89,7 +89,9 @@ class InputSettings(Section):
     format: Literal["json", "raw"] = "json"
     text_field: str = "text"  # a dotted path reaches nested fields: "payload.body"
     id_field: str = "id"
-    max_bytes: int = Field(default=1_048_576, ge=1)
+    # Larger values are dead-lettered; kept well under the broker's ~1 MB message limit so
+    # that an alert quoting the text can always be published.
+    max_bytes: int = Field(default=262_144, ge=1)
     max_tokens: int = Field(default=8_192, ge=1)
     on_too_long: Literal["dead_letter", "truncate"] = "dead_letter"
 

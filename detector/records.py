@@ -21,6 +21,9 @@ ALERT_SCHEMA = "detector.alert/v1"
 SCORE_SCHEMA = "detector.score/v1"
 DEAD_LETTER_SCHEMA = "detector.dead-letter/v1"
 MAX_NESTING = 64  # JSON deeper than this is refused before it costs recursion
+# A dead letter carries at most this much of the original value (base64 grows it by a
+# third and the broker refuses messages over ~1 MB); the source offset finds the rest.
+MAX_DEAD_LETTER_VALUE = 64 * 1024
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -261,7 +264,10 @@ def encode_dead_letter(letter: DeadLetter, ctx: Context, detected_at: str | None
         "reason": letter.reason,
         "error": letter.error,
         "source": letter.source.to_json(),
-        "value_b64": None if letter.value is None else base64.b64encode(letter.value).decode(),
+        "value_b64": None if letter.value is None
+        else base64.b64encode(letter.value[:MAX_DEAD_LETTER_VALUE]).decode(),
+        "value_bytes": None if letter.value is None else len(letter.value),
+        "value_truncated": letter.value is not None and len(letter.value) > MAX_DEAD_LETTER_VALUE,
         "detector": {"name": ctx.detector_name, "version": ctx.detector_version},
         "detected_at": detected_at or utc_now(),
     })

@@ -1,0 +1,183 @@
+"""Benchmark plumbing: the broker, topics, input data, a detector process, passthrough."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from detector.devkafka import LocalKafka
+from detector.fakeapi import FakeEmbeddingServer
+from detector.sample_data import stream
+from tests.procs import DetectorProcess
+
+
+class Broker:
+    """The local broker (or $KAFKA_BOOTSTRAP_SERVERS when set)."""
+
+    def __init__(self, work_dir: Path) -> None:
+        import os
+
+        self.external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        self.kafka = None if self.external else LocalKafka(work_dir=work_dir / "kafka")
+        self.work_dir = work_dir
+
+    @property
+    def bootstrap(self) -> str:
+        if self.external:
+            return self.external
+        assert self.kafka is not None
+        return self.kafka.bootstrap_servers
+
+    def __enter__(self) -> Broker:
+        if self.kafka is not None:
+            self.kafka.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.kafka is not None:
+            self.kafka.stop()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def make_topic(broker: Broker, partitions: int) -> str:
+    name = unique("bench")
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+    return name
+
+
+async def produce_comments(broker: Broker, topic: str, n: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=20)
+    await producer.start()
+    try:
+        comments = stream(n, anomaly_rate=0.05, seed=17)
+        for i, c in enumerate(comments):
+            await producer.send(topic, value=orjson.dumps({"id": i, "text": c.text}),
+                                key=str(i).encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def passthrough(broker: Broker, topic: str, n: int) -> float:
+    """Raw aiokafka: consume, produce each record to another topic (acks=all, idempotent),
+    commit; msg/s from the first record to the last acknowledged."""
+    out = await make_topic(broker, 3)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap,
+                                group_id=unique("raw"), enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_poll_records=500)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    done = 0
+    started = 0.0
+    try:
+        while done < n:
+            fetched = await consumer.getmany(timeout_ms=500)
+            futures = []
+            for records in fetched.values():
+                for r in records:
+                    if not started:
+                        started = time.monotonic()
+                    futures.append(await producer.send(out, value=r.value, key=r.key))
+            if futures:
+                await asyncio.gather(*futures)
+                await consumer.commit()
+                done += len(futures)
+        return n / (time.monotonic() - started)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def embedding_section(api: FakeEmbeddingServer, concurrency: int, linger_ms: int = 50
+                      ) -> dict[str, Any]:
+    return {"backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
+            "base_url": api.base_url, "api_key": "sk-bench", "concurrency": concurrency,
+            "linger_ms": linger_ms}
+
+
+class DetectorRun:
+    """A `detector run` process over a pre-filled topic; `measure` gives msg/s."""
+
+    def __init__(self, broker: Broker, topic: str, embedding: dict[str, Any], *,
+                 scores: bool = False, threshold: float | None = None) -> None:
+        self.alerts_topic = unique("alerts")
+        sections: dict[str, Any] = {
+            "kafka": {"bootstrap_servers": broker.bootstrap, "group_id": unique("det"),
+                      "max_poll_records": 1000},
+            "input": {"topic": topic},
+            "embedding": embedding,
+            "alerts": {"topic": self.alerts_topic, "dead_letter_topic": unique("dlq"),
+                       "scores_topic": unique("scores") if scores else None},
+            "state": {"enabled": False},
+            "log": {"level": "warning"},
+        }
+        if threshold is not None:
+            sections["scoring"] = {"threshold": threshold}
+        self.proc = DetectorProcess(sections, broker.work_dir / f"{unique('det')}.log")
+
+    async def __aenter__(self) -> DetectorRun:
+        self.proc.start()
+        await asyncio.to_thread(self.proc.wait_ready)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        code = await asyncio.to_thread(self.proc.terminate)
+        if code != 0:
+            print(f"detector exited {code}:\n{self.proc.tail()}", file=sys.stderr)
+
+    async def measure(self, n: int) -> float:
+        """msg/s between the first and the n-th scored record (start-up excluded)."""
+        async with self:
+            first_t = first_n = 0.0
+            while True:
+                scored = await asyncio.to_thread(self.proc.metric,
+                                                 "detector_records_scored_total")
+                now = time.monotonic()
+                if scored > 0 and not first_t:
+                    first_t, first_n = now, scored
+                if scored >= n:
+                    return (n - first_n) / max(1e-9, now - first_t)
+                await asyncio.sleep(0.02)
+
+
+async def replay_rate(broker: Broker, topic: str, n: int) -> float:
+    """`detector replay --dry-run` of the whole topic with the local model; msg/s from its
+    own summary (start-up excluded by the summary's timer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"DETECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+               "DETECTOR_STATE__ENABLED": "false"}
+        import os
+
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "detector.cli", "replay", "--topic", topic, "--dry-run",
+             "--quiet", "--progress-file", str(Path(tmp) / "p.json")],
+            env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    line = [x for x in result.stderr.splitlines() if x.startswith("replay summary")][-1]
+    fields = dict(part.split("=", 1) for part in line.split()[2:])
+    records = int(fields["records"])
+    assert records == n, line
+    return records / float(fields["seconds"])
