@@ -111,8 +111,9 @@ class Pipeline:
         self._stopping = False
         self._last_offset: dict[tuple[str, int], int] = {}
         metrics.threshold.set(threshold)
-        metrics.centroid_weight.set(centroid.weight)
-        metrics.centroid_version.set(centroid.version)
+        # Read at scrape time: merges from other replicas change the centroid too.
+        metrics.centroid_weight.set_function(lambda: self.centroid.weight)
+        metrics.centroid_version.set_function(lambda: self.centroid.version)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -372,8 +373,6 @@ class Pipeline:
             alerts += similarity < self.threshold
             work.append((comment.source, generation, messages))
         self.metrics.scored.inc(len(rows))
-        self.metrics.centroid_weight.set(self.centroid.weight)
-        self.metrics.centroid_version.set(self.centroid.version)
         log.debug("batch scored", seq=batch.seq, size=len(batch.items), alerts=alerts)
         self._deliver(work)
 

@@ -1,0 +1,126 @@
+"""Horizontal scale with real processes: three replicas share one centroid, one is killed,
+the survivors take over its partitions, nothing is lost, and the merged centroid agrees
+with a single replica that processed the same stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from detector.config import load_settings
+from detector.sample_data import stream
+from detector.state import StateStore
+from tests.helpers import committed, produce, read_topic, unique, values
+from tests.procs import DetectorProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
+NewTopic = Callable[..., Awaitable[str]]
+TOTAL = 6000
+PARTITIONS = 6
+
+
+def sections(bootstrap: str, topic: str, name: str, state_topic: str, replica: str
+             ) -> dict[str, object]:
+    return {
+        "name": name,
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"{name}-group",
+                  "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
+                  "commit_interval_ms": 300},
+        "input": {"topic": topic},
+        "embedding": {"concurrency": 1},
+        "alerts": {"topic": f"{name}-alerts", "dead_letter_topic": f"{name}-dlq",
+                   "scores_topic": f"{name}-scores"},
+        "state": {"enabled": True, "topic": state_topic, "snapshot_interval_s": 1,
+                  "replica_id": replica},
+        "log": {"level": "warning"},
+    }
+
+
+async def merged_sum(bootstrap: str, name: str, state_topic: str) -> tuple[np.ndarray, float]:
+    settings = load_settings("config/detector.yaml", name=name,
+                             kafka={"bootstrap_servers": bootstrap},
+                             state={"topic": state_topic})
+    records = await StateStore(settings).load()
+    total = sum((r.contribution.sum for r in records.values()), np.zeros(512))
+    weight = sum(r.contribution.weight for r in records.values())
+    return total, weight
+
+
+async def wait_all_committed(bootstrap: str, group: str, topic: str, deadline_s: float
+                             ) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        offsets = await committed(bootstrap, group, topic, PARTITIONS)
+        if sum(o or 0 for o in offsets.values()) == TOTAL:
+            return
+        await asyncio.sleep(0.5)
+    msg = f"not all {TOTAL} records committed in {deadline_s}s: {offsets}"
+    raise AssertionError(msg)
+
+
+class TestReplicas:
+    async def test_three_replicas_one_killed_share_one_centroid(
+        self, kafka_bootstrap: str, new_topic: NewTopic, tmp_path: Path
+    ) -> None:
+        """kill one of three replicas midway: no comment lost, survivors agree, and the
+        merged centroid matches one replica processing the same stream."""
+        topic = await new_topic(partitions=PARTITIONS)
+        await produce(kafka_bootstrap, topic, [
+            (str(i).encode(), orjson.dumps({"text": c.text}))
+            for i, c in enumerate(stream(TOTAL, anomaly_rate=0.05, seed=77))])
+        state_topic = unique("state")
+        multi = unique("multi")
+        procs = [DetectorProcess(sections(kafka_bootstrap, topic, multi, state_topic, f"r{i}"),
+                                 tmp_path / f"r{i}.log").start() for i in range(3)]
+        try:
+            for proc in procs:
+                await asyncio.to_thread(proc.wait_ready, 120)
+            deadline = time.monotonic() + 120
+            while sum(max(0.0, p.metric("detector_records_scored_total")) for p in procs) < 1500:
+                assert time.monotonic() < deadline, "replicas made no progress"
+                await asyncio.sleep(0.2)
+            procs[0].kill()
+            await wait_all_committed(kafka_bootstrap, f"{multi}-group", topic, 240)
+            survivors = procs[1:]
+            end = time.monotonic() + 30
+            versions: list[float] = []
+            while time.monotonic() < end:  # each applies the other's last publish
+                versions = [p.metric("detector_centroid_version") for p in survivors]
+                if versions[0] == versions[1]:
+                    break
+                await asyncio.sleep(0.3)
+            assert versions[0] == versions[1], f"survivors disagree: {versions}"
+            weights = [p.metric("detector_centroid_weight") for p in survivors]
+            assert weights[0] == pytest.approx(weights[1], rel=1e-9)
+            for proc in survivors:
+                assert await asyncio.to_thread(proc.terminate) == 0, proc.tail()
+        finally:
+            for proc in procs:
+                proc.kill()
+        scores = values(await read_topic(kafka_bootstrap, f"{multi}-scores", at_least=TOTAL,
+                                         deadline_s=60))
+        seen = {(s["source"]["partition"], s["source"]["offset"]) for s in scores}
+        assert len(seen) == TOTAL, "no comment lost"
+
+        single = unique("single")
+        proc = DetectorProcess(sections(kafka_bootstrap, topic, single, state_topic, "solo"),
+                               tmp_path / "solo.log").start()
+        try:
+            await asyncio.to_thread(proc.wait_ready, 120)
+            await wait_all_committed(kafka_bootstrap, f"{single}-group", topic, 240)
+            assert await asyncio.to_thread(proc.terminate) == 0, proc.tail()
+        finally:
+            proc.kill()
+        multi_sum, multi_weight = await merged_sum(kafka_bootstrap, multi, state_topic)
+        single_sum, single_weight = await merged_sum(kafka_bootstrap, single, state_topic)
+        cosine = multi_sum @ single_sum / np.linalg.norm(multi_sum) / np.linalg.norm(single_sum)
+        print(f"replicas: cosine(multi, single)={cosine:.6f} "
+              f"weights multi={multi_weight:.0f} single={single_weight:.0f}")
+        assert cosine > 0.999
+        assert multi_weight == pytest.approx(single_weight, rel=0.1)
