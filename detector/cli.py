@@ -12,10 +12,11 @@ import orjson
 
 from detector import __version__
 from detector.config import Settings, load_settings
-from detector.errors import DetectorError
+from detector.errors import DetectorError, FatalEmbeddingError
 from detector.logs import configure_logging
 
 EXIT_USAGE = 2
+EXIT_FATAL_EMBEDDING = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+    except FatalEmbeddingError as exc:
+        sys.stderr.write(f"detector: fatal embedding error: {exc}\n")
+        return EXIT_FATAL_EMBEDDING
     except DetectorError as exc:
         sys.stderr.write(f"detector: error: {exc}\n")
         return EXIT_USAGE

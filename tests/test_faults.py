@@ -1,0 +1,143 @@
+"""Faults around a running detector: the broker restarts, the embedding API goes down for
+30 s, and secrets never reach logs or error output."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from detector.devkafka import LocalKafka
+from detector.embedders import build_embedder
+from detector.embedders.local import LocalEmbedder
+from detector.fakeapi import FakeEmbeddingServer
+from detector.sample_data import stream
+from tests.helpers import (
+    RecordingEmbedder,
+    detector_settings,
+    metric,
+    produce,
+    read_topic,
+    running_detector,
+    unique,
+    values,
+    wait_for,
+)
+from tests.procs import DetectorProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
+NewTopic = Callable[..., Awaitable[str]]
+SECRET = "sk-never-print-me-7f3a9c"
+
+
+def comments(n: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
+    return [(str(i).encode(), orjson.dumps({"text": c.text}))
+            for i, c in enumerate(stream(n, anomaly_rate=0.05, seed=seed))]
+
+
+@pytest.fixture
+def api() -> Iterator[FakeEmbeddingServer]:
+    with FakeEmbeddingServer(api_key=SECRET, hang_s=2.0) as srv:
+        yield srv
+
+
+class TestBrokerRestart:
+    async def test_detector_recovers_without_restart_and_loses_nothing(
+        self, kafka_bootstrap: str, new_topic: NewTopic, restartable_kafka: LocalKafka,
+        local_embedder: LocalEmbedder,
+    ) -> None:
+        """stop and start the broker mid-stream: the same detector finishes the stream."""
+        topic = await new_topic(partitions=2)
+        settings = detector_settings(kafka_bootstrap, topic)
+        assert settings.alerts.scores_topic is not None
+        await produce(kafka_bootstrap, topic, comments(3000, 1))
+        async with running_detector(settings, RecordingEmbedder(local_embedder)) as det:
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") > 500,
+                           what="part of the stream")
+            await asyncio.to_thread(restartable_kafka.restart)
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") >= 3000,
+                           deadline_s=180, what="the rest after the restart")
+            assert not det.task.done()
+            scores = values(await read_topic(kafka_bootstrap, settings.alerts.scores_topic,
+                                             at_least=3000, deadline_s=60))
+        seen = {(s["source"]["partition"], s["source"]["offset"]) for s in scores}
+        assert len(seen) == 3000
+
+
+class TestEmbeddingOutage:
+    async def test_thirty_second_outage_pauses_keeps_membership_and_resumes(
+        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer
+    ) -> None:
+        """500s and hangs for 30 s: input pauses, in-flight stays bounded, the group is not
+        rebalanced, and every comment is scored once the API is back."""
+        topic = await new_topic(partitions=2)
+        settings = detector_settings(kafka_bootstrap, topic, embedding={
+            "backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
+            "base_url": api.base_url, "api_key": SECRET, "timeout_s": 1.0,
+            "retry_base_s": 0.1, "retry_max_s": 1.0, "retry_deadline_s": 5.0,
+            "concurrency": 4}, scoring={"threshold": 0.05})
+        assert settings.alerts.scores_topic is not None
+        embedder = build_embedder(settings)
+        async with running_detector(settings, embedder) as det:
+            await wait_for(lambda: metric(det.metrics, "detector_ready") == 1, what="ready")
+            await produce(kafka_bootstrap, topic, comments(500, 2))
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") > 100,
+                           what="part of the stream")
+            api.inject("hang", count=20)  # first hangs past the client timeout, then 500s
+            api.inject("500", count=100_000)
+            outage_end = time.monotonic() + 30
+            await produce(kafka_bootstrap, topic, comments(1500, 3))
+            peak_inflight, paused = 0.0, False
+            while time.monotonic() < outage_end:
+                peak_inflight = max(peak_inflight, metric(det.metrics,
+                                                          "detector_inflight_batches"))
+                paused |= metric(det.metrics, "detector_paused_partitions") > 0
+                assert metric(det.metrics, "detector_ready") == 1, "membership kept"
+                await asyncio.sleep(0.1)
+            during = metric(det.metrics, "detector_records_scored_total")
+            api.clear()
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") >= 2000,
+                           deadline_s=120, what="recovery")
+            scores = values(await read_topic(kafka_bootstrap, settings.alerts.scores_topic,
+                                             at_least=2000, deadline_s=60))
+        await embedder.aclose()
+        assert paused, "input paused during the outage"
+        assert peak_inflight <= 4, "memory bounded by concurrency x batch_size"
+        assert during < 2000
+        seen = {(s["source"]["partition"], s["source"]["offset"]) for s in scores}
+        assert len(seen) == len(scores) == 2000
+
+
+class TestSecrets:
+    def test_api_key_never_in_logs_or_errors(
+        self, kafka_bootstrap: str, tmp_path: Path, api: FakeEmbeddingServer
+    ) -> None:
+        """a detector failing auth with a wrong key, and `detector config`, never print it."""
+        api.api_key = "sk-server-expects-another"
+        topic = unique("secret-topic")
+        proc = DetectorProcess({
+            "kafka": {"bootstrap_servers": kafka_bootstrap, "group_id": unique("g")},
+            "input": {"topic": topic},
+            "embedding": {"backend": "dashscope", "model": "text-embedding-v4",
+                          "dimension": 256, "base_url": api.base_url, "api_key": SECRET},
+            "state": {"enabled": False}, "log": {"level": "debug"},
+        }, tmp_path / "detector.log").start()
+        try:
+            end = time.monotonic() + 60
+            while "InvalidApiKey" not in proc.tail(200) and time.monotonic() < end:
+                time.sleep(0.2)
+        finally:
+            proc.terminate()
+        log = (tmp_path / "detector.log").read_text()
+        assert "InvalidApiKey" in log
+        assert SECRET not in log
+        shown = subprocess.run([sys.executable, "-m", "detector.cli", "config"],
+                               env={**proc.env}, capture_output=True, text=True, check=True)
+        assert SECRET not in shown.stdout + shown.stderr
+        assert "**********" in shown.stdout
