@@ -28,7 +28,7 @@ from detector.config import Settings
 from detector.delivery import Committer, Gate, GroupCommitter, TransactionCommitter
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
-from detector.kafka import ensure_topics, make_consumer, make_producer
+from detector.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.samples import read_texts
@@ -167,6 +167,7 @@ async def _starting_point(settings: Settings, embedder: Embedder
                           ) -> tuple[InitialState, SharedCentroid, StateStore | None]:
     """The base, the output topics, and the shared centroid: base + every replica's
     published contribution."""
+    await wait_for_kafka(settings.kafka, settings.kafka.connect_deadline_s)
     state = await initial_state(settings, embedder)
     if settings.kafka.create_topics:
         await ensure_topics(settings.kafka, output_topics(settings))

@@ -56,6 +56,7 @@ class KafkaSettings(Section):
     max_poll_records: int = Field(default=500, ge=1)
     fetch_max_wait_ms: int = Field(default=100, ge=0)
     commit_interval_ms: int = Field(default=1_000, ge=10)
+    connect_deadline_s: float = Field(default=120.0, gt=0)  # reach the cluster at start
     # exactly_once only: a stable id per instance fences zombies (default: name-instance).
     transactional_id: str | None = None
     create_topics: bool = True

@@ -81,12 +81,17 @@ class LocalKafka:
     """One broker+controller process; a context manager, and `stop()` is idempotent."""
 
     def __init__(self, work_dir: Path | None = None, heap: str = "1g",
-                 extra_properties: dict[str, str] | None = None) -> None:
+                 extra_properties: dict[str, str] | None = None,
+                 scram_users: dict[str, str] | None = None) -> None:
+        """`scram_users` (name -> password) adds a SASL_PLAINTEXT listener accepting
+        SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN for those users (`sasl_bootstrap_servers`)."""
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kafka-"))
         self.heap = heap
         self.extra_properties = extra_properties or {}
         self.port = free_port()
         self.controller_port = free_port()
+        self.scram_users = scram_users or {}
+        self.sasl_port = free_port() if self.scram_users else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._formatted = False
         self._lock = threading.Lock()
@@ -94,6 +99,13 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        if self.sasl_port is None:
+            msg = "this broker was started without scram_users"
+            raise KafkaLauncherError(msg)
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def log_path(self) -> Path:
@@ -125,6 +137,18 @@ class LocalKafka:
             "log.cleaner.enable": "true",
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         }
+        if self.sasl_port is not None:
+            sasl = f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["listeners"] += sasl
+            props["advertised.listeners"] += sasl
+            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            props["sasl.enabled.mechanisms"] = "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN"
+            scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            props["listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config"] = scram
+            props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"] = scram
+            users = " ".join(f'user_{u}="{pw}"' for u, pw in self.scram_users.items())
+            props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};")
         props.update(self.extra_properties)
         path = self.work_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -138,9 +162,12 @@ class LocalKafka:
             self._java(jars, "kafka.tools.StorageTool", "random-uuid"),
             capture_output=True, text=True, check=True,
         ).stdout.strip().splitlines()[-1]
+        scram = [arg for user, pw in self.scram_users.items()
+                 for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                 for arg in ("--add-scram", f"{mechanism}=[name={user},password={pw}]")]
         result = subprocess.run(
             self._java(jars, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                       "-c", str(properties), "--standalone"),
+                       "-c", str(properties), "--standalone", *scram),
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:

@@ -4,6 +4,8 @@
     ├── ConfigError                 invalid configuration or artifact; fail at start
     ├── CalibrationError            calibration input cannot give a trustworthy threshold
     ├── StateError                  a state snapshot cannot be read or does not fit
+    ├── KafkaUnavailableError       the cluster stayed unreachable (or refused our
+    │                               credentials) for kafka.connect_deadline_s
     └── EmbeddingError              an embedder call failed; `retriable` says what to do
         ├── RetriableEmbeddingError   5xx, timeouts, resets, malformed bodies: retry
         │   └── ThrottledError        429 / Throttling.*: back off `retry_after`, pause input
@@ -36,6 +38,10 @@ class CalibrationError(DetectorError):
 
 class StateError(DetectorError):
     """A state snapshot cannot be read or does not match the configuration."""
+
+
+class KafkaUnavailableError(DetectorError):
+    """Kafka could not be reached or refused the credentials within the start deadline."""
 
 
 class EmbeddingError(DetectorError):

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import ssl
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+)
 
 from detector.config import KafkaSettings
+from detector.errors import KafkaUnavailableError
 
 log = structlog.get_logger("detector.kafka")
 
@@ -112,3 +120,61 @@ async def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
     if described.get("error_code", 0) != 0:
         return []
     return sorted(int(p["partition"]) for p in described["partitions"])
+
+
+async def wait_for_kafka(settings: KafkaSettings, deadline_s: float) -> None:
+    """Reach the cluster (and authenticate) before anything else, with bounded back-off.
+
+    Each failure is logged once with its cause (wrong credentials, unreachable broker,
+    TLS problem); attempts back off 1, 2, 4 ... 30 s; after `deadline_s` a clear
+    `KafkaUnavailableError` ends the start (Kubernetes then restarts the pod with its own
+    back-off) instead of a hot loop.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    delay = 1.0
+    attempt = 0
+    while True:
+        attempt += 1
+        admin = AIOKafkaAdminClient(**connection_kwargs(settings), client_id=settings.client_id,
+                                    request_timeout_ms=10_000)
+        cause = _LastClientError()
+        logging.getLogger("aiokafka").addHandler(cause)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError, ssl.SSLError) as exc:
+            reason = _describe_failure(exc, cause.message)
+            if loop.time() + delay > deadline:
+                msg = (f"cannot use Kafka at {settings.bootstrap_servers} "
+                       f"({settings.security_protocol}) after {attempt} attempts: {reason}")
+                raise KafkaUnavailableError(msg) from None
+            log.warning("kafka not reachable, retrying", attempt=attempt, reason=reason,
+                        retry_in_s=delay)
+        finally:
+            logging.getLogger("aiokafka").removeHandler(cause)
+            await admin.close()
+        await asyncio.sleep(delay)
+        delay = min(30.0, delay * 2)
+
+
+class _LastClientError(logging.Handler):
+    """aiokafka reports why a bootstrap failed only in its log; keep the last error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = record.getMessage()
+
+
+def _describe_failure(exc: BaseException, logged: str) -> str:
+    auth = ("SaslAuthenticationFailed", "AuthenticationFailed", "IllegalSaslState")
+    if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError) or any(
+            word in logged for word in auth):
+        return ("authentication failed: check kafka.sasl_mechanism, kafka.sasl_username and "
+                "DETECTOR_KAFKA__SASL_PASSWORD")
+    detail = f" ({logged})" if logged else ""
+    return f"{type(exc).__name__}: {exc}{detail}"
