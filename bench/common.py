@@ -122,16 +122,20 @@ class DetectorRun:
     """A `detector run` process over a pre-filled topic; `measure` gives msg/s."""
 
     def __init__(self, broker: Broker, topic: str, embedding: dict[str, Any], *,
-                 scores: bool = False, threshold: float | None = None) -> None:
+                 scores: bool = False, threshold: float | None = None,
+                 delivery: str = "at_least_once", group: str | None = None,
+                 replica: str = "r0") -> None:
         self.alerts_topic = unique("alerts")
         sections: dict[str, Any] = {
-            "kafka": {"bootstrap_servers": broker.bootstrap, "group_id": unique("det"),
-                      "max_poll_records": 1000},
+            "delivery": delivery,
+            "kafka": {"bootstrap_servers": broker.bootstrap, "group_id": group or unique("det"),
+                      "max_poll_records": 1000, "transactional_id": unique("txn"),
+                      "commit_interval_ms": 200 if delivery == "exactly_once" else 1000},
             "input": {"topic": topic},
             "embedding": embedding,
             "alerts": {"topic": self.alerts_topic, "dead_letter_topic": unique("dlq"),
                        "scores_topic": unique("scores") if scores else None},
-            "state": {"enabled": False},
+            "state": {"enabled": False, "replica_id": replica},
             "log": {"level": "warning"},
         }
         if threshold is not None:
@@ -181,3 +185,31 @@ async def replay_rate(broker: Broker, topic: str, n: int) -> float:
     records = int(fields["records"])
     assert records == n, line
     return records / float(fields["seconds"])
+
+
+async def measure_group(broker: Broker, topic: str, replicas: int, embedding: dict[str, Any],
+                        n: int) -> float:
+    """msg/s of `replicas` detector processes in one group; the records are produced once
+    every replica holds partitions, so the measurement excludes start-up rebalances."""
+    group = unique("scale")
+    runs = [DetectorRun(broker, topic, embedding, group=group, replica=f"r{i}")
+            for i in range(replicas)]
+    for run in runs:
+        run.proc.start()
+    try:
+        for run in runs:
+            await asyncio.to_thread(run.proc.wait_ready)
+        await produce_comments(broker, topic, n)
+        first_t = first_n = 0.0
+        while True:
+            scored = sum(await asyncio.gather(*(asyncio.to_thread(
+                r.proc.metric, "detector_records_scored_total") for r in runs)))
+            now = time.monotonic()
+            if scored > 0 and not first_t:
+                first_t, first_n = now, scored
+            if scored >= n:
+                return (n - first_n) / max(1e-9, now - first_t)
+            await asyncio.sleep(0.05)
+    finally:
+        for run in runs:
+            await asyncio.to_thread(run.proc.terminate)
