@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -141,3 +142,43 @@ class TestSecrets:
                                env={**proc.env}, capture_output=True, text=True, check=True)
         assert SECRET not in shown.stdout + shown.stderr
         assert "**********" in shown.stdout
+
+
+class TestSignals:
+    def test_sigterm_drains_and_a_second_signal_exits_at_once(
+        self, kafka_bootstrap: str, tmp_path: Path, api: FakeEmbeddingServer
+    ) -> None:
+        """with embedding stuck, SIGTERM starts a drain; a second SIGTERM ends it now."""
+        api.hang_s = 120.0
+        topic = unique("signals")
+        proc = DetectorProcess({
+            "kafka": {"bootstrap_servers": kafka_bootstrap, "group_id": unique("g")},
+            "input": {"topic": topic},
+            "embedding": {"backend": "dashscope", "model": "text-embedding-v4",
+                          "dimension": 256, "base_url": api.base_url, "api_key": SECRET,
+                          "timeout_s": 100.0},
+            "alerts": {"topic": unique("a"), "dead_letter_topic": unique("d")},
+            "state": {"enabled": False}, "shutdown_timeout_s": 60,
+        }, tmp_path / "detector.log").start()
+        try:
+            proc.wait_ready()
+            api.inject("hang", count=10)
+            asyncio.run(produce(kafka_bootstrap, topic, comments(20, 4)))
+            end = time.monotonic() + 30
+            while api.stats.requests == api.stats.ok and time.monotonic() < end:
+                time.sleep(0.1)  # until an embedding call is stuck in the hang
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+            end = time.monotonic() + 10
+            while "draining and stopping" not in proc.tail(50) and time.monotonic() < end:
+                time.sleep(0.05)
+            assert "draining and stopping" in proc.tail(50)
+            assert proc.proc.poll() is None, "first SIGTERM drains, it does not exit"
+            started = time.monotonic()
+            proc.proc.send_signal(signal.SIGTERM)
+            code = proc.proc.wait(timeout=10)
+        finally:
+            proc.kill()
+        assert code == 128 + signal.SIGTERM
+        assert time.monotonic() - started < 5
+        assert "second signal" in proc.tail(50)
