@@ -155,16 +155,21 @@ class DetectorRun:
     async def measure(self, n: int) -> float:
         """msg/s between the first and the n-th scored record (start-up excluded)."""
         async with self:
-            first_t = first_n = 0.0
-            while True:
-                scored = await asyncio.to_thread(self.proc.metric,
-                                                 "detector_records_scored_total")
-                now = time.monotonic()
-                if scored > 0 and not first_t:
-                    first_t, first_n = now, scored
-                if scored >= n:
-                    return (n - first_n) / max(1e-9, now - first_t)
-                await asyncio.sleep(0.02)
+            return await scored_rate([self], n)
+
+
+async def scored_rate(runs: list[DetectorRun], n: int) -> float:
+    """msg/s of the runs together, from their first scored record to the n-th."""
+    first_t = first_n = 0.0
+    while True:
+        scored = sum(await asyncio.gather(*(asyncio.to_thread(
+            r.proc.metric, "detector_records_scored_total") for r in runs)))
+        now = time.monotonic()
+        if scored > 0 and not first_t:
+            first_t, first_n = now, scored
+        if scored >= n:
+            return (n - first_n) / max(1e-9, now - first_t)
+        await asyncio.sleep(0.02)
 
 
 async def replay_rate(broker: Broker, topic: str, n: int) -> float:
@@ -200,16 +205,7 @@ async def measure_group(broker: Broker, topic: str, replicas: int, embedding: di
         for run in runs:
             await asyncio.to_thread(run.proc.wait_ready)
         await produce_comments(broker, topic, n)
-        first_t = first_n = 0.0
-        while True:
-            scored = sum(await asyncio.gather(*(asyncio.to_thread(
-                r.proc.metric, "detector_records_scored_total") for r in runs)))
-            now = time.monotonic()
-            if scored > 0 and not first_t:
-                first_t, first_n = now, scored
-            if scored >= n:
-                return (n - first_n) / max(1e-9, now - first_t)
-            await asyncio.sleep(0.05)
+        return await scored_rate(runs, n)
     finally:
         for run in runs:
             await asyncio.to_thread(run.proc.terminate)

@@ -28,7 +28,13 @@ from detector.config import Settings
 from detector.delivery import Committer, Gate, GroupCommitter, TransactionCommitter
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
-from detector.kafka import ensure_topics, make_consumer, make_producer, wait_for_kafka
+from detector.kafka import (
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    topic_partitions,
+    wait_for_kafka,
+)
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.samples import read_texts
@@ -150,6 +156,10 @@ async def run(
             pipeline.on_update = shared.record_local
             pipeline.on_revoked = sync.publish
             await stack.enter_async_context(sync)
+        if not await topic_partitions(settings.kafka, settings.input.topic):
+            msg = (f"input topic {settings.input.topic!r} does not exist on "
+                   f"{settings.kafka.bootstrap_servers}; create it or fix input.topic")
+            raise ConfigError(msg)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
         await _started(stack, pipeline.consumer)
         if settings.server.enabled:

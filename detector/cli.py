@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from detector import __version__
 from detector.config import Settings, load_settings
@@ -17,6 +18,7 @@ from detector.logs import configure_logging
 
 EXIT_USAGE = 2
 EXIT_FATAL_EMBEDDING = 3
+EXIT_KAFKA = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DetectorError as exc:
         sys.stderr.write(f"detector: error: {exc}\n")
         return EXIT_USAGE
+    except KafkaError as exc:
+        sys.stderr.write(f"detector: Kafka error: {type(exc).__name__}: {exc}\n")
+        return EXIT_KAFKA
     except KeyboardInterrupt:
         return 130
     return code

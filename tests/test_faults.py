@@ -13,6 +13,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import NewTopic as TopicSpec
 
 from detector.devkafka import LocalKafka
 from detector.embedders import build_embedder
@@ -40,6 +42,15 @@ SECRET = "sk-never-print-me-7f3a9c"
 def comments(n: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
     return [(str(i).encode(), orjson.dumps({"text": c.text}))
             for i, c in enumerate(stream(n, anomaly_rate=0.05, seed=seed))]
+
+
+async def create_topic(bootstrap: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([TopicSpec(name, 1, 1)])
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
@@ -151,6 +162,7 @@ class TestSignals:
         """with embedding stuck, SIGTERM starts a drain; a second SIGTERM ends it now."""
         api.hang_s = 120.0
         topic = unique("signals")
+        asyncio.run(create_topic(kafka_bootstrap, topic))
         proc = DetectorProcess({
             "kafka": {"bootstrap_servers": kafka_bootstrap, "group_id": unique("g")},
             "input": {"topic": topic},

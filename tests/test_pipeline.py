@@ -10,9 +10,11 @@ import numpy as np
 import orjson
 import pytest
 
+from detector import app
 from detector.centroid import Centroid
 from detector.config import InputSettings
 from detector.embedders.local import LocalEmbedder
+from detector.errors import ConfigError
 from detector.sample_data import stream
 from detector.samples import read_texts
 from tests.helpers import (
@@ -223,3 +225,13 @@ class TestExactlyOnce:
         assert len(letters) == 1
         final = await committed(kafka_bootstrap, settings.kafka.group_id, topic, partitions=2)
         assert sum(o or 0 for o in final.values()) == 301
+
+
+class TestStartup:
+    async def test_missing_input_topic_is_a_clear_error(
+        self, kafka_bootstrap: str, local_embedder: LocalEmbedder
+    ) -> None:
+        """a missing input topic stops the start with a message naming it."""
+        settings = detector_settings(kafka_bootstrap, "no-such-topic-here")
+        with pytest.raises(ConfigError, match="no-such-topic-here"):
+            await app.run(settings, embedder=RecordingEmbedder(local_embedder))
