@@ -156,10 +156,6 @@ async def run(
             pipeline.on_update = shared.record_local
             pipeline.on_revoked = sync.publish
             await stack.enter_async_context(sync)
-        if not await topic_partitions(settings.kafka, settings.input.topic):
-            msg = (f"input topic {settings.input.topic!r} does not exist on "
-                   f"{settings.kafka.bootstrap_servers}; create it or fix input.topic")
-            raise ConfigError(msg)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
         await _started(stack, pipeline.consumer)
         if settings.server.enabled:
@@ -178,6 +174,10 @@ async def _starting_point(settings: Settings, embedder: Embedder
     """The base, the output topics, and the shared centroid: base + every replica's
     published contribution."""
     await wait_for_kafka(settings.kafka, settings.kafka.connect_deadline_s)
+    if not await topic_partitions(settings.kafka, settings.input.topic):
+        msg = (f"input topic {settings.input.topic!r} does not exist on "
+               f"{settings.kafka.bootstrap_servers}; create it or fix input.topic")
+        raise ConfigError(msg)
     state = await initial_state(settings, embedder)
     if settings.kafka.create_topics:
         await ensure_topics(settings.kafka, output_topics(settings))
