@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench bench-quality clean
+.PHONY: venv demo test lint typecheck unit bench bench-quality bench-soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ unit: venv
 
 bench: venv
 	$(PY) -m bench.run
+
+bench-soak: venv
+	$(PY) -m bench.soak --minutes 30
 
 bench-quality: venv
 	$(PY) -m pip install --quiet --no-deps -r bench/quality/requirements.txt

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -104,43 +105,59 @@ async def bench_latency(broker: Broker, api: FakeEmbeddingServer, max_rate: floa
     run = DetectorRun(broker, topic, embedding_section(api, concurrency=8, linger_ms=50),
                       threshold=1.0, delivery=delivery)  # every comment alerts
     async with run:
-        lat = await produce_at_rate_and_measure(broker, topic, run.alerts_topic, rate, seconds)
-    p50, p99 = (float(x) for x in np.percentile(lat, [50, 99]) * 1000)
+        acked, visible = await produce_at_rate_and_measure(broker, topic, run.alerts_topic,
+                                                           rate, seconds)
+    p50, p99 = (float(x) for x in np.percentile(acked, [50, 99]) * 1000)
+    v50, v99 = (float(x) for x in np.percentile(visible, [50, 99]) * 1000)
     budget = 50 + 2 * 100
-    return {"delivery": delivery, "rate_msg_s": rate, "samples": len(lat), "p50_ms": p50,
-            "p99_ms": p99, "budget_ms": budget, "ratio": budget / p99 if p99 else None}
+    return {"delivery": delivery, "rate_msg_s": rate, "samples": len(acked), "p50_ms": p50,
+            "p99_ms": p99, "visible_p50_ms": v50, "visible_p99_ms": v99,
+            "budget_ms": budget, "ratio": budget / p99 if p99 else None}
 
 
 async def produce_at_rate_and_measure(broker: Broker, topic: str, alerts_topic: str,
-                                      rate: float, seconds: float) -> list[float]:
-    """Alert ack time (the alert record's timestamp) minus the input's timestamp."""
+                                      rate: float, seconds: float
+                                      ) -> tuple[list[float], list[float]]:
+    """Per alert: its record timestamp (stamped when produced, acknowledged right after)
+    minus the input's timestamp; and the time a read_committed consumer first sees it
+    minus the input's timestamp (for exactly_once: when its transaction committed)."""
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=0)
     consumer = AIOKafkaConsumer(alerts_topic, bootstrap_servers=broker.bootstrap,
                                 group_id=None, auto_offset_reset="latest",
-                                isolation_level="read_committed")
+                                isolation_level="read_committed", fetch_max_wait_ms=10)
     await producer.start()
     await consumer.start()
     await consumer.seek_to_end()
     texts = [c.text for c in stream(int(rate * seconds) + 10, seed=5)]
+    expected = int(rate * seconds)
     latencies: list[float] = []
+    visible: list[float] = []
+
+    async def collect() -> None:
+        """Read alerts while they are produced, so visibility is measured as it happens."""
+        while len(latencies) < expected:
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                for r in records:
+                    body = orjson.loads(r.value)
+                    latencies.append((r.timestamp - body["source"]["timestamp"]) / 1000)
+                    visible.append(time.time() - body["source"]["timestamp"] / 1000)
+
+    collector = asyncio.create_task(collect())
     try:
         started = time.monotonic()
-        for i, text in enumerate(texts[: int(rate * seconds)]):
+        for i, text in enumerate(texts[:expected]):
             await producer.send(topic, value=orjson.dumps({"text": text}))
             delay = started + (i + 1) / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        deadline = time.monotonic() + 30
-        expected = int(rate * seconds)
-        while len(latencies) < expected and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for r in records:
-                    body = orjson.loads(r.value)
-                    latencies.append((r.timestamp - body["source"]["timestamp"]) / 1000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(collector), timeout=30)
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
     finally:
         await producer.stop()
         await consumer.stop()
-    return latencies
+    return latencies, visible
 
 
 async def bench_scale(broker: Broker, api: FakeEmbeddingServer, records: int
