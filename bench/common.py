@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from detector.devkafka import LocalKafka
 from detector.fakeapi import FakeEmbeddingServer
 from detector.sample_data import stream
+from tests.helpers import unique
 from tests.procs import DetectorProcess
 
 
@@ -48,10 +48,6 @@ class Broker:
                  tb: TracebackType | None) -> None:
         if self.kafka is not None:
             self.kafka.stop()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def make_topic(broker: Broker, partitions: int) -> str:

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from detector.config import KafkaSettings
-from detector.devkafka import LocalKafka
+from detector.devkafka import LocalKafka, free_port
 from detector.kafka import ensure_topics
 from detector.sample_data import stream
 
@@ -32,11 +31,6 @@ TOPICS = {"input": "comments", "alerts": "comment-alerts", "dlq": "comment-dead-
 MALFORMED: list[bytes] = [b"this is not json", b"\xff\xfe broken utf-8",
                           b'{"body": "no text field"}', b'{"text": "   "}']
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int, path: str = "/metrics") -> str:

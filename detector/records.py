@@ -138,7 +138,7 @@ def decode(record: KafkaRecord, settings: InputSettings) -> Comment | DeadLetter
                 source, "invalid_json", f"value is JSON {type(parsed).__name__}, not an object",
                 raw,
             )
-        text = _lookup(parsed, settings.text_field)
+        text = lookup(parsed, settings.text_field)
         if text is None:
             return DeadLetter(source, "missing_text", f"no field {settings.text_field!r}", raw)
         if not isinstance(text, str):
@@ -146,7 +146,7 @@ def decode(record: KafkaRecord, settings: InputSettings) -> Comment | DeadLetter
                 source, "missing_text",
                 f"field {settings.text_field!r} is {type(text).__name__}, not a string", raw,
             )
-        raw_id = _lookup(parsed, settings.id_field)
+        raw_id = lookup(parsed, settings.id_field)
         if isinstance(raw_id, str | int) and not isinstance(raw_id, bool):
             comment_id = str(raw_id)
     assert isinstance(text, str)
@@ -192,7 +192,8 @@ def _nesting_depth(text: str) -> int:
     return deepest
 
 
-def _lookup(obj: dict[str, Any], dotted: str) -> object:
+def lookup(obj: object, dotted: str) -> object:
+    """The value at a dotted path (\"payload.body\") of nested objects, or None."""
     current: object = obj
     for part in dotted.split("."):
         if not isinstance(current, dict) or part not in current:

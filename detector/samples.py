@@ -9,6 +9,7 @@ import orjson
 
 from detector.config import InputSettings
 from detector.errors import ConfigError
+from detector.records import lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +45,11 @@ def read_samples(path: Path, settings: InputSettings, label_field: str | None = 
         except orjson.JSONDecodeError:
             skipped += 1
             continue
-        text = _lookup(obj, settings.text_field)
+        text = lookup(obj, settings.text_field)
         if not isinstance(text, str) or not text.strip():
             skipped += 1
             continue
-        label = bool(_lookup(obj, label_field)) if label_field else None
+        label = bool(lookup(obj, label_field)) if label_field else None
         samples.append(Sample(text, label))
     return samples, skipped
 
@@ -56,11 +57,3 @@ def read_samples(path: Path, settings: InputSettings, label_field: str | None = 
 def read_texts(path: Path, settings: InputSettings) -> list[str]:
     """Just the texts of a samples file."""
     return [s.text for s in read_samples(path, settings)[0]]
-
-
-def _lookup(obj: object, dotted: str) -> object:
-    for part in dotted.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
