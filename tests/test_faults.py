@@ -133,6 +133,7 @@ class TestSecrets:
         """a detector failing auth with a wrong key, and `detector config`, never print it."""
         api.api_key = "sk-server-expects-another"
         topic = unique("secret-topic")
+        asyncio.run(create_topic(kafka_bootstrap, topic))
         proc = DetectorProcess({
             "kafka": {"bootstrap_servers": kafka_bootstrap, "group_id": unique("g")},
             "input": {"topic": topic},
