@@ -185,7 +185,13 @@ class Pipeline:
                 for waiter in extra:
                     waiter.cancel()
                 if fetch.done():
-                    fetched, fetch = fetch.result(), None
+                    done, fetch = fetch, None
+                    try:
+                        fetched = done.result()
+                    except KafkaError as exc:  # the broker restarts, a leader moves ...
+                        log.warning("fetch failed; retrying", error=repr(exc))
+                        await asyncio.sleep(1.0)
+                        continue
                     self._ingest(fetched)
         finally:
             stop_wait.cancel()

@@ -12,17 +12,25 @@
 {{- end -}}
 {{- end -}}
 
+{{/* Labels of one component: "detector" (the daemon) or the Job's command. */}}
+{{- define "detector.labelsFor" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "detector.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- end -}}
+
+{{/* The daemon's pods only: a Job's pods must not join its Service, PDB or scrapes. */}}
 {{- define "detector.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "detector.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: detector
 {{- end -}}
 
 {{- define "detector.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "detector.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: detector
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- include "detector.labelsFor" (dict "ctx" . "component" "detector") -}}
 {{- end -}}
 
 {{- define "detector.serviceAccountName" -}}
@@ -39,6 +47,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* detector.yaml: the values' config with the chart-owned keys filled in. */}}
 {{- define "detector.config" -}}
+{{- range $key := list "shutdown_timeout_s" "server" -}}
+{{- if hasKey $.Values.config $key -}}
+{{- fail (printf "config.%s is set by the chart (shutdownTimeoutSeconds, service.port): remove it from values" $key) -}}
+{{- end -}}
+{{- end -}}
 {{- $config := deepCopy .Values.config -}}
 {{- $_ := set $config "shutdown_timeout_s" .Values.shutdownTimeoutSeconds -}}
 {{- $server := dict "enabled" true "host" "0.0.0.0" "port" .Values.service.port -}}
@@ -46,12 +59,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- toYaml $config -}}
 {{- end -}}
 
-{{/* Environment shared by the Deployment and the Job: secrets and the pod name. */}}
+{{/* Grace period: the daemon's shutdown budget plus time for SIGTERM delivery and exit. */}}
+{{- define "detector.terminationGracePeriodSeconds" -}}
+{{- add .Values.shutdownTimeoutSeconds 15 -}}
+{{- end -}}
+
+{{/* Secrets shared by the StatefulSet and the Job, always as secretKeyRef (never values). */}}
 {{- define "detector.env" -}}
-- name: POD_NAME
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.name
 {{- if .Values.embedding.existingSecret }}
 - name: DETECTOR_EMBEDDING__API_KEY
   valueFrom:
