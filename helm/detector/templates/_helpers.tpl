@@ -81,3 +81,8 @@ app.kubernetes.io/component: detector
       key: {{ .Values.kafkaSasl.existingSecretKey }}
 {{- end }}
 {{- end -}}
+
+{{/* The Job's name: the release revision in it, because a Job's template is immutable. */}}
+{{- define "detector.jobName" -}}
+{{- printf "%s-%s-%d" (include "detector.fullname" . | trunc 40 | trimSuffix "-") (first .Values.job.args) .Release.Revision | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
