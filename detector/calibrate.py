@@ -111,8 +111,9 @@ async def embed_all(texts: list[str], embedder: Embedder, cache: EmbeddingCache,
 
 
 async def read_topic_texts(settings: Settings, topic: str, time_from: int | None,
-                           time_to: int | None) -> list[str]:
-    """Texts of a topic's time range, read with manual assignment and no group."""
+                           time_to: int | None) -> tuple[list[str], int]:
+    """Texts of a topic's time range, read with manual assignment and no group; also the
+    number of records skipped as unusable (what the daemon would dead-letter)."""
     from detector.replay import ReplayOptions, resolve_plan
 
     plan = await resolve_plan(settings, ReplayOptions(topic=topic, time_from=time_from,
@@ -121,6 +122,7 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
                                 enable_auto_commit=False)
     await consumer.start()
     texts: list[str] = []
+    skipped = 0
     try:
         for partition, (start, end) in plan.ranges.items():
             if start >= end:
@@ -128,19 +130,21 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
             consumer.seek(tp, start)
-            position = start
-            while position < end:
+            # the consumer's position, not the last record's offset + 1, so that
+            # transaction markers and compacted gaps before `end` cannot stall the loop
+            while await consumer.position(tp) < end:
                 fetched = await consumer.getmany(tp, timeout_ms=1000)
                 for record in fetched.get(tp, []):
-                    position = record.offset + 1
                     if record.offset >= end:
                         break
                     decoded = rec.decode(record, settings.input)
                     if isinstance(decoded, rec.Comment):
                         texts.append(decoded.text)
+                    else:
+                        skipped += 1
     finally:
         await consumer.stop()
-    return texts
+    return texts, skipped
 
 
 async def run_calibration(settings: Settings, args: argparse.Namespace,
@@ -155,10 +159,12 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
     else:
         from detector.replay import parse_time
 
-        normal = await read_topic_texts(
+        normal, skipped = await read_topic_texts(
             settings, args.topic, parse_time(args.time_from) if args.time_from else None,
             parse_time(args.time_to) if args.time_to else None)
         anomalies = []
+        if skipped:
+            sys.stderr.write(f"skipped {skipped} unusable records of {args.topic}\n")
     if args.anomalies is not None:
         more, _ = read_samples(args.anomalies, settings.input)
         anomalies += [s.text for s in more]
@@ -246,6 +252,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     if not 0 < args.target_fpr < 1 or not 0 < args.holdout < 1:
         sys.stderr.write("detector: error: --target-fpr and --holdout must be in (0, 1)\n")
+        return 2
+    if args.topic is None and (args.time_from or args.time_to):
+        sys.stderr.write("detector: error: --from and --to need --topic\n")
         return 2
     try:
         settings = settings_from(args)

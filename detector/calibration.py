@@ -252,6 +252,11 @@ def load_artifact(path: Path) -> CalibrationArtifact:
     except (ValidationError, ValueError, KeyError) as exc:
         msg = f"calibration artifact {path} is invalid: {exc}"
         raise ConfigError(msg) from None
+    if artifact.scoring.get("center") is not None:
+        # reserved for embedding post-processing; bench/quality found none worth applying
+        msg = (f"calibration artifact {path} asks for scoring.center, which this detector "
+               f"does not apply; recalibrate with this version")
+        raise ConfigError(msg)
     return artifact
 
 

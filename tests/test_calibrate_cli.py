@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from detector import app
 from detector.calibration import load_artifact
@@ -18,7 +23,6 @@ from detector.config import load_settings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
-from tests.helpers import produce
 
 NewTopic = Callable[..., Awaitable[str]]
 
@@ -104,23 +108,95 @@ class TestCalibrateCommand:
                          "--out", str(tmp_path / "x.json")) == 2
         assert "need at least 3000" in capsys.readouterr().err
 
+    def test_unreadable_file_and_skipped_lines(
+        self, tmp_path: Path, inputs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """a missing file is a one-line error naming it; bad lines are skipped and counted."""
+        assert calibrate(tmp_path, "--normal", str(tmp_path / "missing.jsonl")) == 2
+        assert "cannot read samples file" in capsys.readouterr().err
+        mixed = tmp_path / "mixed.jsonl"
+        mixed.write_bytes(inputs[0].read_bytes() + b'not json\n{"other": 1}\n{"text": " "}\n')
+        assert calibrate(tmp_path, "--normal", str(mixed), "--out", str(tmp_path / "m.json"),
+                         "--target-fpr", "0.05") == 0
+        assert f"skipped 3 unusable lines of {mixed}" in capsys.readouterr().err
+
+    def test_from_without_topic_is_refused(self, tmp_path: Path, inputs: tuple[Path, Path],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+        """--from with --normal is a usage error, not silently ignored."""
+        assert calibrate(tmp_path, "--normal", str(inputs[0]), "--from", "2026-01-01") == 2
+        assert "--from and --to need --topic" in capsys.readouterr().err
+
+
+def iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
+
+
+async def group_ids(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return {group[0] for group in await admin.list_consumer_groups()}
+    finally:
+        await admin.close()
+
+
+async def produce_at(bootstrap: str, topic: str, values: list[bytes], timestamp_ms: int,
+                     *, transactional: bool = False) -> None:
+    """Send `values` with one explicit record timestamp, optionally in one transaction."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+        transactional_id=f"calibrate-test-{uuid.uuid4().hex}" if transactional else None)
+    await producer.start()
+    try:
+        if transactional:
+            async with producer.transaction():
+                for value in values:
+                    await producer.send(topic, value, timestamp_ms=timestamp_ms)
+        else:
+            await asyncio.gather(*[await producer.send(topic, value, timestamp_ms=timestamp_ms)
+                                   for value in values])
+    finally:
+        await producer.stop()
+
 
 @pytest.mark.kafka
 class TestCalibrateFromTopic:
-    async def test_reads_a_time_range_without_a_group(
+    async def test_reads_only_the_time_range_without_a_group(
         self, tmp_path: Path, kafka_bootstrap: str, new_topic: NewTopic,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """--topic calibrates from the topic's records (no consumer group is created)."""
+        """--topic --from [--to] calibrates on exactly the records of that time range (bad
+        ones skipped and counted, a trailing transaction marker passed), with no group."""
         monkeypatch.setenv("DETECTOR_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
         topic = await new_topic(partitions=2)
-        await produce(kafka_bootstrap, topic, [
-            (None, orjson.dumps({"text": c.text}))
-            for c in stream(400, anomaly_rate=0.0, seed=8)])
-        code = await asyncio.to_thread(
-            main, ["--config", "config/detector.yaml", "calibrate", "--topic", topic,
-                   "--target-fpr", "0.05", "--bootstrap", "100",
-                   "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "t.json")])
-        assert code == 0, capsys.readouterr().err
+        hour = 3_600_000
+        now = int(time.time() * 1000)
+        await produce_at(kafka_bootstrap, topic, [orjson.dumps({"text": t}) for t in SPAM],
+                         now - 2 * hour)
+        in_range = [orjson.dumps({"text": c.text})
+                    for c in stream(400, anomaly_rate=0.0, seed=8)]
+        await produce_at(kafka_bootstrap, topic, [*in_range, b"not json", b"{}", b"{"],
+                         now - hour, transactional=True)
+        groups_before = await group_ids(kafka_bootstrap)
+
+        def calibrate_topic(*bounds: str) -> tuple[int, str]:
+            code = main(["--config", "config/detector.yaml", "calibrate", "--topic", topic,
+                         "--from", iso(now - hour - 60_000), *bounds, "--target-fpr", "0.05",
+                         "--bootstrap", "100", "--cache-dir", str(tmp_path / "cache"),
+                         "--out", str(tmp_path / "t.json")])
+            return code, capsys.readouterr().err
+
+        # the range ends at the end offsets, just after the transaction's commit marker
+        code, err = await asyncio.wait_for(asyncio.to_thread(calibrate_topic), 60)
+        assert code == 0, err
+        assert f"skipped 3 unusable records of {topic}" in err
         artifact = load_artifact(tmp_path / "t.json")
         assert artifact.counts["train"] + artifact.counts["holdout"] == 400
+
+        await produce_at(kafka_bootstrap, topic, [orjson.dumps({"text": t}) for t in GARBLED],
+                         now)
+        code, err = await asyncio.to_thread(calibrate_topic, "--to", iso(now - hour // 2))
+        assert code == 0, err
+        artifact = load_artifact(tmp_path / "t.json")
+        assert artifact.counts["train"] + artifact.counts["holdout"] == 400
+        assert await group_ids(kafka_bootstrap) == groups_before

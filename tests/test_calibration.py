@@ -111,3 +111,12 @@ class TestArtifact:
         bad.write_text('{"schema": "other"}')
         with pytest.raises(ConfigError, match=r"bad\.json"):
             cal.load_artifact(bad)
+
+    def test_unsupported_scoring_option_is_refused(self, tmp_path: Path) -> None:
+        """an artifact asking for a centring vector is refused rather than silently ignored."""
+        rows = unit_cluster(1000, 5)
+        artifact = cal.calibrate(rows[:600], rows[600:], None, model="m", dimension=16).artifact
+        path = tmp_path / "centred.json"
+        cal.save_artifact(artifact.model_copy(update={"scoring": {"center": [0.0] * 16}}), path)
+        with pytest.raises(ConfigError, match=r"centred\.json.*scoring\.center"):
+            cal.load_artifact(path)

@@ -9,13 +9,17 @@ Setups: style (reviews normal, plot sentences anomalous), domain (movie reviews 
 drug reviews anomalous, lengths matched by bins; a length-only baseline shows whether
 length alone separates them), hard (fresh normal, rotten anomalous). Methods: the
 detector's centroid cosine, kNN (k = 5, mean cosine to the nearest training normals),
-centroid cosine after centring on a background mean, and a whitened (Mahalanobis)
-distance. Five random splits, mean ± std. Also the calibration check (FPR achieved on
-further held-out normals at the thresholds for 1 % and 5 %) and a drift stream.
+a whitened (Mahalanobis) distance, and centroid cosine after mean-centring on the
+training-normal mean, on traffic with 1 % / 5 % anomalies, and on the test set itself
+(transductive reference). Five random splits, mean ± std. Also the calibration check
+(FPR achieved on further held-out normals at the thresholds for 1 % and 5 %) and a drift
+stream. Tables go to stdout, bench/quality/results.json and the "Detection quality"
+section of bench/RESULTS.md (replaced in place).
 """
 
 from __future__ import annotations
 
+import argparse
 import bz2
 import csv
 import html
@@ -26,6 +30,7 @@ import re
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,10 @@ from detector.calibrate import EmbeddingCache
 from detector.centroid import Centroid
 from detector.embedders.local import LocalEmbedder
 
+from .report import console_tables, markdown, plot_drift
+
 OUT = Path("bench/quality")
+RESULTS_MD = Path("bench/RESULTS.md")
 SEEDS = [0, 1, 2, 3, 4]
 Floats = npt.NDArray[np.float64]
 
@@ -87,33 +95,68 @@ def length_matched(normal: list[str], anomalous: list[str], rng: np.random.Gener
     return out_n, out_a
 
 
-def embed(texts: list[str], model: LocalEmbedder, cache: EmbeddingCache) -> Floats:
-    found = cache.get(texts)
-    missing = list(dict.fromkeys(t for t in texts if t not in found))
-    for i in range(0, len(missing), 10):
-        chunk = missing[i:i + 10]
-        vectors = model.embed_sync(chunk)
-        cache.put(chunk, vectors)
-        found.update(zip(chunk, vectors, strict=True))
-    return np.stack([found[t] for t in texts]).astype(np.float64)
+def replace_section(path: Path, section: str) -> None:
+    """Put `section` (starting with its `## ` heading) in place of the section of the same
+    heading in `path`, or append it; the other sections are left as they are."""
+    heading = section.split("\n", 1)[0]
+    text = path.read_text() if path.exists() else ""
+    start = text.find(heading + "\n")
+    if start < 0:
+        path.write_text(text.rstrip() + "\n\n" + section.rstrip() + "\n")
+        return
+    end = text.find("\n## ", start + len(heading))
+    rest = "" if end < 0 else "\n" + text[end + 1:]
+    path.write_text(text[:start] + section.rstrip() + "\n" + rest)
 
 
-def scores(train: Floats, test: Floats, background: Floats) -> dict[str, Floats]:
-    """Similarity-like scores (higher = more normal) of `test` by each method."""
-    centroid = Centroid.from_vectors(train)
+@dataclass
+class Vectors:
+    """The local model behind the embedding cache, in batches of 10; counts cache misses."""
+
+    model: LocalEmbedder
+    cache: EmbeddingCache
+    embedded: int = 0
+
+    def __call__(self, texts: list[str]) -> Floats:
+        found = self.cache.get(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        for i in range(0, len(missing), 10):
+            chunk = missing[i:i + 10]
+            vectors = self.model.embed_sync(chunk)
+            self.cache.put(chunk, vectors)
+            found.update(zip(chunk, vectors, strict=True))
+        self.embedded += len(missing)
+        return np.stack([found[t] for t in texts]).astype(np.float64)
+
+
+def _unit(rows: Floats) -> Floats:
+    out: Floats = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
+
+
+def centred(train: Floats, test: Floats, mu: Floats) -> Floats:
+    """Cosine to the centroid after subtracting `mu` from every vector (and re-normalising)."""
+    direction = _unit(train - mu).mean(axis=0)
+    out: Floats = _unit(test - mu) @ (direction / np.linalg.norm(direction))
+    return out
+
+
+def scores(train: Floats, test: Floats, backgrounds: dict[str, Floats]) -> dict[str, Floats]:
+    """Similarity-like scores (higher = more normal) of `test` by each method.
+
+    `backgrounds` name the unlabelled sets whose mean is subtracted for the centred
+    variants: the training normals themselves, traffic with 1 % / 5 % anomalies (disjoint
+    from the test set), and the test set itself (transductive, not deployable).
+    """
     sims = test @ train.T
-    knn = np.sort(sims, axis=1)[:, -5:].mean(axis=1)
-    mu = background.mean(axis=0)
-    centred = (train - mu) / np.linalg.norm(train - mu, axis=1, keepdims=True)
-    test_c = (test - mu) / np.linalg.norm(test - mu, axis=1, keepdims=True)
     cov = np.cov(train, rowvar=False) + 1e-2 * np.eye(train.shape[1])  # shrinkage
-    inv = np.linalg.inv(cov)
     diff = test - train.mean(axis=0)
-    mahalanobis = -np.einsum("ij,jk,ik->i", diff, inv, diff)
-    return {"centroid": centroid.similarity(test),
-            "knn5": knn,
-            "centred_centroid": Centroid.from_vectors(centred).similarity(test_c),
-            "whitened": mahalanobis}
+    out = {"centroid": Centroid.from_vectors(train).similarity(test),
+           "knn5": np.sort(sims, axis=1)[:, -5:].mean(axis=1),
+           "whitened": -np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff)}
+    for name, background in backgrounds.items():
+        out[f"centred_{name}"] = centred(train, test, background.mean(axis=0))
+    return out
 
 
 def length_score(texts: list[str], reference: Floats) -> Floats:
@@ -123,23 +166,39 @@ def length_score(texts: list[str], reference: Floats) -> Floats:
     return out
 
 
-def evaluate(name: str, normal: list[str], anomalous: list[str], *, model: LocalEmbedder,
-             cache: EmbeddingCache, length_baseline: bool = False) -> dict[str, Any]:
+def evaluate(name: str, normal: list[str], anomalous: list[str], *, embed: Vectors,
+             length_baseline: bool = False,
+             pool: list[str] | None = None) -> dict[str, Any]:
+    """AUROC per method over SEEDS, and the FPR achieved at calibrated thresholds.
+
+    `pool`: anomalies for the contaminated-traffic backgrounds (default: the anomalies
+    left after the test set's 400); never the test anomalies themselves.
+    """
     per_method: dict[str, list[float]] = {}
     fpr_check: dict[str, list[float]] = {"target_0.01": [], "target_0.05": []}
     sizes: dict[str, int] = {}
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
         n = [normal[i] for i in rng.permutation(len(normal))]
-        a = [anomalous[i] for i in rng.permutation(len(anomalous))][:400]
+        shuffled = [anomalous[i] for i in rng.permutation(len(anomalous))]
+        a, rest = shuffled[:400], shuffled[400:]
+        extra = [pool[i] for i in rng.permutation(len(pool))] if pool is not None else rest
         n_train, n_cal, n_test = n[: len(n) // 2], n[len(n) // 2: 3 * len(n) // 4], \
             n[3 * len(n) // 4:]
         sizes = {"train": len(n_train), "calibration": len(n_cal), "test_normal": len(n_test),
                  "test_anomalous": len(a)}
-        train, cal_v, test_n, test_a = (embed(x, model, cache)
+        train, cal_v, test_n, test_a = (embed(x)
                                         for x in (n_train, n_cal, n_test, a))
         test = np.concatenate([test_n, test_a])
-        for method, s in scores(train, test, np.concatenate([train, test])).items():
+        backgrounds = {"train_mean": train, "test_mean": test}
+        for share in (0.01, 0.05):
+            k = round(share * len(train) / (1 - share))
+            if len(extra) < k:
+                msg = f"{name}: {len(extra)} spare anomalies, {k} needed for {share:.0%}"
+                raise SystemExit(msg)
+            backgrounds[f"traffic_{share:.0%}"] = np.concatenate(
+                [train, embed(extra[:k])])
+        for method, s in scores(train, test, backgrounds).items():
             auc = cal.roc_auc(s[: len(test_n)], s[len(test_n):])
             per_method.setdefault(method, []).append(auc)
         if length_baseline:
@@ -157,15 +216,14 @@ def evaluate(name: str, normal: list[str], anomalous: list[str], *, model: Local
                              for k, v in fpr_check.items()}}
 
 
-def drift(movie: list[str], drug: list[str], model: LocalEmbedder, cache: EmbeddingCache
-          ) -> dict[str, Any]:
+def drift(movie: list[str], drug: list[str], embed: Vectors) -> dict[str, Any]:
     """Normal traffic shifts from movie reviews to a 50/50 mix with drug reviews over 10
     windows; FPR per window for a frozen centroid and incremental ones."""
     rng = np.random.default_rng(0)
     movie = [movie[i] for i in rng.permutation(len(movie))]
     drug = [drug[i] for i in rng.permutation(len(drug))]
     seed_texts, movie = movie[:1500], movie[1500:]
-    seed = embed(seed_texts, model, cache)
+    seed = embed(seed_texts)
     threshold = cal.threshold_at_fpr(Centroid.from_vectors(seed[:1000]).similarity(seed[1000:]),
                                      0.01)
     windows, per_window = 10, 150
@@ -183,7 +241,7 @@ def drift(movie: list[str], drug: list[str], model: LocalEmbedder, cache: Embedd
         centroid = Centroid.from_vectors(seed[:1000], decay=decay or 1.0)
         fprs = []
         for texts in stream_texts:
-            vectors = embed(texts, model, cache)
+            vectors = embed(texts)
             order = rng.permutation(len(texts))
             scored = centroid.score(vectors[order], threshold, 0.05, update=decay is not None)
             fprs.append(float(np.mean(scored.similarities < threshold)))
@@ -193,64 +251,46 @@ def drift(movie: list[str], drug: list[str], model: LocalEmbedder, cache: Embedd
             "fpr": table}
 
 
-def plot_drift(result: dict[str, Any]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, fprs in result["fpr"].items():
-        ax.plot(result["drug_share"], fprs, marker="o", label=name)
-    ax.set_xlabel("share of drug reviews in normal traffic")
-    ax.set_ylabel("false-positive rate")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "drift.png", dpi=100)
-    plt.close(fig)
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__)
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"),
+                        help="embedding cache (shared with detector calibrate)")
+    args = parser.parse_args(argv)
     started = time.monotonic()
     rt = rotten_tomatoes()
     drugs = drug_reviews()
     model = LocalEmbedder()
-    cache = EmbeddingCache(Path(".cache/embeddings/embeddings.sqlite"), model.name,
-                           model.dimension)
+    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", model.name, model.dimension)
+    embed = Vectors(model, cache)
     rng = np.random.default_rng(0)
     reviews = rt["fresh"] + rt["rotten"]
     sample = [reviews[i] for i in rng.permutation(len(reviews))[:4000]]
     movie_n, drug_a = length_matched(reviews, drugs, rng)
-    setups: list[dict[str, Any]] = []
+    matched = set(drug_a)
     results: dict[str, Any] = {
         "model": model.name, "dimension": model.dimension,
+        "corpus": {"fresh": len(rt["fresh"]), "rotten": len(rt["rotten"]),
+                   "plot_synopses": len(rt["plot"]),
+                   "plot_sentences": len(rt["plot_sentences"]), "drug_reviews": len(drugs)},
         "setups": [
             evaluate("style: reviews vs plot sentences", sample, rt["plot_sentences"],
-                     model=model, cache=cache),
+                     embed=embed),
             evaluate("domain: movie vs drug reviews (length-matched)", movie_n, drug_a,
-                     model=model, cache=cache, length_baseline=True),
-            evaluate("hard: fresh vs rotten", rt["fresh"][:4000], rt["rotten"], model=model,
-                     cache=cache),
+                     embed=embed, length_baseline=True,
+                     pool=[t for t in drugs if t not in matched]),
+            evaluate("hard: fresh vs rotten", rt["fresh"][:4000], rt["rotten"], embed=embed),
         ],
-        "drift": drift(reviews, drugs, model, cache),
+        "drift": drift(reviews, drugs, embed),
     }
-    results["seconds"] = time.monotonic() - started
-    plot_drift(results["drift"])
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    setups = results["setups"]
-    for setup in setups:
-        print(f"\n{setup['setup']}  sizes={setup['sizes']}")
-        for method, v in setup["auroc"].items():
-            print(f"  AUROC {method:<18} {v['mean']:.3f} ± {v['std']:.3f}")
-        for k, v in setup["fpr_achieved"].items():
-            print(f"  FPR achieved at {k}: {v['mean']:.4f} ± {v['std']:.4f}")
-    print("\ndrift (FPR per window, drug share 0 -> 0.5):")
-    for name, fprs in results["drift"]["fpr"].items():
-        print(f"  {name:<24} " + " ".join(f"{x:.3f}" for x in fprs))
-    print(f"\n{results['seconds']:.0f} s; results in {OUT / 'results.json'}", file=sys.stderr)
     cache.close()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["texts_embedded"] = embed.embedded
+    has_plot = plot_drift(results["drift"], OUT / "drift.png")
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    replace_section(RESULTS_MD, markdown(results, has_plot))
+    print(console_tables(results))
+    print(f"\n{results['seconds']:.0f} s; results in {OUT}/results.json and the detection "
+          f"quality section of {RESULTS_MD}", file=sys.stderr)
     return 0
 
 
