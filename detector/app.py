@@ -234,7 +234,7 @@ async def _serve(stack: contextlib.AsyncExitStack, settings: Settings, pipeline:
     server = HealthServer(
         settings.server.host, settings.server.port, metrics,
         live=lambda: _live(task),
-        ready=lambda: _ready(pipeline, pipeline.consumer.assignment()),
+        ready=lambda: _ready(pipeline),
     )
     await stack.enter_async_context(server)
     log.info("http server listening", port=server.port)
@@ -246,11 +246,13 @@ def _live(task: asyncio.Task[object] | None) -> tuple[bool, str]:
     return True, "ok"
 
 
-def _ready(pipeline: Pipeline, assignment: object) -> tuple[bool, str]:
+def _ready(pipeline: Pipeline) -> tuple[bool, str]:
     if pipeline.fatal is not None:
         return False, f"embedder failed fatally: {pipeline.fatal.code or pipeline.fatal}"
-    if not assignment:
-        return False, "no partitions assigned yet"
+    if not pipeline.joined:
+        return False, "not yet a member of the consumer group"
+    if not pipeline.consumer.assignment():
+        return True, "ok: standby, no partitions assigned"
     return True, "ok"
 
 

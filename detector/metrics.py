@@ -75,5 +75,9 @@ class Metrics:
             "detector_centroid_version", "Centroid updates since creation", registry=r
         )
         self.threshold = Gauge("detector_threshold", "Similarity threshold in force", registry=r)
-        self.ready = Gauge("detector_ready", "1 when partitions are assigned and embedder ok",
+        self.ready = Gauge("detector_ready",
+                           "1 once the consumer joined its group and the embedder is ok",
                            registry=r)
+        self.assigned = Gauge("detector_assigned_partitions",
+                              "Input partitions assigned to this replica (0: standby)",
+                              registry=r)

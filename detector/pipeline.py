@@ -94,6 +94,9 @@ class Pipeline:
         self.context = context
         self.tracker = OffsetTracker()
         self.fatal: FatalEmbeddingError | None = None
+        # set by the first completed rebalance, even one that assigns nothing: a replica
+        # beyond the partition count is a ready standby, not a pod that never gets ready
+        self.joined = False
         self.on_revoked: Callable[[], Awaitable[None]] | None = None  # e.g. publish state
         # Told of local centroid updates: (S before, w before, number of updates).
         self.on_update: Callable[[npt.NDArray[np.float64], float, int], None] | None = None
@@ -547,4 +550,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned", partitions=sorted(f"{t.topic}-{t.partition}"
                                                           for t in assigned))
+        if not assigned:
+            log.warning("no input partitions assigned: standing by (more replicas than "
+                        "partitions)")
+        self.pipeline.joined = True
+        self.pipeline.metrics.assigned.set(len(assigned))
         self.pipeline.metrics.ready.set(1 if self.pipeline.fatal is None else 0)

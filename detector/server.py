@@ -1,8 +1,9 @@
 """A small HTTP server for /metrics, /healthz and /readyz (asyncio streams, no framework).
 
 `/healthz` answers 200 while the event loop runs and the pipeline task is alive;
-`/readyz` answers 200 once partitions are assigned and the embedder is not in a fatal
-state; `/metrics` is the Prometheus text exposition of the detector's registry.
+`/readyz` answers 200 once the consumer joined its group (with or without partitions) and
+the embedder is not in a fatal state; `/metrics` is the Prometheus text exposition of the
+detector's registry.
 """
 
 from __future__ import annotations

@@ -124,3 +124,41 @@ class TestReplicas:
               f"weights multi={multi_weight:.0f} single={single_weight:.0f}")
         assert cosine > 0.999
         assert multi_weight == pytest.approx(single_weight, rel=0.1)
+
+
+class TestStandby:
+    async def test_a_replica_beyond_the_partition_count_is_a_ready_standby(
+        self, kafka_bootstrap: str, new_topic: NewTopic, tmp_path: Path
+    ) -> None:
+        """two replicas on a one-partition topic: both pass /readyz (a rollout does not
+        wait forever on the idle one), and the standby takes over when the owner stops."""
+        topic = await new_topic(partitions=1)
+        name = unique("standby")
+        state_topic = unique("state")
+        procs = [DetectorProcess(sections(kafka_bootstrap, topic, name, state_topic, f"s{i}"),
+                                 tmp_path / f"s{i}.log").start() for i in range(2)]
+        try:
+            for proc in procs:
+                await asyncio.to_thread(proc.wait_ready, 120)
+            deadline = time.monotonic() + 30
+            while sum(p.metric("detector_assigned_partitions") for p in procs) != 1:
+                assert time.monotonic() < deadline, "the partition was not assigned once"
+                await asyncio.sleep(0.2)
+            owner, standby = sorted(procs, key=lambda p: -p.metric("detector_assigned_partitions"))
+            status, body = standby.get("/readyz")
+            assert (status, body.strip()) == (200, "ok: standby, no partitions assigned")
+            status, body = owner.get("/readyz")
+            assert (status, body.strip()) == (200, "ok")
+            assert await asyncio.to_thread(owner.terminate) == 0, owner.tail()
+            await produce(kafka_bootstrap, topic, [
+                (str(i).encode(), orjson.dumps({"text": c.text}))
+                for i, c in enumerate(stream(50, anomaly_rate=0.0, seed=5))])
+            deadline = time.monotonic() + 60
+            while standby.metric("detector_records_scored_total") < 50:
+                assert time.monotonic() < deadline, f"standby did not take over: {standby.tail()}"
+                await asyncio.sleep(0.2)
+            assert standby.metric("detector_assigned_partitions") == 1
+            assert await asyncio.to_thread(standby.terminate) == 0, standby.tail()
+        finally:
+            for proc in procs:
+                proc.kill()
