@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -77,14 +78,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """PEM files for the broker's TLS listeners: the CA that signed the client
+    certificates (and the server's), the server certificate (SAN IP:127.0.0.1) and its
+    unencrypted PKCS#8 key."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+
+
 class LocalKafka:
     """One broker+controller process; a context manager, and `stop()` is idempotent."""
 
     def __init__(self, work_dir: Path | None = None, heap: str = "1g",
                  extra_properties: dict[str, str] | None = None,
-                 scram_users: dict[str, str] | None = None) -> None:
+                 scram_users: dict[str, str] | None = None,
+                 tls: BrokerTls | None = None) -> None:
         """`scram_users` (name -> password) adds a SASL_PLAINTEXT listener accepting
-        SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN for those users (`sasl_bootstrap_servers`)."""
+        SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN for those users (`sasl_bootstrap_servers`).
+        `tls` adds an SSL listener that requires a client certificate signed by
+        `tls.cafile` (`ssl_bootstrap_servers`), and with `scram_users` also a SASL_SSL
+        listener without client certificates (`sasl_ssl_bootstrap_servers`)."""
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kafka-"))
         self.heap = heap
         self.extra_properties = extra_properties or {}
@@ -92,6 +108,9 @@ class LocalKafka:
         self.controller_port = free_port()
         self.scram_users = scram_users or {}
         self.sasl_port = free_port() if self.scram_users else None
+        self.tls = tls
+        self.ssl_port = free_port() if tls else None
+        self.sasl_ssl_port = free_port() if tls and self.scram_users else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._formatted = False
         self._lock = threading.Lock()
@@ -106,6 +125,20 @@ class LocalKafka:
             msg = "this broker was started without scram_users"
             raise KafkaLauncherError(msg)
         return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        if self.ssl_port is None:
+            msg = "this broker was started without tls"
+            raise KafkaLauncherError(msg)
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        if self.sasl_ssl_port is None:
+            msg = "this broker was started without tls and scram_users"
+            raise KafkaLauncherError(msg)
+        return f"127.0.0.1:{self.sasl_ssl_port}"
 
     @property
     def log_path(self) -> Path:
@@ -137,18 +170,36 @@ class LocalKafka:
             "log.cleaner.enable": "true",
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         }
+        listeners = []
         if self.sasl_port is not None:
-            sasl = f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
-            props["listeners"] += sasl
-            props["advertised.listeners"] += sasl
-            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
-            props["sasl.enabled.mechanisms"] = "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN"
-            scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            props["listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config"] = scram
-            props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"] = scram
-            users = " ".join(f'user_{u}="{pw}"' for u, pw in self.scram_users.items())
-            props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
-                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};")
+            listeners.append(("SASL_PLAINTEXT", self.sasl_port))
+        if self.ssl_port is not None:
+            listeners.append(("SSL", self.ssl_port))
+        if self.sasl_ssl_port is not None:
+            listeners.append(("SASL_SSL", self.sasl_ssl_port))
+        for protocol, port in listeners:
+            props["listeners"] += f",{protocol}://127.0.0.1:{port}"
+            props["advertised.listeners"] += f",{protocol}://127.0.0.1:{port}"
+            props["listener.security.protocol.map"] += f",{protocol}:{protocol}"
+            name = protocol.lower()
+            if protocol.startswith("SASL"):
+                props["sasl.enabled.mechanisms"] = "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN"
+                scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                props[f"listener.name.{name}.scram-sha-256.sasl.jaas.config"] = scram
+                props[f"listener.name.{name}.scram-sha-512.sasl.jaas.config"] = scram
+                users = " ".join(f'user_{u}="{pw}"' for u, pw in self.scram_users.items())
+                props[f"listener.name.{name}.plain.sasl.jaas.config"] = (
+                    f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};")
+            if protocol.endswith("SSL"):
+                props[f"listener.name.{name}.ssl.client.auth"] = (
+                    "required" if protocol == "SSL" else "none")
+        if self.tls is not None:
+            keystore = self.work_dir / "broker-keystore.pem"  # key and chain in one file
+            keystore.write_text(self.tls.keyfile.read_text() + self.tls.certfile.read_text())
+            props["ssl.keystore.type"] = "PEM"
+            props["ssl.keystore.location"] = str(keystore)
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = str(self.tls.cafile)
         props.update(self.extra_properties)
         path = self.work_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))

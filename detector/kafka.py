@@ -19,7 +19,7 @@ from aiokafka.errors import (
 )
 
 from detector.config import KafkaSettings
-from detector.errors import KafkaUnavailableError
+from detector.errors import ConfigError, KafkaUnavailableError
 
 log = structlog.get_logger("detector.kafka")
 
@@ -31,21 +31,37 @@ def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
-        )
-        if settings.ssl_certfile:
-            context.load_cert_chain(
-                str(settings.ssl_certfile),
-                str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-            )
-        kwargs["ssl_context"] = context
+        kwargs["ssl_context"] = _ssl_context(settings)
     if settings.security_protocol.startswith("SASL"):
         assert settings.sasl_password is not None  # the settings validator ensures it
         kwargs["sasl_mechanism"] = settings.sasl_mechanism
         kwargs["sasl_plain_username"] = settings.sasl_username
         kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
     return kwargs
+
+
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    """Verification on (system CAs, or kafka.ssl_cafile), with an optional client
+    certificate; unreadable or mismatched files are a ConfigError naming the setting."""
+    try:
+        context = ssl.create_default_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"kafka.ssl_cafile {settings.ssl_cafile}: cannot load CA certificates: {exc}"
+        raise ConfigError(msg) from None
+    if settings.ssl_certfile:
+        try:
+            context.load_cert_chain(
+                str(settings.ssl_certfile),
+                str(settings.ssl_keyfile) if settings.ssl_keyfile else None)
+        except (OSError, ssl.SSLError) as exc:
+            msg = (f"kafka.ssl_certfile {settings.ssl_certfile} / kafka.ssl_keyfile "
+                   f"{settings.ssl_keyfile}: cannot load the client certificate and key: {exc}")
+            raise ConfigError(msg) from None
+    elif settings.ssl_keyfile:
+        msg = "kafka.ssl_keyfile is set without kafka.ssl_certfile"
+        raise ConfigError(msg)
+    return context
 
 
 def make_consumer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaConsumer:
@@ -145,7 +161,8 @@ async def wait_for_kafka(settings: KafkaSettings, deadline_s: float) -> None:
             await admin.list_topics()
             return
         except (KafkaError, OSError, ssl.SSLError) as exc:
-            reason = _describe_failure(exc, cause.message)
+            reason = _describe_failure(
+                exc, cause.message, tls=settings.security_protocol in ("SSL", "SASL_SSL"))
             if loop.time() + delay > deadline:
                 msg = (f"cannot use Kafka at {settings.bootstrap_servers} "
                        f"({settings.security_protocol}) after {attempt} attempts: {reason}")
@@ -170,11 +187,19 @@ class _LastClientError(logging.Handler):
         self.message = record.getMessage()
 
 
-def _describe_failure(exc: BaseException, logged: str) -> str:
+def _describe_failure(exc: BaseException, logged: str, *, tls: bool = False) -> str:
     auth = ("SaslAuthenticationFailed", "AuthenticationFailed", "IllegalSaslState")
     if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError) or any(
             word in logged for word in auth):
         return ("authentication failed: check kafka.sasl_mechanism, kafka.sasl_username and "
                 "DETECTOR_KAFKA__SASL_PASSWORD")
     detail = f" ({logged})" if logged else ""
-    return f"{type(exc).__name__}: {exc}{detail}"
+    described = f"{type(exc).__name__}: {exc}{detail}"
+    if "CERTIFICATE_VERIFY_FAILED" in described:
+        return ("TLS: the broker's certificate is not trusted or does not match its address: "
+                f"check kafka.ssl_cafile and the broker certificate's names ({described})")
+    if tls and "closed" in described:
+        return ("the broker closed the TLS connection: if its listener requires client "
+                "certificates, set kafka.ssl_certfile and kafka.ssl_keyfile to a certificate "
+                f"signed by a CA the broker trusts ({described})")
+    return described
