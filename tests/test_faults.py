@@ -126,6 +126,20 @@ class TestEmbeddingOutage:
         assert len(seen) == len(scores) == 2000
 
 
+def dashscope_process(bootstrap: str, topic: str, api: FakeEmbeddingServer, log_path: Path,
+                      *, embedding: dict[str, object] | None = None, **more: object
+                      ) -> DetectorProcess:
+    """A started `detector run` child embedding through the fake DashScope API with the
+    test key, in its own group, without state sync."""
+    return DetectorProcess({
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": unique("g")},
+        "input": {"topic": topic},
+        "embedding": {"backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
+                      "base_url": api.base_url, "api_key": SECRET, **(embedding or {})},
+        "state": {"enabled": False}, **more,
+    }, log_path).start()
+
+
 class TestSecrets:
     def test_api_key_never_in_logs_or_errors(
         self, kafka_bootstrap: str, tmp_path: Path, api: FakeEmbeddingServer
@@ -134,13 +148,8 @@ class TestSecrets:
         api.api_key = "sk-server-expects-another"
         topic = unique("secret-topic")
         asyncio.run(create_topic(kafka_bootstrap, topic))
-        proc = DetectorProcess({
-            "kafka": {"bootstrap_servers": kafka_bootstrap, "group_id": unique("g")},
-            "input": {"topic": topic},
-            "embedding": {"backend": "dashscope", "model": "text-embedding-v4",
-                          "dimension": 256, "base_url": api.base_url, "api_key": SECRET},
-            "state": {"enabled": False}, "log": {"level": "debug"},
-        }, tmp_path / "detector.log").start()
+        proc = dashscope_process(kafka_bootstrap, topic, api, tmp_path / "detector.log",
+                                 log={"level": "debug"})
         try:
             end = time.monotonic() + 60
             while "InvalidApiKey" not in proc.tail(200) and time.monotonic() < end:
@@ -164,15 +173,9 @@ class TestSignals:
         api.hang_s = 120.0
         topic = unique("signals")
         asyncio.run(create_topic(kafka_bootstrap, topic))
-        proc = DetectorProcess({
-            "kafka": {"bootstrap_servers": kafka_bootstrap, "group_id": unique("g")},
-            "input": {"topic": topic},
-            "embedding": {"backend": "dashscope", "model": "text-embedding-v4",
-                          "dimension": 256, "base_url": api.base_url, "api_key": SECRET,
-                          "timeout_s": 100.0},
-            "alerts": {"topic": unique("a"), "dead_letter_topic": unique("d")},
-            "state": {"enabled": False}, "shutdown_timeout_s": 60,
-        }, tmp_path / "detector.log").start()
+        proc = dashscope_process(kafka_bootstrap, topic, api, tmp_path / "detector.log",
+                                 embedding={"timeout_s": 100.0}, shutdown_timeout_s=60,
+                                 alerts={"topic": unique("a"), "dead_letter_topic": unique("d")})
         try:
             proc.wait_ready()
             api.inject("hang", count=10)

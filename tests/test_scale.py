@@ -64,6 +64,18 @@ async def wait_all_committed(bootstrap: str, group: str, topic: str, deadline_s:
     raise AssertionError(msg)
 
 
+def start_replicas(bootstrap: str, topic: str, name: str, state_topic: str, *, logs: Path,
+                   count: int) -> list[DetectorProcess]:
+    """`count` started replicas r0, r1, ... of one deployment, logging into `logs`."""
+    return [DetectorProcess(sections(bootstrap, topic, name, state_topic, f"r{i}"),
+                            logs / f"{name}-r{i}.log").start() for i in range(count)]
+
+
+async def wait_all_ready(procs: list[DetectorProcess]) -> None:
+    for proc in procs:
+        await asyncio.to_thread(proc.wait_ready, 120)
+
+
 class TestReplicas:
     async def test_three_replicas_one_killed_share_one_centroid(
         self, kafka_bootstrap: str, new_topic: NewTopic, tmp_path: Path
@@ -76,11 +88,9 @@ class TestReplicas:
             for i, c in enumerate(stream(TOTAL, anomaly_rate=0.05, seed=77))])
         state_topic = unique("state")
         multi = unique("multi")
-        procs = [DetectorProcess(sections(kafka_bootstrap, topic, multi, state_topic, f"r{i}"),
-                                 tmp_path / f"r{i}.log").start() for i in range(3)]
+        procs = start_replicas(kafka_bootstrap, topic, multi, state_topic, logs=tmp_path, count=3)
         try:
-            for proc in procs:
-                await asyncio.to_thread(proc.wait_ready, 120)
+            await wait_all_ready(procs)
             deadline = time.monotonic() + 120
             while sum(max(0.0, p.metric("detector_records_scored_total")) for p in procs) < 1500:
                 assert time.monotonic() < deadline, "replicas made no progress"
@@ -135,11 +145,9 @@ class TestStandby:
         topic = await new_topic(partitions=1)
         name = unique("standby")
         state_topic = unique("state")
-        procs = [DetectorProcess(sections(kafka_bootstrap, topic, name, state_topic, f"s{i}"),
-                                 tmp_path / f"s{i}.log").start() for i in range(2)]
+        procs = start_replicas(kafka_bootstrap, topic, name, state_topic, logs=tmp_path, count=2)
         try:
-            for proc in procs:
-                await asyncio.to_thread(proc.wait_ready, 120)
+            await wait_all_ready(procs)
             deadline = time.monotonic() + 30
             while sum(p.metric("detector_assigned_partitions") for p in procs) != 1:
                 assert time.monotonic() < deadline, "the partition was not assigned once"
