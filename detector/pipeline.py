@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from detector import records as rec
@@ -97,6 +97,9 @@ class Pipeline:
         # set by the first completed rebalance, even one that assigns nothing: a replica
         # beyond the partition count is a ready standby, not a pod that never gets ready
         self.joined = False
+        # The partitions owned between the rebalance callbacks (the consumer's assignment
+        # still lists revoked partitions until the next one is applied).
+        self.owned: set[TopicPartition] = set()
         self.on_revoked: Callable[[], Awaitable[None]] | None = None  # e.g. publish state
         # Told of local centroid updates: (S before, w before, number of updates).
         self.on_update: Callable[[npt.NDArray[np.float64], float, int], None] | None = None
@@ -469,7 +472,7 @@ class Pipeline:
         while True:
             await asyncio.sleep(interval)
             await self.commit()
-            self._update_lag()
+            await self._update_lag()
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit the done prefix of every assigned partition (or of `only`).
@@ -510,12 +513,21 @@ class Pipeline:
             log.debug("committed", offsets={f"{tp.topic}-{tp.partition}": o
                                             for tp, o in offsets.items()})
 
-    def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
+    async def _update_lag(self) -> None:
+        """Lag = the partition's high watermark minus the position of the next record the
+        consumer hands to the pipeline (transaction markers and compacted gaps included);
+        known once a fetch of the partition has returned."""
+        for tp in list(self.owned):
             high = self.consumer.highwater(tp)
-            last = self._last_offset.get((tp.topic, tp.partition))
-            if high is not None and last is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - last - 1))
+            if high is None:
+                continue
+            try:  # valid once a fetch returned; the timeout guards a reset in progress
+                position = await asyncio.wait_for(self.consumer.position(tp), 1.0)
+            except (IllegalStateError, TimeoutError):  # revoked or reset meanwhile
+                continue
+            if tp in self.owned:
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, high - position))
 
     async def finish_partitions(self, revoked: set[TopicPartition], deadline_s: float) -> None:
         """Score and publish everything fetched from `revoked`, then commit them."""
@@ -532,6 +544,9 @@ class Pipeline:
                         in_flight=sum(self.tracker.in_flight(k) for k in keys))
         await self.commit(only=revoked)
         self.tracker.forget(list(keys))
+        for tp in revoked:  # another replica reports these now; a stale gauge would add up
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
         if self.on_revoked is not None:
             await self.on_revoked()
 
@@ -541,6 +556,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.pipeline = pipeline
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.pipeline.owned -= set(revoked)
         if revoked:
             timeout = self.pipeline.settings.shutdown_timeout_s
             await self.pipeline.finish_partitions(set(revoked), timeout)
@@ -554,5 +570,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("no input partitions assigned: standing by (more replicas than "
                         "partitions)")
         self.pipeline.joined = True
+        self.pipeline.owned = set(assigned)
         self.pipeline.metrics.assigned.set(len(assigned))
         self.pipeline.metrics.ready.set(1 if self.pipeline.fatal is None else 0)

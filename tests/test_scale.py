@@ -170,3 +170,52 @@ class TestStandby:
         finally:
             for proc in procs:
                 proc.kill()
+
+
+def lag_partitions(proc: DetectorProcess) -> set[str]:
+    """The partitions this replica exports a consumer-lag gauge for."""
+    _, body = proc.get("/metrics")
+    return {line.split('partition="')[1].split('"')[0] for line in body.splitlines()
+            if line.startswith("detector_consumer_lag{")}
+
+
+class TestRebalance:
+    async def test_lag_gauges_follow_the_assignment(
+        self, kafka_bootstrap: str, new_topic: NewTopic, tmp_path: Path
+    ) -> None:
+        """a replica that gives a partition away stops reporting its lag, so the lag summed
+        over replicas counts each partition once."""
+        topic = await new_topic(partitions=2)
+        await produce(kafka_bootstrap, topic, [(None, orjson.dumps({"text": c.text}))
+                                               for c in stream(100, anomaly_rate=0.0, seed=9)],
+                      partition=0)
+        await produce(kafka_bootstrap, topic, [(None, orjson.dumps({"text": c.text}))
+                                               for c in stream(100, anomaly_rate=0.0, seed=10)],
+                      partition=1)
+        name, state_topic = unique("lag"), unique("state")
+        first = start_replicas(kafka_bootstrap, topic, name, state_topic, logs=tmp_path,
+                               count=1)[0]
+        second: DetectorProcess | None = None
+        try:
+            await wait_all_ready([first])
+            deadline = time.monotonic() + 60
+            while lag_partitions(first) != {"0", "1"}:
+                assert time.monotonic() < deadline, f"no lag gauges: {first.tail()}"
+                await asyncio.sleep(0.2)
+            second = DetectorProcess(sections(kafka_bootstrap, topic, name, state_topic, "r1"),
+                                     tmp_path / f"{name}-r1.log").start()
+            await wait_all_ready([second])
+            deadline = time.monotonic() + 60
+            while (first.metric("detector_assigned_partitions"),
+                   second.metric("detector_assigned_partitions")) != (1, 1):
+                assert time.monotonic() < deadline, "the partitions were not split"
+                await asyncio.sleep(0.2)
+            deadline = time.monotonic() + 30
+            while len(kept := lag_partitions(first)) != 1:  # re-exported after the next fetch
+                assert time.monotonic() < deadline, f"lag gauges after the rebalance: {kept}"
+                await asyncio.sleep(0.2)
+            assert kept | lag_partitions(second) == {"0", "1"}, "each partition reported once"
+        finally:
+            for proc in (first, second):
+                if proc is not None:
+                    proc.kill()
