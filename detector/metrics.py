@@ -62,6 +62,10 @@ class Metrics:
             buckets=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 32, 64),
             registry=r,
         )
+        self.publish_retries = Counter(
+            "detector_publish_retries",
+            "Outputs (alerts, scores, dead letters) sent again after a failed send",
+            registry=r)
         self.inflight = Gauge("detector_inflight_batches", "Batches being embedded", registry=r)
         self.paused = Gauge(
             "detector_paused_partitions", "Partitions paused for backpressure", registry=r

@@ -446,8 +446,13 @@ class Pipeline:
         attempt = 0
         while sends:
             futures = []
-            for _, (topic, key, value) in sends:
-                futures.append(await self.producer.send(topic, value=value, key=key))
+            for _, (topic, key, value) in sends:  # appended in order, acknowledged together
+                try:
+                    futures.append(await self.producer.send(topic, value=value, key=key))
+                except KafkaError as exc:  # refused before batching, e.g. too large
+                    refused: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+                    refused.set_exception(exc)
+                    futures.append(refused)
             results = await asyncio.gather(*futures, return_exceptions=True)
             failed = [s for s, r in zip(sends, results, strict=True) if isinstance(r, Exception)]
             now = time.time()
@@ -457,6 +462,7 @@ class Pipeline:
                     self.metrics.end_to_end.observe(max(0.0, now - source.timestamp / 1000))
             if failed:
                 attempt += 1
+                self.metrics.publish_retries.inc(len(failed))
                 delay = min(10.0, 0.2 * 2**attempt)
                 log.warning("publish failed, resending", failed=len(failed), retry_in_s=delay,
                             error=str(next(r for r in results if isinstance(r, Exception))))

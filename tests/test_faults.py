@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin import NewTopic as TopicSpec
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from detector.devkafka import LocalKafka
 from detector.embedders import build_embedder
@@ -23,6 +24,7 @@ from detector.fakeapi import FakeEmbeddingServer
 from detector.sample_data import stream
 from tests.helpers import (
     RecordingEmbedder,
+    committed,
     detector_settings,
     metric,
     produce,
@@ -138,6 +140,40 @@ def dashscope_process(bootstrap: str, topic: str, api: FakeEmbeddingServer, log_
                       "base_url": api.base_url, "api_key": SECRET, **(embedding or {})},
         "state": {"enabled": False}, **more,
     }, log_path).start()
+
+
+class TestPublishFailure:
+    async def test_a_refused_alert_is_resent_and_holds_the_commit_until_acknowledged(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder
+    ) -> None:
+        """the alerts topic refuses the alert (message size limit): the detector keeps
+        resending, commits nothing past it, and delivers it once the topic accepts it."""
+        topic = await new_topic()
+        alerts = await new_topic(**{"max.message.bytes": "200"})
+        texts = [c.text for c in stream(20, anomaly_rate=0.0, seed=21)]
+        texts.insert(10, "asdfghjkl zxcvbnm qwertyuiop")
+        await produce(kafka_bootstrap, topic, [(None, orjson.dumps({"text": t})) for t in texts])
+        settings = detector_settings(kafka_bootstrap, topic, alerts={"topic": alerts})
+        async with running_detector(settings, RecordingEmbedder(local_embedder)) as det:
+            await wait_for(lambda: metric(det.metrics, "detector_publish_retries_total") >= 2,
+                           what="resends of the refused alert")
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") == 21,
+                           what="every comment scored")
+            group = await committed(kafka_bootstrap, settings.kafka.group_id, topic)
+            assert (group[0] or 0) <= 10, f"committed past the unacknowledged alert: {group}"
+            assert metric(det.metrics, "detector_alerts_total") == 0
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            await admin.start()
+            try:
+                await admin.alter_configs([ConfigResource(
+                    ConfigResourceType.TOPIC, alerts, {"max.message.bytes": "1048576"})])
+            finally:
+                await admin.close()
+            await wait_for(lambda: metric(det.metrics, "detector_alerts_total") == 1,
+                           deadline_s=60, what="the alert acknowledged after the change")
+        published = values(await read_topic(kafka_bootstrap, alerts, at_least=1))
+        assert [a["source"]["offset"] for a in published] == [10]
+        assert (await committed(kafka_bootstrap, settings.kafka.group_id, topic)) == {0: 21}
 
 
 class TestSecrets:
