@@ -16,7 +16,7 @@ import pytest
 from detector.config import load_settings
 from detector.sample_data import stream
 from detector.state import StateStore
-from tests.helpers import committed, produce, read_topic, unique, values
+from tests.helpers import committed, produce, read_topic, unique, values, wait_for
 from tests.procs import DetectorProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
@@ -148,28 +148,27 @@ class TestStandby:
         procs = start_replicas(kafka_bootstrap, topic, name, state_topic, logs=tmp_path, count=2)
         try:
             await wait_all_ready(procs)
-            deadline = time.monotonic() + 30
-            while sum(p.metric("detector_assigned_partitions") for p in procs) != 1:
-                assert time.monotonic() < deadline, "the partition was not assigned once"
-                await asyncio.sleep(0.2)
+            await wait_for(lambda: sum(p.metric("detector_assigned_partitions")
+                                       for p in procs) == 1,
+                           deadline_s=30, what="the partition assigned once")
             owner, standby = sorted(procs, key=lambda p: -p.metric("detector_assigned_partitions"))
             status, body = standby.get("/readyz")
             assert (status, body.strip()) == (200, "ok: standby, no partitions assigned")
             status, body = owner.get("/readyz")
             assert (status, body.strip()) == (200, "ok")
             assert await asyncio.to_thread(owner.terminate) == 0, owner.tail()
-            await produce(kafka_bootstrap, topic, [
-                (str(i).encode(), orjson.dumps({"text": c.text}))
-                for i, c in enumerate(stream(50, anomaly_rate=0.0, seed=5))])
-            deadline = time.monotonic() + 60
-            while standby.metric("detector_records_scored_total") < 50:
-                assert time.monotonic() < deadline, f"standby did not take over: {standby.tail()}"
-                await asyncio.sleep(0.2)
+            await produce(kafka_bootstrap, topic, normal_comments(50, seed=5))
+            await wait_for(lambda: standby.metric("detector_records_scored_total") >= 50,
+                           what="the standby taking over")
             assert standby.metric("detector_assigned_partitions") == 1
             assert await asyncio.to_thread(standby.terminate) == 0, standby.tail()
         finally:
             for proc in procs:
                 proc.kill()
+
+
+def normal_comments(n: int, seed: int) -> list[tuple[bytes | None, bytes]]:
+    return [(None, orjson.dumps({"text": c.text})) for c in stream(n, anomaly_rate=0.0, seed=seed)]
 
 
 def lag_partitions(proc: DetectorProcess) -> set[str]:
@@ -186,34 +185,26 @@ class TestRebalance:
         """a replica that gives a partition away stops reporting its lag, so the lag summed
         over replicas counts each partition once."""
         topic = await new_topic(partitions=2)
-        await produce(kafka_bootstrap, topic, [(None, orjson.dumps({"text": c.text}))
-                                               for c in stream(100, anomaly_rate=0.0, seed=9)],
-                      partition=0)
-        await produce(kafka_bootstrap, topic, [(None, orjson.dumps({"text": c.text}))
-                                               for c in stream(100, anomaly_rate=0.0, seed=10)],
-                      partition=1)
+        for partition in (0, 1):
+            await produce(kafka_bootstrap, topic, normal_comments(100, seed=9 + partition),
+                          partition=partition)
         name, state_topic = unique("lag"), unique("state")
         first = start_replicas(kafka_bootstrap, topic, name, state_topic, logs=tmp_path,
                                count=1)[0]
         second: DetectorProcess | None = None
         try:
             await wait_all_ready([first])
-            deadline = time.monotonic() + 60
-            while lag_partitions(first) != {"0", "1"}:
-                assert time.monotonic() < deadline, f"no lag gauges: {first.tail()}"
-                await asyncio.sleep(0.2)
+            await wait_for(lambda: lag_partitions(first) == {"0", "1"}, what="lag gauges")
             second = DetectorProcess(sections(kafka_bootstrap, topic, name, state_topic, "r1"),
                                      tmp_path / f"{name}-r1.log").start()
             await wait_all_ready([second])
-            deadline = time.monotonic() + 60
-            while (first.metric("detector_assigned_partitions"),
-                   second.metric("detector_assigned_partitions")) != (1, 1):
-                assert time.monotonic() < deadline, "the partitions were not split"
-                await asyncio.sleep(0.2)
-            deadline = time.monotonic() + 30
-            while len(kept := lag_partitions(first)) != 1:  # re-exported after the next fetch
-                assert time.monotonic() < deadline, f"lag gauges after the rebalance: {kept}"
-                await asyncio.sleep(0.2)
+            await wait_for(lambda: (first.metric("detector_assigned_partitions"),
+                                    second.metric("detector_assigned_partitions")) == (1, 1),
+                           what="the partitions split")
+            # the kept partition's gauge comes back after its next fetch
+            await wait_for(lambda: len(lag_partitions(first)) == 1, deadline_s=30,
+                           what="a single lag gauge on the first replica")
+            kept = lag_partitions(first)
             assert kept | lag_partitions(second) == {"0", "1"}, "each partition reported once"
         finally:
             for proc in (first, second):
