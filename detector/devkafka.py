@@ -89,6 +89,13 @@ class BrokerTls:
     keyfile: Path
 
 
+def _listener(port: int | None, needs: str) -> str:
+    if port is None:
+        msg = f"this broker was started without {needs}"
+        raise KafkaLauncherError(msg)
+    return f"127.0.0.1:{port}"
+
+
 class LocalKafka:
     """One broker+controller process; a context manager, and `stop()` is idempotent."""
 
@@ -121,24 +128,15 @@ class LocalKafka:
 
     @property
     def sasl_bootstrap_servers(self) -> str:
-        if self.sasl_port is None:
-            msg = "this broker was started without scram_users"
-            raise KafkaLauncherError(msg)
-        return f"127.0.0.1:{self.sasl_port}"
+        return _listener(self.sasl_port, "scram_users")
 
     @property
     def ssl_bootstrap_servers(self) -> str:
-        if self.ssl_port is None:
-            msg = "this broker was started without tls"
-            raise KafkaLauncherError(msg)
-        return f"127.0.0.1:{self.ssl_port}"
+        return _listener(self.ssl_port, "tls")
 
     @property
     def sasl_ssl_bootstrap_servers(self) -> str:
-        if self.sasl_ssl_port is None:
-            msg = "this broker was started without tls and scram_users"
-            raise KafkaLauncherError(msg)
-        return f"127.0.0.1:{self.sasl_ssl_port}"
+        return _listener(self.sasl_ssl_port, "tls and scram_users")
 
     @property
     def log_path(self) -> Path:
