@@ -251,7 +251,7 @@ def _ready(pipeline: Pipeline) -> tuple[bool, str]:
         return False, f"embedder failed fatally: {pipeline.fatal.code or pipeline.fatal}"
     if not pipeline.joined:
         return False, "not yet a member of the consumer group"
-    if not pipeline.consumer.assignment():
+    if not pipeline.owned:
         return True, "ok: standby, no partitions assigned"
     return True, "ok"
 

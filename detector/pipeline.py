@@ -120,6 +120,7 @@ class Pipeline:
         # Read at scrape time: merges from other replicas change the centroid too.
         metrics.centroid_weight.set_function(lambda: self.centroid.weight)
         metrics.centroid_version.set_function(lambda: self.centroid.version)
+        metrics.assigned.set_function(lambda: len(self.owned))
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -531,9 +532,8 @@ class Pipeline:
                 position = await asyncio.wait_for(self.consumer.position(tp), 1.0)
             except (IllegalStateError, TimeoutError):  # revoked or reset meanwhile
                 continue
-            if tp in self.owned:
-                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, high - position))
+            if tp in self.owned:  # not revoked during the await
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
     async def finish_partitions(self, revoked: set[TopicPartition], deadline_s: float) -> None:
         """Score and publish everything fetched from `revoked`, then commit them."""
@@ -550,9 +550,6 @@ class Pipeline:
                         in_flight=sum(self.tracker.in_flight(k) for k in keys))
         await self.commit(only=revoked)
         self.tracker.forget(list(keys))
-        for tp in revoked:  # another replica reports these now; a stale gauge would add up
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(tp.topic, str(tp.partition))
         if self.on_revoked is not None:
             await self.on_revoked()
 
@@ -563,6 +560,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.pipeline.owned -= set(revoked)
+        for tp in revoked:  # another replica reports these now; a stale gauge would add up
+            with contextlib.suppress(KeyError):
+                self.pipeline.metrics.lag.remove(tp.topic, str(tp.partition))
         if revoked:
             timeout = self.pipeline.settings.shutdown_timeout_s
             await self.pipeline.finish_partitions(set(revoked), timeout)
@@ -577,5 +577,4 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                         "partitions)")
         self.pipeline.joined = True
         self.pipeline.owned = set(assigned)
-        self.pipeline.metrics.assigned.set(len(assigned))
         self.pipeline.metrics.ready.set(1 if self.pipeline.fatal is None else 0)
