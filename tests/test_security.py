@@ -75,13 +75,7 @@ class TestSasl:
         """the detector consumes and alerts over SASL with each mechanism."""
         topic = await make_topic(sasl_broker)
         settings = sasl_settings(sasl_broker, topic, mechanism, PASSWORD)
-        producer = AIOKafkaProducer(**connection_kwargs(settings.kafka))
-        await producer.start()
-        await producer.send_and_wait(topic, orjson.dumps({"text": "asdfghjkl zxcvbnm"}))
-        await producer.stop()
-        async with running_detector(settings, RecordingEmbedder(local_embedder)) as det:
-            await wait_for(lambda: metric(det.metrics, "detector_alerts_total") == 1,
-                           what="an alert over SASL")
+        await alert_over(settings, local_embedder, "an alert over SASL")
 
     async def test_wrong_password_is_a_clear_error_after_bounded_backoff(
         self, sasl_broker: LocalKafka, local_embedder: LocalEmbedder
