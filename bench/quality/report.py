@@ -80,7 +80,8 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
         "calibration / 25 % test and up to 400 anomalies are drawn; AUROC of test normals vs "
         "anomalies, mean ± std over the seeds (anomalies = low score). "
         f"Whole run: {results['seconds']:.0f} s on 2 cores, "
-        f"{results['texts_embedded']:,} texts embedded (the rest from the embedding cache).",
+        f"{results['embedding_calls']:,} embedding calls of up to 10 texts (the rest from "
+        "the embedding cache).",
         "",
         "| setup (train / test normal / test anomalous) | "
         + " | ".join(METHODS[m] for m in methods) + " |",

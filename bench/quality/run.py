@@ -20,6 +20,7 @@ section of bench/RESULTS.md (replaced in place).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import bz2
 import csv
 import html
@@ -39,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detector import calibration as cal
-from detector.calibrate import EmbeddingCache
+from detector.calibrate import EmbeddingCache, embed_all
 from detector.centroid import Centroid
 from detector.embedders.local import LocalEmbedder
 
@@ -111,22 +112,17 @@ def replace_section(path: Path, section: str) -> None:
 
 @dataclass
 class Vectors:
-    """The local model behind the embedding cache, in batches of 10; counts cache misses."""
+    """The local model behind the embedding cache, in batches of 10 (the same path as
+    `detector calibrate`); counts the embedding calls made."""
 
     model: LocalEmbedder
     cache: EmbeddingCache
-    embedded: int = 0
+    calls: int = 0
 
     def __call__(self, texts: list[str]) -> Floats:
-        found = self.cache.get(texts)
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
-        for i in range(0, len(missing), 10):
-            chunk = missing[i:i + 10]
-            vectors = self.model.embed_sync(chunk)
-            self.cache.put(chunk, vectors)
-            found.update(zip(chunk, vectors, strict=True))
-        self.embedded += len(missing)
-        return np.stack([found[t] for t in texts]).astype(np.float64)
+        matrix, calls = asyncio.run(embed_all(texts, self.model, self.cache, 10, "quality"))
+        self.calls += calls
+        return matrix.astype(np.float64)
 
 
 def _unit(rows: Floats) -> Floats:
@@ -284,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     cache.close()
     results["seconds"] = round(time.monotonic() - started, 1)
-    results["texts_embedded"] = embed.embedded
+    results["embedding_calls"] = embed.calls
     has_plot = plot_drift(results["drift"], OUT / "drift.png")
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     replace_section(RESULTS_MD, markdown(results, has_plot))
