@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(PY) -m detector.demo
+	$(PY) -m detector.dev.demo
 
 lint: venv
 	$(VENV)/bin/ruff check .

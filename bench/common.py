@@ -15,9 +15,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from detector.devkafka import LocalKafka
-from detector.fakeapi import FakeEmbeddingServer
-from detector.sample_data import stream
+from detector.dev.broker import LocalKafka
+from detector.dev.fakeapi import FakeEmbeddingServer
+from detector.dev.sample_data import stream
 from tests.helpers import unique
 from tests.procs import DetectorProcess
 

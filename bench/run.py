@@ -42,9 +42,9 @@ from bench.common import (
     produce_comments,
     replay_rate,
 )
+from detector.dev.fakeapi import FakeEmbeddingServer
+from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
-from detector.fakeapi import FakeEmbeddingServer
-from detector.sample_data import stream
 
 RESULTS = Path("bench/results.json")
 

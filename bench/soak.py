@@ -22,8 +22,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.common import Broker, DetectorRun, embedding_section, make_topic
-from detector.fakeapi import FakeEmbeddingServer
-from detector.sample_data import stream
+from detector.dev.fakeapi import FakeEmbeddingServer
+from detector.dev.sample_data import stream
 
 
 def rss_kib(pid: int) -> int:

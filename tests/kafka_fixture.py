@@ -1,5 +1,5 @@
 """The session's Kafka broker: $KAFKA_BOOTSTRAP_SERVERS, else testcontainers when a
-Docker engine answers, else a local broker from Maven jars (detector.devkafka)."""
+Docker engine answers, else a local broker from Maven jars (detector.dev.broker)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from detector.devkafka import LocalKafka
+from detector.dev.broker import LocalKafka
 
 
 def _docker_kafka() -> Any | None:

@@ -20,9 +20,9 @@ from detector import app
 from detector.calibration import load_artifact
 from detector.cli import main
 from detector.config import load_settings
+from detector.dev.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
-from detector.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
 
 NewTopic = Callable[..., Awaitable[str]]
 

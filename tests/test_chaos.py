@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from detector.sample_data import stream
+from detector.dev.sample_data import stream
 from tests.helpers import committed, produce, read_topic, unique, values
 from tests.procs import DetectorProcess
 

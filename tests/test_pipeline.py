@@ -13,9 +13,9 @@ import pytest
 from detector import app
 from detector.centroid import Centroid
 from detector.config import InputSettings
+from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
-from detector.sample_data import stream
 from detector.samples import read_texts
 from tests.helpers import (
     RecordingEmbedder,

@@ -10,9 +10,9 @@ import pytest
 from pydantic import SecretStr
 
 from detector.config import EmbeddingSettings
+from detector.dev.fakeapi import FakeEmbeddingServer, fake_embedding
 from detector.embedders.remote import DashScopeEmbedder, OpenAIEmbedder
 from detector.errors import BatchRejectedError, FatalEmbeddingError
-from detector.fakeapi import FakeEmbeddingServer, fake_embedding
 
 KEY = "sk-fake-api"
 

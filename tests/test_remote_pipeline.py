@@ -11,10 +11,10 @@ from structlog.testing import capture_logs
 
 from detector import app
 from detector.config import Settings
+from detector.dev.fakeapi import FakeEmbeddingServer
+from detector.dev.sample_data import stream
 from detector.embedders import build_embedder
-from detector.fakeapi import FakeEmbeddingServer
 from detector.metrics import Metrics
-from detector.sample_data import stream
 from tests.helpers import (
     committed,
     detector_settings,

@@ -14,11 +14,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from detector.dev.sample_data import stream
 from detector.embedders.base import Matrix
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.replay import ReplayOptions, replay
-from detector.sample_data import stream
 from tests.helpers import RecordingEmbedder, committed, detector_settings
 
 pytestmark = pytest.mark.kafka

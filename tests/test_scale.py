@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from detector.config import load_settings
-from detector.sample_data import stream
+from detector.dev.sample_data import stream
 from detector.state import StateStore
 from tests.helpers import committed, produce, read_topic, unique, values, wait_for
 from tests.procs import DetectorProcess

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from detector import app
 from detector.config import Settings
-from detector.devkafka import BrokerTls, LocalKafka
+from detector.dev.broker import BrokerTls, LocalKafka
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError, KafkaUnavailableError
 from detector.kafka import connection_kwargs

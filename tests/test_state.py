@@ -13,8 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from detector.centroid import Centroid
+from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
-from detector.sample_data import stream
 from detector.state import SharedCentroid, StateStore
 from tests.helpers import (
     RecordingEmbedder,

@@ -23,9 +23,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from detector.config import KafkaSettings
-from detector.devkafka import LocalKafka, free_port
+from detector.dev.broker import LocalKafka, free_port
+from detector.dev.sample_data import stream
 from detector.kafka import ensure_topics
-from detector.sample_data import stream
 
 TOPICS = {"input": "comments", "alerts": "comment-alerts", "dlq": "comment-dead-letters"}
 MALFORMED: list[bytes] = [b"this is not json", b"\xff\xfe broken utf-8",

@@ -9,7 +9,7 @@ truncated or non-JSON bodies, shuffled `text_index`, `Arrearage`, `InvalidApiKey
 `DataInspectionFailed` for texts containing a marker. Steer it from Python
 (`server.inject(...)`) or over HTTP (``POST /_control``); read ``GET /_stats``.
 
-    python -m detector.fakeapi --port 8000 --latency-ms 100 --api-key sk-test
+    python -m detector.dev.fakeapi --port 8000 --latency-ms 100 --api-key sk-test
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ async def _send_raw(writer: asyncio.StreamWriter, status: int, body: bytes, ctyp
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detector.fakeapi", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m detector.dev.fakeapi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -7,8 +7,8 @@ broker+controller on 127.0.0.1 on free ports, waits until it answers, and stops 
 with SIGTERM (then SIGKILL). `restart()` keeps the ports and the data, so topics and
 committed offsets survive, as in a real broker restart.
 
-    python -m detector.devkafka fetch                 # only download the jars
-    python -m detector.devkafka start [--dir DIR]     # run until SIGTERM/SIGINT
+    python -m detector.dev.broker fetch                 # only download the jars
+    python -m detector.dev.broker start [--dir DIR]     # run until SIGTERM/SIGINT
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 KAFKA_VERSION = "4.3.1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "kafka" / "pom.xml"
 LOG4J = REPO_ROOT / "kafka" / "log4j2.properties"
 READY_DEADLINE_S = 90.0
@@ -322,7 +322,7 @@ def _metadata_ok(bootstrap: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detector.devkafka", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m detector.dev.broker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download the broker jars into the cache")
