@@ -156,6 +156,27 @@ class ScoringSettings(Section):
     update: bool = True
     seed_file: Path | None = Path("config/normal_comments.jsonl")
     calibration_file: Path | None = None
+    # How a comment is scored: cosine to the centroid, or the mean cosine to the k
+    # nearest exemplars of the reservoir (see detector.baselines).
+    method: Literal["centroid", "knn"] = "centroid"
+    k: int = Field(default=5, ge=1)
+    # Per-key baselines: a dotted path into the comment JSON, or "@key" for the record
+    # key; unset means one global baseline.
+    key_field: str | None = None
+    key_min_samples: int = Field(default=50, ge=1)
+    max_keys: int = Field(default=1000, ge=1)
+    # Accepted normal exemplars kept for kNN scoring and for explaining alerts.
+    reservoir_size: int = Field(default=2000, ge=1)
+    key_reservoir_size: int = Field(default=100, ge=1)
+    explain_exemplars: int = Field(default=3, ge=0, le=20)
+    keep_exemplar_text: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScoringSettings:
+        if self.key_field is not None and not self.key_field.strip(". "):
+            msg = "scoring.key_field must name a field (a dotted path) or be @key"
+            raise ValueError(msg)
+        return self
 
 
 class AlertSettings(Section):

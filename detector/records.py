@@ -72,6 +72,7 @@ class Comment:
     source: Source
     text: str
     id: str | None
+    key: str | None = None  # the value of scoring.key_field, when set and present
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +112,13 @@ def source_of(record: KafkaRecord) -> Source:
     return Source(record.topic, record.partition, record.offset, record.timestamp, record.key)
 
 
-def decode(record: KafkaRecord, settings: InputSettings) -> Comment | DeadLetter:
-    """Turn one record into a comment, or a dead letter that says what is wrong."""
+def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None = None
+           ) -> Comment | DeadLetter:
+    """Turn one record into a comment, or a dead letter that says what is wrong.
+
+    `key_field` (scoring.key_field) fills `Comment.key`: ``@key`` is the record key, a
+    dotted path a scalar field of the JSON value; missing or not a scalar gives None.
+    """
     source = source_of(record)
     raw = record.value
     if raw is None:
@@ -127,6 +133,7 @@ def decode(record: KafkaRecord, settings: InputSettings) -> Comment | DeadLetter
         return DeadLetter(source, "invalid_utf8", f"value is not UTF-8: {exc.reason} "
                           f"at byte {exc.start}", raw)
     comment_id: str | None = None
+    key = _key_text(record.key) if key_field == "@key" else None
     if settings.format == "raw":
         text: object = decoded
     else:
@@ -149,6 +156,10 @@ def decode(record: KafkaRecord, settings: InputSettings) -> Comment | DeadLetter
         raw_id = lookup(parsed, settings.id_field)
         if isinstance(raw_id, str | int) and not isinstance(raw_id, bool):
             comment_id = str(raw_id)
+        if key_field is not None and key_field != "@key":
+            raw_key = lookup(parsed, key_field)
+            if isinstance(raw_key, str | int | float | bool):
+                key = str(raw_key)
     assert isinstance(text, str)
     if not text.strip() or not _has_visible(text):
         return DeadLetter(source, "empty_text", "text is empty or only whitespace", raw)
@@ -159,7 +170,7 @@ def decode(record: KafkaRecord, settings: InputSettings) -> Comment | DeadLetter
                 f"text is about {estimate_tokens(text)} tokens, limit {settings.max_tokens}", raw,
             )
         text = truncate_to_tokens(text, settings.max_tokens)
-    return Comment(source, text, comment_id)
+    return Comment(source, text, comment_id, key)
 
 
 def _has_visible(text: str) -> bool:

@@ -120,3 +120,36 @@ class TestEncode:
         assert out["schema"] == "detector.dead-letter/v1"
         assert out["reason"] == "invalid_utf8"
         assert base64.b64decode(out["value_b64"]) == b"\xff oops"
+
+
+class TestKeyField:
+    """scoring.key_field: the comment's key for per-key baselines."""
+
+    def _record(self, value: bytes, key: bytes | None = b"k1") -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(topic="t", partition=0, offset=1, timestamp=0, key=key,
+                               value=value)
+
+    def test_dotted_path_selects_the_key(self) -> None:
+        """A dotted path reads a scalar field of the JSON value (numbers as text)."""
+        from detector.config import InputSettings
+        from detector.records import Comment, decode
+
+        got = decode(self._record(b'{"text": "hi", "meta": {"shop": 42}}'),  # type: ignore[arg-type]
+                     InputSettings(), "meta.shop")
+        assert isinstance(got, Comment)
+        assert got.key == "42"
+
+    def test_record_key_and_missing_field(self) -> None:
+        """@key is the Kafka record key; a missing or non-scalar field gives no key."""
+        from detector.config import InputSettings
+        from detector.records import Comment, decode
+
+        rec1 = decode(self._record(b'{"text": "hi"}'), InputSettings(), "@key")  # type: ignore[arg-type]
+        rec2 = decode(self._record(b'{"text": "hi", "shop": [1]}'), InputSettings(),  # type: ignore[arg-type]
+                      "shop")
+        assert isinstance(rec1, Comment)
+        assert rec1.key == "k1"
+        assert isinstance(rec2, Comment)
+        assert rec2.key is None

@@ -1,0 +1,129 @@
+"""Per-key baselines: global fallback, key thresholds, LRU eviction, kNN, explanations."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.baselines import Baseline, Baselines, KeyBase, Policy
+from detector.centroid import Centroid
+from detector.reservoir import Ref, Reservoir
+
+D = 8
+
+
+def unit(*values: float) -> npt.NDArray[np.float64]:
+    v = np.zeros(D)
+    v[: len(values)] = values
+    out: npt.NDArray[np.float64] = v / np.linalg.norm(v)
+    return out
+
+
+def near(axis: int, seed: int, spread: float = 0.1) -> npt.NDArray[np.float64]:
+    v = np.random.default_rng(seed).normal(scale=spread, size=D)
+    v[axis] += 1.0
+    out: npt.NDArray[np.float64] = v / np.linalg.norm(v)
+    return out
+
+
+def global_baseline(threshold: float = 0.5) -> Baseline:
+    return Baseline(None, Centroid.from_vectors([unit(1)]), Reservoir(50, D), threshold, 1)
+
+
+def ref(i: int) -> Ref:
+    return Ref("comments", 0, i, f"c{i}")
+
+
+class TestBaselines:
+    def test_unknown_key_is_judged_globally_and_feeds_both(self) -> None:
+        """A young key uses the global baseline; an accepted comment updates both."""
+        b = Baselines(global_baseline(), Policy(key_min_samples=3))
+        v = b.judge(near(0, 1), "shop", ref(1))
+        assert v.judged_by == "global"
+        assert v.accepted
+        assert b.keys["shop"].samples == 1
+        assert b.global_.centroid.version == 1
+
+    def test_key_with_enough_samples_gets_its_own_baseline(self) -> None:
+        """Once a key has key_min_samples accepted comments it is judged on its own."""
+        b = Baselines(global_baseline(0.3), Policy(key_min_samples=3, margin=0.0))
+        for i in range(3):
+            b.judge(near(0, i), "shop", ref(i))
+        assert b.judge(near(0, 9), "shop", ref(9)).judged_by == "key"
+        assert b.judge(near(0, 9), None, ref(10)).judged_by == "global"
+
+    def test_minority_key_from_artifact_is_not_alerted_where_global_would(self) -> None:
+        """A key calibrated on its own population accepts what the global baseline alerts."""
+        drug = Centroid.from_vectors([near(3, i) for i in range(20)])
+        base = KeyBase(drug, 0.8, 20)
+        b = Baselines(global_baseline(0.5), Policy(key_min_samples=10), bases={"drug": base})
+        comment = near(3, 99)
+        assert b.judge(comment, None, ref(1)).anomaly  # global: off the main population
+        keyed = b.judge(comment, "drug", ref(2))
+        assert keyed.judged_by == "key"
+        assert not keyed.anomaly
+        assert keyed.threshold == 0.8
+
+    def test_key_without_own_threshold_uses_the_pooled_key_threshold(self) -> None:
+        """Fallback order: own threshold, the artifact's pooled key threshold, global."""
+        base = KeyBase(Centroid.from_vectors([unit(0, 1)]), None, 100)
+        b = Baselines(global_baseline(0.5), Policy(key_min_samples=10), key_threshold=0.7,
+                      bases={"k": base})
+        assert b.judge(unit(0, 1), "k", ref(1)).threshold == 0.7
+        b.key_threshold = None
+        assert b.judge(unit(0, 1), "k", ref(2)).threshold == 0.5
+
+    def test_least_recently_seen_key_is_evicted_and_counted(self) -> None:
+        """max_keys bounds the keys; the least recently seen one goes first."""
+        b = Baselines(global_baseline(), Policy(max_keys=2))
+        evicted: list[str | None] = []
+        b.on_evict = lambda baseline: evicted.append(baseline.key)
+        b.judge(unit(1), "a", ref(1))
+        b.judge(unit(1), "b", ref(2))
+        b.judge(unit(1), "a", ref(3))
+        b.judge(unit(1), "c", ref(4))
+        assert list(b.keys) == ["a", "c"]
+        assert evicted == ["b"]
+        assert b.evictions == 1
+
+    def test_anomalies_do_not_learn(self) -> None:
+        """A comment below threshold + margin changes no centroid and no reservoir."""
+        b = Baselines(global_baseline(0.5), Policy())
+        v = b.judge(unit(0, 1), "k", ref(1))
+        assert v.anomaly
+        assert not v.accepted
+        assert b.global_.centroid.version == 0
+        assert len(b.global_.reservoir) == 0
+
+    def test_alert_carries_three_nearest_exemplars(self) -> None:
+        """An anomaly is explained by its nearest accepted exemplars, most similar first."""
+        b = Baselines(global_baseline(0.5), Policy(margin=0.0))
+        for i in range(10):
+            b.judge(near(0, i), None, ref(i))
+        v = b.judge(unit(1, 2.0), None, ref(50))
+        assert v.anomaly
+        assert len(v.nearest) == 3
+        assert all(n.ref.offset < 10 for n in v.nearest)
+        sims = [n.similarity for n in v.nearest]
+        assert sims == sorted(sims, reverse=True)
+
+    def test_knn_method_scores_by_nearest_exemplars(self) -> None:
+        """With method knn a comment close to some exemplars passes even when it is far
+        from the centroid of two populations."""
+        g = Baseline(None, Centroid.from_vectors([unit(1), unit(0, 1)]), Reservoir(50, D), 0.8)
+        for i, v in enumerate([near(0, s, 0.01) for s in range(5)]
+                              + [near(1, s, 0.01) for s in range(5)]):
+            g.reservoir.offer(v, ref(i))
+        knn = Baselines(g, Policy(method="knn", k=3))
+        verdict = knn.judge(near(0, 77, 0.01), None, ref(99))
+        assert not verdict.anomaly
+        assert verdict.score > 0.95
+        assert verdict.similarity < 0.8  # the centroid alone would have alerted
+
+    def test_text_is_kept_only_when_asked(self) -> None:
+        """keep_text False strips the text from the exemplar references."""
+        with_text = Ref("comments", 0, 1, "c1", "hello")
+        for keep in (False, True):
+            b = Baselines(global_baseline(0.5), Policy(keep_text=keep))
+            b.judge(unit(1), None, with_text)
+            assert (b.global_.reservoir.exemplars()[0].ref.text == "hello") is keep
