@@ -24,12 +24,14 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from detector import calibration as cal
+from detector import keycal
 from detector import records as rec
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
 from detector.errors import CalibrationError, DetectorError
 from detector.kafka import connection_kwargs
+from detector.reservoir import Ref, encode_exemplars
 from detector.samples import read_samples
 
 
@@ -111,9 +113,10 @@ async def embed_all(texts: list[str], embedder: Embedder, cache: EmbeddingCache,
 
 
 async def read_topic_texts(settings: Settings, topic: str, time_from: int | None,
-                           time_to: int | None) -> tuple[list[str], int]:
-    """Texts of a topic's time range, read with manual assignment and no group; also the
-    number of records skipped as unusable (what the daemon would dead-letter)."""
+                           time_to: int | None) -> tuple[list[rec.Comment], int]:
+    """Comments of a topic's time range, read with manual assignment and no group (their
+    key from scoring.key_field); also the number of records skipped as unusable (what the
+    daemon would dead-letter)."""
     from detector.replay import ReplayOptions, resolve_plan
 
     plan = await resolve_plan(settings, ReplayOptions(topic=topic, time_from=time_from,
@@ -121,7 +124,7 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
     consumer = AIOKafkaConsumer(**connection_kwargs(settings.kafka), group_id=None,
                                 enable_auto_commit=False)
     await consumer.start()
-    texts: list[str] = []
+    texts: list[rec.Comment] = []
     skipped = 0
     try:
         for partition, (start, end) in plan.ranges.items():
@@ -137,9 +140,9 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
                 for record in fetched.get(tp, []):
                     if record.offset >= end:
                         break
-                    decoded = rec.decode(record, settings.input)
+                    decoded = rec.decode(record, settings.input, settings.scoring.key_field)
                     if isinstance(decoded, rec.Comment):
-                        texts.append(decoded.text)
+                        texts.append(decoded)
                     else:
                         skipped += 1
     finally:
@@ -147,21 +150,61 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
     return texts, skipped
 
 
+def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs: Matrix,
+                      anomaly_vecs: Matrix | None, *, keys: list[str | None],
+                      refs: list[Ref], embedder: Embedder) -> cal.Result:
+    """Split, fit the global baseline (centroid and reservoir) and, with a key field, the
+    per-key baselines; choose the thresholds for the configured scoring method."""
+    train, hold = cal.split(len(normal_vecs), args.holdout, args.seed)
+    scoring = settings.scoring
+    key_field = scoring.key_field
+    train_refs = [refs[i] for i in train]
+    fitted = keycal.fit(normal_vecs[train], train_refs, scoring.reservoir_size)
+    result = cal.calibrate(
+        normal_vecs[train], normal_vecs[hold], anomaly_vecs,
+        model=embedder.name, dimension=embedder.dimension, method=args.select,
+        target_fpr=args.target_fpr, target_precision=args.target_precision,
+        bootstrap=args.bootstrap, seed=args.seed,
+        score=lambda rows: fitted.scores(rows, scoring.method, scoring.k),
+        scoring={"method": scoring.method, "k": scoring.k})
+    extra: dict[str, Any] = {"exemplars": encode_exemplars(
+        fitted.reservoir.exemplars(), keep_text=scoring.keep_exemplar_text)}
+    if key_field is not None:
+        per_key = keycal.calibrate_keys(
+            normal_vecs[train], [keys[i] for i in train], train_refs, normal_vecs[hold],
+            [keys[i] for i in hold], target_fpr=args.target_fpr, method=scoring.method,
+            k=scoring.k, reservoir_size=scoring.key_reservoir_size,
+            min_train=scoring.key_min_samples)
+        extra["keys"] = per_key.to_json(key_field, scoring.key_min_samples,
+                                        keep_text=scoring.keep_exemplar_text)
+    return cal.Result(result.artifact.model_copy(update=extra), result.holdout_sims,
+                      result.anomaly_sims)
+
+
 async def run_calibration(settings: Settings, args: argparse.Namespace,
                           embedder: Embedder | None = None) -> tuple[cal.Result, int]:
     """Gather inputs, embed (cached), calibrate, write artifact and report."""
+    key_field = settings.scoring.key_field
     if args.normal is not None:
-        samples, skipped = read_samples(args.normal, settings.input, args.label_field)
+        samples, skipped = read_samples(args.normal, settings.input, args.label_field,
+                                        key_field)
         normal = [s.text for s in samples if not s.label]
+        keys = [s.key for s in samples if not s.label]
+        refs = [Ref(f"file:{args.normal.name}", -1, i) for i, s in enumerate(samples)
+                if not s.label]
         anomalies = [s.text for s in samples if s.label]
         if skipped:
             sys.stderr.write(f"skipped {skipped} unusable lines of {args.normal}\n")
     else:
         from detector.replay import parse_time
 
-        normal, skipped = await read_topic_texts(
+        comments, skipped = await read_topic_texts(
             settings, args.topic, parse_time(args.time_from) if args.time_from else None,
             parse_time(args.time_to) if args.time_to else None)
+        normal = [c.text for c in comments]
+        keys = [c.key for c in comments]
+        refs = [Ref(c.source.topic, c.source.partition, c.source.offset, c.id)
+                for c in comments]
         anomalies = []
         if skipped:
             sys.stderr.write(f"skipped {skipped} unusable records of {args.topic}\n")
@@ -184,12 +227,11 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
         cache.close()
         if owned:
             await embedder.aclose()
-    train, hold = cal.split(len(normal), args.holdout, args.seed)
-    result = cal.calibrate(
-        normal_vecs[train], normal_vecs[hold], anomaly_vecs if len(anomalies) else None,
-        model=embedder.name, dimension=embedder.dimension, method=args.select,
-        target_fpr=args.target_fpr, target_precision=args.target_precision,
-        bootstrap=args.bootstrap, seed=args.seed)
+    if settings.scoring.keep_exemplar_text:
+        refs = [Ref(r.topic, r.partition, r.offset, r.id, text)
+                for r, text in zip(refs, normal, strict=True)]
+    result = calibrate_vectors(settings, args, normal_vecs, anomaly_vecs if len(anomalies)
+                               else None, keys=keys, refs=refs, embedder=embedder)
     cal.save_artifact(result.artifact, args.out)
     if args.report_dir is not None:
         from detector.report import write_report
@@ -213,7 +255,17 @@ def summary_table(result: cal.Result, out: Path, calls: int) -> str:
     if "roc_auc" in m:
         rows += [("ROC AUC", f"{m['roc_auc']:.3f}"), ("PR AUC", f"{m['pr_auc']:.3f}"),
                  ("best F1", f"{m['best_f1']['f1']:.3f} at {m['best_f1']['threshold']:.4f}")]
-    rows += [("embedding calls", calls), ("artifact", out)]
+    if a.keys is not None:
+        baselines = a.keys["baselines"]
+        own = sum(b["threshold"] is not None for b in baselines.values())
+        pooled = a.keys["pooled_threshold"]
+        rows.append(("per-key baselines",
+                     f"{len(baselines)} keys of {a.keys['field']} ({own} with their own "
+                     f"threshold; pooled key threshold "
+                     f"{'none' if pooled is None else f'{pooled:.4f}'})"))
+    rows += [("scoring", f"{a.scoring.get('method', 'centroid')}, "
+                         f"{len(a.exemplars)} exemplars"),
+             ("embedding calls", calls), ("artifact", out)]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n"
 

@@ -10,6 +10,7 @@ a threshold t on normals is ``mean(sims < t)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from detector.centroid import Centroid
 from detector.errors import CalibrationError, ConfigError
 
-ARTIFACT_SCHEMA = "detector.calibration/v1"
+ARTIFACT_SCHEMA = "detector.calibration/v2"
+# v1 artifacts (no exemplars, no keys, centroid scoring) still load
+READABLE_SCHEMAS = ("detector.calibration/v1", ARTIFACT_SCHEMA)
 Floats = npt.NDArray[np.float64]
 Method = Literal["target_fpr", "best_f1", "target_precision"]
 
@@ -149,6 +152,10 @@ class CalibrationArtifact(BaseModel):
     metrics: dict[str, Any]
     scoring: dict[str, Any] = {}
     created_at: str
+    # v2: exemplars of the global reservoir (detector.reservoir.encode_exemplars) and
+    # per-key baselines (detector.keycal.KeyCalibration.to_json); absent in v1
+    exemplars: list[dict[str, Any]] = []
+    keys: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         body = self.model_dump()
@@ -177,8 +184,14 @@ def calibrate(
     target_precision: float = 0.9,
     bootstrap: int = 1000,
     seed: int = 0,
+    score: Callable[[Floats], Floats] | None = None,
+    scoring: dict[str, Any] | None = None,
 ) -> Result:
-    """Centroid from `train`, threshold from `holdout` (and labelled `anomalies`)."""
+    """Centroid from `train`, threshold from `holdout` (and labelled `anomalies`).
+
+    `score` replaces the centroid cosine as the score the threshold applies to (e.g. the
+    kNN score of detector.keycal); `scoring` is recorded in the artifact.
+    """
     holdout_rows = np.asarray(holdout, dtype=np.float64)
     if len(holdout_rows) < min_holdout(target_fpr):
         msg = (f"{len(holdout_rows)} held-out normals cannot calibrate a {target_fpr:.2%} "
@@ -186,8 +199,9 @@ def calibrate(
                f"normal samples, a larger --holdout, or a larger --target-fpr)")
         raise CalibrationError(msg)
     centroid = Centroid.from_vectors(train)
-    sims = centroid.similarity(holdout_rows)
-    anomaly_sims = (centroid.similarity(np.asarray(anomalies, dtype=np.float64))
+    scorer = score or centroid.similarity
+    sims = scorer(holdout_rows)
+    anomaly_sims = (scorer(np.asarray(anomalies, dtype=np.float64))
                     if anomalies is not None and len(np.asarray(anomalies)) else np.empty(0))
     threshold = threshold_at_fpr(sims, target_fpr)
     lo, hi = bootstrap_ci(sims, target_fpr, bootstrap, seed)
@@ -220,7 +234,7 @@ def calibrate(
         model={"name": model, "dimension": dimension},
         counts={"train": len(np.asarray(train)), "holdout": len(holdout_rows),
                 "anomalies": len(anomaly_sims)},
-        metrics=metrics, scoring={"center": None},
+        metrics=metrics, scoring={"center": None, "method": "centroid"} | (scoring or {}),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return Result(artifact, sims, anomaly_sims)
@@ -242,8 +256,8 @@ def load_artifact(path: Path) -> CalibrationArtifact:
     except (OSError, orjson.JSONDecodeError) as exc:
         msg = f"cannot read calibration artifact {path}: {exc}"
         raise ConfigError(msg) from None
-    if not isinstance(body, dict) or body.get("schema") != ARTIFACT_SCHEMA:
-        msg = f"{path} is not a {ARTIFACT_SCHEMA} calibration artifact"
+    if not isinstance(body, dict) or body.get("schema") not in READABLE_SCHEMAS:
+        msg = f"{path} is not a {ARTIFACT_SCHEMA} (or v1) calibration artifact"
         raise ConfigError(msg)
     body["schema_"] = body.pop("schema")
     try:

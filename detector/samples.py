@@ -18,11 +18,15 @@ class Sample:
 
     text: str
     label: bool | None = None
+    key: str | None = None  # the value of the key field (per-key calibration)
 
 
-def read_samples(path: Path, settings: InputSettings, label_field: str | None = None
-                 ) -> tuple[list[Sample], int]:
+def read_samples(path: Path, settings: InputSettings, label_field: str | None = None,
+                 key_field: str | None = None) -> tuple[list[Sample], int]:
     """Samples of a JSONL file (or raw lines when `settings.format` is raw).
+
+    `key_field` is a dotted path to each line's key (``@key`` reads a field ``key``, where
+    a topic dump keeps the record key).
 
     Returns the samples and the number of lines skipped (blank text, bad JSON, no text
     field). A missing or unreadable file is a `ConfigError` naming it.
@@ -50,7 +54,11 @@ def read_samples(path: Path, settings: InputSettings, label_field: str | None = 
             skipped += 1
             continue
         label = bool(lookup(obj, label_field)) if label_field else None
-        samples.append(Sample(text, label))
+        key = None
+        if key_field is not None:
+            raw_key = lookup(obj, "key" if key_field == "@key" else key_field)
+            key = str(raw_key) if isinstance(raw_key, str | int | float | bool) else None
+        samples.append(Sample(text, label, key))
     return samples, skipped
 
 
