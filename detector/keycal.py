@@ -15,6 +15,7 @@ get no baseline: the daemon judges them against the global one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,7 +45,7 @@ class Fitted:
         return self.centroid.similarity(rows)
 
 
-def fit(rows: npt.ArrayLike, refs: list[Ref], reservoir_size: int) -> Fitted:
+def fit(rows: npt.ArrayLike, refs: Sequence[Ref], reservoir_size: int) -> Fitted:
     """Centroid and reservoir of the training rows (unit vectors), refs one per row."""
     matrix = np.asarray(rows, dtype=np.float64)
     reservoir = Reservoir(reservoir_size, matrix.shape[1])
@@ -81,8 +82,8 @@ class KeyCalibration:
 
 
 def calibrate_keys(
-    train: npt.ArrayLike, train_keys: list[str | None], train_refs: list[Ref],
-    holdout: npt.ArrayLike, holdout_keys: list[str | None], *,
+    train: npt.ArrayLike, train_keys: Sequence[str | None], train_refs: Sequence[Ref],
+    holdout: npt.ArrayLike, holdout_keys: Sequence[str | None], *,
     target_fpr: float, method: Method = "centroid", k: int = 5,
     reservoir_size: int = 100, min_train: int = 50,
 ) -> KeyCalibration:

@@ -20,12 +20,11 @@ def cloud(n: int, axis: int, seed: int, spread: float) -> npt.NDArray[np.float64
     return out
 
 
-def data() -> tuple[npt.NDArray[np.float64], list[str | None], npt.NDArray[np.float64],
-                    list[str | None]]:
+def data() -> tuple[npt.NDArray[np.float64], list[str], npt.NDArray[np.float64], list[str]]:
     train = np.concatenate([cloud(400, 0, 1, 0.2), cloud(60, 1, 2, 0.05), cloud(10, 2, 3, 0.1)])
-    tkeys: list[str | None] = ["big"] * 400 + ["small"] * 60 + ["tiny"] * 10
+    tkeys = ["big"] * 400 + ["small"] * 60 + ["tiny"] * 10
     hold = np.concatenate([cloud(400, 0, 4, 0.2), cloud(40, 1, 5, 0.05)])
-    hkeys: list[str | None] = ["big"] * 400 + ["small"] * 40
+    hkeys = ["big"] * 400 + ["small"] * 40
     return train, tkeys, hold, hkeys
 
 

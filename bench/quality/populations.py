@@ -95,14 +95,14 @@ def _seed_split(normal: dict[str, list[str]], anomalies: dict[str, list[str]], s
     return split
 
 
-def _fit_method(scope: str, method: Method, size: int, train: Floats, keys: list[str],
+def _fit_method(scope: str, method: Method, size: int, *, train: Floats, keys: list[str],
                 refs: list[Ref], calib: Floats, cal_keys: list[str]
                 ) -> tuple[dict[str, Fitted], dict[str, float], dict[str, str]]:
     """Baseline and threshold per group, and where each threshold came from."""
     if scope == "global":
         base = fit(train, refs, size)
         threshold = cal.threshold_at_fpr(base.scores(calib, method, K), TARGET_FPR)
-        return ({k: base for k in SHARES}, dict.fromkeys(SHARES, threshold),
+        return (dict.fromkeys(SHARES, base), dict.fromkeys(SHARES, threshold),
                 dict.fromkeys(SHARES, "global"))
     kc = calibrate_keys(train, list(keys), refs, calib, list(cal_keys), target_fpr=TARGET_FPR,
                         method=method, k=K, reservoir_size=size, min_train=MIN_TRAIN)
@@ -128,8 +128,8 @@ def evaluate(embed: Embed, seeds: list[int]) -> dict[str, Any]:
         refs = [Ref(f"bench-{k}", 0, i) for k, i in s["train"]]
         for name, (scope, method, size) in METHODS.items():
             bases, thresholds, origin[name] = _fit_method(
-                scope, method, size, train, [k for k, _ in s["train"]], refs, calib,
-                [k for k, _ in s["cal"]])
+                scope, method, size, train=train, keys=[k for k, _ in s["train"]], refs=refs,
+                calib=calib, cal_keys=[k for k, _ in s["cal"]])
             for key in SHARES:
                 test = rows([item for item in s["test"] if item[0] == key])
                 anom_items = [a for a in s["anomalies"] if a[0] == key]

@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bz2
-import csv
-import html
-import io
 import itertools
 import json
-import re
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
