@@ -36,6 +36,7 @@ from detector.centroid import Centroid
 from detector.reservoir import Neighbour, Ref, Reservoir
 
 Method = Literal["centroid", "knn"]
+ThresholdSource = Literal["key", "pooled", "global"]
 KEY_FIELD_RECORD_KEY = "@key"
 
 
@@ -108,6 +109,7 @@ class Verdict:
     score: float  # the value compared with the threshold
     similarity: float  # cosine to the judging baseline's centroid
     threshold: float
+    threshold_source: ThresholdSource
     centroid_version: int
     centroid_count: float
     anomaly: bool
@@ -150,13 +152,17 @@ class Baselines:
     def dimension(self) -> int:
         return self.global_.centroid.dimension
 
-    def threshold_of(self, baseline: Baseline) -> float:
+    def threshold_of(self, baseline: Baseline) -> tuple[float, ThresholdSource]:
+        """The threshold a baseline applies and where it comes from."""
+        if baseline.key is None:
+            assert self.global_.threshold is not None
+            return self.global_.threshold, "global"
         if baseline.threshold is not None:
-            return baseline.threshold
-        if baseline.key is not None and self.key_threshold is not None:
-            return self.key_threshold
+            return baseline.threshold, "key"
+        if self.key_threshold is not None:
+            return self.key_threshold, "pooled"
         assert self.global_.threshold is not None
-        return self.global_.threshold
+        return self.global_.threshold, "global"
 
     def key(self, value: str) -> Baseline:
         """The baseline of a key value (created if new, marked as most recently seen)."""
@@ -206,7 +212,7 @@ class Baselines:
         x = np.asarray(row, dtype=np.float64)
         baseline = self.judging(key)
         score, similarity = self.score(baseline, x)
-        threshold = self.threshold_of(baseline)
+        threshold, source = self.threshold_of(baseline)
         anomaly = score < threshold
         nearest: tuple[Neighbour, ...] = ()
         if anomaly and self.policy.explain:
@@ -220,7 +226,8 @@ class Baselines:
             if key is not None:
                 self.key(key).accept(x, kept, self.replica)
         return Verdict(key, "global" if baseline is self.global_ else "key", score,
-                       similarity, threshold, version, count, anomaly, accepted, nearest)
+                       similarity, threshold, source, version, count, anomaly, accepted,
+                       nearest)
 
     def all(self) -> list[Baseline]:
         """The global baseline followed by the key baselines held now."""

@@ -189,7 +189,31 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{100 * r['recall_hamlet']['mean']:.1f} % | "
                 f"{100 * r['recall_plot']['mean']:.1f} % | "
                 f"{result['threshold_source'][method][key]} |")
+    out += ["", *_goals(result), ""]
     return "\n".join(out) + "\n"
+
+
+def _goals(result: dict[str, Any]) -> list[str]:
+    """The issue's goals, checked on the means (not tuned: reported as they come out)."""
+    r = result["results"]
+    lines = ["Goals of issue 13, checked on the means above:", ""]
+    for per_key, glob in (("per-key centroid", "global centroid"),
+                          ("per-key kNN (reservoir 100)", "global kNN (reservoir 2,000)")):
+        for stat in ("auroc", "recall"):
+            worse = [k for k in SHARES if r[per_key][k][stat]["mean"] < r[glob][k][stat]["mean"]]
+            lines.append(f"* {per_key} ≥ {glob} on {stat.upper() if stat == 'auroc' else stat} "
+                         f"in every group: " + ("yes" if not worse else f"no ({', '.join(worse)})"))
+    limit = 2 * result["target_fpr"]
+    for method, groups in r.items():
+        over = [f"{k} {100 * g['fpr']['mean']:.2f} %" for k, g in groups.items()
+                if g["fpr"]["mean"] > limit]
+        lines.append(f"* FPR within 2 × target in every group, {method}: "
+                     + ("yes" if not over else f"no ({', '.join(over)})"))
+    for method in ("per-key centroid", "per-key kNN (reservoir 100)",
+                   "per-key kNN (reservoir 2,000)"):
+        cells = ", ".join(f"{k} {100 * g['recall']['mean']:.1f} %" for k, g in r[method].items())
+        lines.append(f"* recall at the 1 % target, {method}: {cells}")
+    return lines
 
 
 def console(result: dict[str, Any]) -> str:

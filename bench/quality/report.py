@@ -9,6 +9,7 @@ from typing import Any
 METHODS = {
     "centroid": "centroid cosine (detector)",
     "knn5": "kNN k=5",
+    "knn_reservoir": "kNN k=5, reservoir of 500 (detector, method knn)",
     "whitened": "whitened (Mahalanobis)",
     "centred_train_mean": "centred: train-normal mean",
     "centred_traffic_1%": "centred: traffic mean, 1 % anomalies",
@@ -63,8 +64,9 @@ def console_tables(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: dict[str, Any], has_plot: bool) -> str:
-    """The RESULTS.md section: setup, AUROC table, calibration check, drift, references."""
+def markdown(results: dict[str, Any], has_plot: bool, extra: str = "") -> str:
+    """The RESULTS.md section: setup, AUROC table, calibration check, drift, `extra` (the
+    many-populations part), references."""
     setups = results["setups"]
     c = results["corpus"]
     methods = [m for m in METHODS if any(m in s["auroc"] for s in setups)]
@@ -116,7 +118,11 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
         "artifact's `scoring.center` stays `null` and the default remains the centroid "
         "cosine. kNN and whitening (Mahalanobis, shrinkage 0.01, fitted on the training "
         "normals) gain a little over the centroid on every setup, at the cost of keeping "
-        "the training set or a d × d matrix; neither is implemented in the daemon.", "",
+        "the training set or a d × d matrix. The daemon implements kNN as "
+        "`scoring.method: knn` over its bounded exemplar reservoir (A-Res sample of the "
+        "accepted comments); the *reservoir of 500* column is that scorer with a reservoir "
+        "smaller than the training set (the default 2,000 would hold all of it and equal "
+        "the kNN k=5 column). Whitening is not implemented.", "",
         "Calibration check: threshold chosen on the calibration normals for the target FPR, "
         "FPR measured on the test normals (centroid cosine).", "",
         "| setup | target 1 % → achieved | target 5 % → achieved |", "|---|---|---|",
@@ -142,6 +148,7 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
         "below the threshold from being learnt: the incremental centroid follows drift only "
         "inside the accepted region, with or without decay. A population shift to a new "
         "topic needs recalibration (`detector calibrate --topic … --from …`).", "",
+        *([extra] if extra else []),
         REFERENCES,
     ]
     return "\n".join(out)

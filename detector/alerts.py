@@ -1,0 +1,56 @@
+"""The alert record, schema ``detector.alert/v2``: an alert that explains itself. Pure.
+
+Beyond v1's fields it says which baseline judged the comment (its key, or the global
+one), the threshold and where that came from, the baseline's centroid version, the
+score that was compared with the threshold (the centroid cosine, or the kNN mean
+cosine), the cosine to the baseline's centroid, and the nearest accepted normal
+exemplars with their similarity and source reference (and text, when
+`scoring.keep_exemplar_text` is on). The README documents every field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from detector.baselines import Verdict
+from detector.records import Comment, Context, utc_now
+
+ALERT_SCHEMA = "detector.alert/v2"
+
+
+def encode_alert(comment: Comment, verdict: Verdict, *, method: str, ctx: Context,
+                 detected_at: str | None = None) -> bytes:
+    """The JSON value of an alert for `comment`, judged as `verdict`."""
+    nearest: list[dict[str, Any]] = []
+    for n in verdict.nearest:
+        item: dict[str, Any] = {"similarity": n.similarity, "source": {
+            "topic": n.ref.topic, "partition": n.ref.partition, "offset": n.ref.offset,
+            "id": n.ref.id}}
+        if n.ref.text is not None:
+            item["text"] = n.ref.text
+        nearest.append(item)
+    return orjson.dumps({
+        "schema": ALERT_SCHEMA,
+        "id": comment.id,
+        "text": comment.text,
+        "score": verdict.score,
+        "similarity": verdict.similarity,
+        "threshold": verdict.threshold,
+        "method": method,
+        "baseline": {
+            "scope": verdict.judged_by,
+            "key": verdict.key if verdict.judged_by == "key" else None,
+            "comment_key": verdict.key,
+            "threshold": verdict.threshold,
+            "threshold_source": verdict.threshold_source,
+            "centroid": {"version": verdict.centroid_version,
+                         "count": verdict.centroid_count},
+        },
+        "nearest": nearest,
+        "source": comment.source.to_json(),
+        "model": {"name": ctx.model_name, "dimension": ctx.model_dimension},
+        "detector": {"name": ctx.detector_name, "version": ctx.detector_version},
+        "detected_at": detected_at or utc_now(),
+    })
