@@ -120,7 +120,7 @@ class DetectorRun:
     def __init__(self, broker: Broker, topic: str, embedding: dict[str, Any], *,
                  scores: bool = False, threshold: float | None = None,
                  delivery: str = "at_least_once", group: str | None = None,
-                 replica: str = "r0") -> None:
+                 replica: str = "r0", scoring: dict[str, Any] | None = None) -> None:
         self.alerts_topic = unique("alerts")
         sections: dict[str, Any] = {
             "delivery": delivery,
@@ -134,8 +134,9 @@ class DetectorRun:
             "state": {"enabled": False, "replica_id": replica},
             "log": {"level": "warning"},
         }
-        if threshold is not None:
-            sections["scoring"] = {"threshold": threshold}
+        if threshold is not None or scoring:
+            sections["scoring"] = (scoring or {}) | (
+                {"threshold": threshold} if threshold is not None else {})
         self.proc = DetectorProcess(sections, broker.work_dir / f"{unique('det')}.log")
 
     async def __aenter__(self) -> DetectorRun:

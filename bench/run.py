@@ -226,12 +226,30 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+async def knn_cost_part(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """bench/knn_cost.py on its own broker and fake API."""
+    from bench.knn_cost import bench_knn_cost, smoke
+
+    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp)) as broker, \
+            FakeEmbeddingServer(api_key="sk-bench") as api:
+        if args.part == "knn-cost-smoke":
+            return await smoke(broker, api)
+        return await bench_knn_cost(broker, api, args.records // 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--part", choices=["all", "knn-cost", "knn-cost-smoke"],
+                        default="all", help="run one part only (results not merged)")
     args = parser.parse_args(argv)
+    if args.part != "all":
+        cost = asyncio.run(knn_cost_part(args))
+        print(table("kNN and explanation cost: detector msg/s", cost["throughput"]))
+        print(table("reservoir memory", cost["memory"]))
+        return 0
     results = asyncio.run(main_async(args))
     RESULTS.write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(f"\nresults written to {RESULTS}", file=sys.stderr)
