@@ -8,9 +8,9 @@ batch starts an embedding task at once; up to `concurrency` batches are in fligh
 in a FIFO so the scorer takes them in submission order whatever order the calls finish
 in. When the FIFO is full the input partitions are paused (the consumer keeps polling, so
 it keeps its group membership) instead of buffering without bound: memory holds at most
-``concurrency × batch_size`` texts in flight plus one poll of records. A retriable
-embedding failure keeps its batch and retries it under the `RetryPolicy`
-(embedders/retry.py) until it succeeds, with the input paused behind it.
+``concurrency × batch_size`` texts in flight plus one poll of records. The `BatchEmbedder`
+(embedding.py) embeds a batch without losing a text: refused texts become dead letters,
+retriable failures keep the batch under the `RetryPolicy` with the input paused behind it.
 
 A record is *done* when it is scored (or dead-lettered) and every output it caused is
 acknowledged by the broker; offsets are committed only over done prefixes, on a timer,
@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,21 +37,16 @@ from detector import records as rec
 from detector import scorer as scoring
 from detector.config import Settings
 from detector.delivery import Outbox, Work
-from detector.embedders.base import Embedder, Matrix
+from detector.embedders.base import Embedder
 from detector.embedders.retry import RetryPolicy
-from detector.errors import (
-    BatchRejectedError,
-    EmbeddingError,
-    FatalEmbeddingError,
-    TransactionFailedError,
-)
+from detector.embedding import BatchEmbedder, Outcome
+from detector.errors import EmbeddingError, FatalEmbeddingError, TransactionFailedError
 from detector.metrics import Metrics
-from detector.scorer import Scorer, Vector
+from detector.scorer import Scorer
 
 log = structlog.get_logger("detector.pipeline")
 
 Item = tuple[rec.Comment, int]  # a comment and its offset-ledger generation
-Outcome = Vector | rec.DeadLetter  # a unit vector, or why the text was refused
 
 
 @dataclass(slots=True)
@@ -86,11 +81,12 @@ class Pipeline:
         awaited after revoked partitions were finished and committed (e.g. publish state)."""
         self.settings = settings
         self.consumer = consumer
-        self.embedder = embedder
         self.scorer = scorer
         self.outbox = outbox
         self.metrics = metrics
-        self.retry = retry or RetryPolicy.from_settings(settings.embedding)
+        self.embedding = BatchEmbedder(
+            embedder, retry or RetryPolicy.from_settings(settings.embedding), metrics,
+            stopping=lambda: self._stopping)
         self.bounds = bounds
         self.start_offsets = dict(start_offsets or {})
         self.on_revoked = on_revoked
@@ -166,7 +162,7 @@ class Pipeline:
         try:
             async with asyncio.timeout(deadline):
                 if self.fatal is None:
-                    if self.bounds is None or self._done():
+                    if self.bounds is None or self._replayed:
                         await self._submit_pending(force=True)
                     # An interrupted replay leaves its partial batch for --resume, so batches
                     # stay aligned with the range start and output stays byte-identical.
@@ -309,47 +305,12 @@ class Pipeline:
             chunk, self._pending = self._pending[:size], self._pending[size:]
             self._pending_since = time.monotonic()
             self._seq += 1
-            batch = Batch(self._seq, chunk, asyncio.create_task(self._embed([c for c, _ in chunk])))
+            embedding = self.embedding.embed([c for c, _ in chunk])
+            batch = Batch(self._seq, chunk, asyncio.create_task(embedding))
             self.metrics.inflight.inc()
             self.metrics.batch_size.observe(len(chunk))
             self._inflight.append(batch)
             self._submitted.set()
-
-    # ------------------------------------------------------------------ embedding
-    async def _embed(self, comments: Sequence[rec.Comment]) -> list[Outcome]:
-        """Vectors for the comments, in order; a text the API refuses becomes a dead letter.
-
-        A refused batch is split in halves until the offending text is alone, so only
-        that one is dead-lettered.
-        """
-        try:
-            return list(await self._embed_until_done([c.text for c in comments]))
-        except BatchRejectedError as exc:
-            if len(comments) == 1:
-                reason = f"rejected:{exc.code}" if exc.code else "rejected"
-                return [rec.DeadLetter(comments[0].source, reason, str(exc), None)]
-            half = len(comments) // 2
-            return [*await self._embed(comments[:half]), *await self._embed(comments[half:])]
-
-    async def _embed_until_done(self, texts: list[str]) -> Matrix:
-        """Keep the batch through retriable failures until they succeed (no deadline at
-        this level: nothing is dropped; the input stays paused behind us)."""
-        attempt = 0
-        while True:
-            started = time.monotonic()
-            try:
-                matrix = await self.embedder.embed(texts)
-            except EmbeddingError as exc:
-                if not exc.retriable or self._stopping:
-                    raise
-                attempt += 1
-                delay = self.retry.delay(attempt, getattr(exc, "retry_after", None))
-                log.warning("embedding failed, retrying", error=str(exc), code=exc.code,
-                            attempt=attempt, retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay)
-                continue
-            self.metrics.embed_seconds.observe(time.monotonic() - started)
-            return matrix
 
     # ------------------------------------------------------------------ scoring
     async def _score_loop(self) -> None:
