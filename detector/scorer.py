@@ -112,7 +112,11 @@ class Scorer:
         return self.baseline
 
     def score(self, items: Sequence[Embedded]) -> list[Verdict]:
-        """Verdicts for `items`, in order; updates the centroid as it goes."""
+        """Verdicts for `items`, in order; updates the centroid as it goes.
+
+        Items are grouped by the baseline that judges them and each group is scored in
+        submission order (baselines are independent, so this is the same as one pass).
+        """
         groups: dict[int, tuple[Baseline, list[int], list[Vector]]] = {}
         for i, (comment, embedded) in enumerate(items):
             if not isinstance(embedded, rec.DeadLetter):
