@@ -1,9 +1,10 @@
 """The alert record, schema ``detector.alert/v2``: an alert that explains itself. Pure.
 
-Beyond v1's fields it says which baseline judged the comment (its key, or the global
-one), the threshold and where that came from, the baseline's centroid version, the
-score that was compared with the threshold (the centroid cosine, or the kNN mean
-cosine), the cosine to the baseline's centroid, and the nearest accepted normal
+It keeps every v1 field (``similarity`` is still the value compared with the threshold:
+the centroid cosine, or with `scoring.method: knn` the mean cosine to the k nearest
+exemplars; ``centroid`` is the judging baseline's) and adds which baseline judged the
+comment (its key, or the global one), the threshold and where that came from, the
+scoring method, the cosine to the baseline's centroid, and the nearest accepted normal
 exemplars with their similarity and source reference (and text, when
 `scoring.keep_exemplar_text` is on). The README documents every field.
 """
@@ -35,10 +36,10 @@ def encode_alert(comment: Comment, verdict: Verdict, *, method: str, ctx: Contex
         "schema": ALERT_SCHEMA,
         "id": comment.id,
         "text": comment.text,
-        "score": verdict.score,
-        "similarity": verdict.similarity,
+        "similarity": verdict.score,
         "threshold": verdict.threshold,
         "method": method,
+        "centroid_similarity": verdict.similarity,
         "baseline": {
             "scope": verdict.judged_by,
             "key": verdict.key if verdict.judged_by == "key" else None,
@@ -50,6 +51,7 @@ def encode_alert(comment: Comment, verdict: Verdict, *, method: str, ctx: Contex
         },
         "nearest": nearest,
         "source": comment.source.to_json(),
+        "centroid": {"version": verdict.centroid_version, "count": verdict.centroid_count},
         "model": {"name": ctx.model_name, "dimension": ctx.model_dimension},
         "detector": {"name": ctx.detector_name, "version": ctx.detector_version},
         "detected_at": detected_at or utc_now(),

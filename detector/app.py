@@ -18,15 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from detector import __version__
+from detector import __version__, startup
 from detector import records as rec
+from detector.baselines import Baselines
+from detector.calibration import CalibrationArtifact
 from detector.centroid import Centroid
 from detector.config import Settings
 from detector.delivery import Committer, Gate, GroupCommitter, Outbox, TransactionCommitter
 from detector.embedders import Embedder, build_embedder
+from detector.embedders.base import Matrix
 from detector.errors import ConfigError
 from detector.kafka import (
     ensure_topics,
@@ -37,9 +41,11 @@ from detector.kafka import (
 )
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
+from detector.reservoir import Ref
 from detector.samples import read_texts
 from detector.scorer import Scorer
 from detector.server import HealthServer
+from detector.sharing import Scope, SharedBaselines
 from detector.state import SharedCentroid, StateStore, StateSync
 
 log = structlog.get_logger("detector.app")
@@ -57,6 +63,14 @@ class InitialState:
     centroid: Centroid
     threshold: float
     origin: str
+    artifact: CalibrationArtifact | None = None
+    seed: tuple[Matrix, list[Ref]] | None = None  # embedded seed rows and their references
+
+    def baselines(self, settings: Settings, replica: str) -> Baselines:
+        """The global baseline around `centroid`, with the artifact's or seed's exemplars,
+        and the artifact's per-key bases."""
+        return startup.build(settings.scoring, self.centroid, self.threshold,
+                             artifact=self.artifact, seed=self.seed, replica=replica)
 
 
 async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
@@ -67,17 +81,18 @@ async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
 
         artifact = load_artifact(scoring.calibration_file)
         check_compatible(artifact, embedder.name, embedder.dimension)
+        startup.check_artifact(artifact, scoring)
         centroid = Centroid.from_dict(artifact.centroid)
         centroid.decay = scoring.decay
         return InitialState(centroid, artifact.threshold,
-                            f"calibration:{_digest(scoring.calibration_file)}")
+                            f"calibration:{_digest(scoring.calibration_file)}", artifact)
     if scoring.seed_file is None:
         msg = "set scoring.calibration_file or scoring.seed_file: the detector needs a centroid"
         raise ConfigError(msg)
-    return InitialState(
-        await seed_centroid(scoring.seed_file, settings, embedder), scoring.threshold,
-        f"seed:{_digest(scoring.seed_file)}",
-    )
+    centroid, rows = await seed_centroid(scoring.seed_file, settings, embedder)
+    refs = [Ref(f"seed:{scoring.seed_file.name}", -1, i) for i in range(len(rows))]
+    return InitialState(centroid, scoring.threshold, f"seed:{_digest(scoring.seed_file)}",
+                        seed=(rows, refs))
 
 
 def _digest(path: Path) -> str:
@@ -89,20 +104,23 @@ def _digest(path: Path) -> str:
         raise ConfigError(msg) from None
 
 
-async def seed_centroid(path: Path, settings: Settings, embedder: Embedder) -> Centroid:
-    """The mean of the embedded normal samples in `path`."""
+async def seed_centroid(path: Path, settings: Settings, embedder: Embedder
+                        ) -> tuple[Centroid, Matrix]:
+    """The mean of the embedded normal samples in `path`, and their vectors."""
     texts = read_texts(path, settings.input)
     if not texts:
         msg = f"seed file {path} holds no usable comments"
         raise ConfigError(msg)
     size = settings.embedding.batch_size
     centroid = Centroid.empty(embedder.dimension, settings.scoring.decay)
+    rows = []
     for start in range(0, len(texts), size):
         for row in await embedder.embed(texts[start:start + size]):
             centroid.add(row)
+            rows.append(row)
     centroid.version = 0
     log.info("centroid seeded", file=str(path), samples=len(texts))
-    return centroid
+    return centroid, np.stack(rows)
 
 
 def replica_id(settings: Settings) -> str:
@@ -145,9 +163,10 @@ async def run(
             stack.push_async_callback(embedder.aclose)
         if handle_signals:
             _install_signal_handlers(stop)
-        state, shared, store = await _starting_point(settings, embedder)
+        state, shared, baselines, store = await _starting_point(settings, embedder)
         pipeline = await _build_pipeline(stack, settings, embedder=embedder, state=state,
-                                         shared=shared, store=store, metrics=metrics)
+                                         shared=shared, baselines=baselines, store=store,
+                                         metrics=metrics)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
         await _started(stack, pipeline.consumer)
         if settings.server.enabled:
@@ -162,9 +181,10 @@ async def run(
 
 
 async def _starting_point(settings: Settings, embedder: Embedder
-                          ) -> tuple[InitialState, SharedCentroid, StateStore | None]:
-    """The base, the output topics, and the shared centroid: base + every replica's
-    published contribution."""
+                          ) -> tuple[InitialState, SharedCentroid, SharedBaselines,
+                                     StateStore | None]:
+    """The base, the output topics, the shared centroid (base + every replica's published
+    contribution) and the shared baselines (per key, exemplars) restored the same way."""
     await wait_for_kafka(settings.kafka, settings.kafka.connect_deadline_s)
     if not await topic_partitions(settings.kafka, settings.input.topic):
         msg = (f"input topic {settings.input.topic!r} does not exist on "
@@ -174,6 +194,10 @@ async def _starting_point(settings: Settings, embedder: Embedder
     if settings.kafka.create_topics:
         await ensure_topics(settings.kafka, output_topics(settings))
     shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
+    baselines = SharedBaselines(
+        state.baselines(settings, shared.replica),
+        Scope(shared.replica, state.origin, embedder.name, embedder.dimension),
+        keep_text=settings.scoring.keep_exemplar_text)
     store = StateStore(settings) if settings.state.enabled else None
     if store is not None:
         if settings.kafka.create_topics:
@@ -183,17 +207,22 @@ async def _starting_point(settings: Settings, embedder: Embedder
         if ignored:
             log.warning("state of other bases or models ignored; starting from the base",
                         replicas=ignored)
+        store.restore_shared(baselines)
     log.info("detector starting", version=__version__, origin=state.origin,
              threshold=state.threshold, model=embedder.name, dimension=embedder.dimension,
              replica=shared.replica, centroid_version=shared.centroid.version,
              centroid_weight=shared.centroid.weight, input=settings.input.topic,
-             group=settings.kafka.group_id, delivery=settings.delivery)
-    return state, shared, store
+             group=settings.kafka.group_id, delivery=settings.delivery,
+             method=settings.scoring.method, key_field=settings.scoring.key_field,
+             key_baselines=len(baselines.baselines.keys),
+             exemplars=len(baselines.baselines.global_.reservoir))
+    return state, shared, baselines, store
 
 
 async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, *,
                           embedder: Embedder, state: InitialState, shared: SharedCentroid,
-                          store: StateStore | None, metrics: Metrics) -> Pipeline:
+                          baselines: SharedBaselines, store: StateStore | None,
+                          metrics: Metrics) -> Pipeline:
     """Producer (transactional in exactly_once mode), consumer, committer, state sync,
     scorer, outbox and pipeline."""
     exactly_once = settings.delivery == "exactly_once"
@@ -213,11 +242,16 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
         if exactly_once:  # state stays out of the transactions
             state_producer = await _started(stack, make_producer(settings.kafka))
         sync = StateSync(store, shared, state_producer, state.threshold,
-                         settings.state.snapshot_interval_s)
+                         settings.state.snapshot_interval_s, baselines=baselines)
         await stack.enter_async_context(sync)
     context = rec.Context(settings.name, __version__, embedder.name, embedder.dimension)
     scorer = Scorer.from_settings(settings, shared.centroid, state.threshold, context,
-                                  on_update=shared.record_local if sync is not None else None)
+                                  on_update=shared.record_local if sync is not None else None,
+                                  baselines=baselines.baselines)
+    held = baselines.baselines
+    metrics.baseline_keys.set_function(lambda: len(held.keys))
+    metrics.key_evictions.set_function(lambda: held.evictions)
+    metrics.exemplars.set_function(lambda: sum(len(b.reservoir) for b in held.all()))
     outbox = Outbox(producer, committer, metrics, alerts_topic=settings.alerts.topic,
                     assigned=consumer.assignment, gate=gate)
     return Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,

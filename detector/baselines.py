@@ -115,6 +115,7 @@ class Verdict:
     anomaly: bool
     accepted: bool
     nearest: tuple[Neighbour, ...] = ()
+    baseline: Baseline | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +228,7 @@ class Baselines:
                 self.key(key).accept(x, kept, self.replica)
         return Verdict(key, "global" if baseline is self.global_ else "key", score,
                        similarity, threshold, source, version, count, anomaly, accepted,
-                       nearest)
+                       nearest, baseline)
 
     def all(self) -> list[Baseline]:
         """The global baseline followed by the key baselines held now."""

@@ -79,6 +79,15 @@ class Metrics:
             "detector_centroid_version", "Centroid updates since creation", registry=r
         )
         self.threshold = Gauge("detector_threshold", "Similarity threshold in force", registry=r)
+        self.baseline_keys = Gauge("detector_baseline_keys",
+                                   "Per-key baselines held (scoring.key_field)", registry=r)
+        self.key_evictions = Gauge(
+            "detector_baseline_key_evictions",
+            "Per-key baselines evicted (least recently seen) to stay within scoring.max_keys",
+            registry=r)
+        self.exemplars = Gauge("detector_exemplars",
+                               "Exemplars held in all reservoirs (global and per key)",
+                               registry=r)
         self.ready = Gauge("detector_ready",
                            "1 once the consumer joined its group and the embedder is ok",
                            registry=r)

@@ -258,7 +258,8 @@ class Pipeline:
             for record in records:
                 self.metrics.consumed.inc()
                 generation = self.outbox.track((tp.topic, tp.partition), record.offset)
-                decoded = rec.decode(record, self.settings.input)
+                decoded = rec.decode(record, self.settings.input,
+                                     self.settings.scoring.key_field)
                 if isinstance(decoded, rec.DeadLetter):
                     verdict = self.scorer.refuse(decoded)
                     scoring.record(self.metrics, verdict)

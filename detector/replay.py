@@ -27,9 +27,10 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from detector import __version__
+from detector import __version__, startup
 from detector import records as rec
 from detector.app import initial_state
+from detector.baselines import Baselines
 from detector.centroid import Centroid
 from detector.config import Settings
 from detector.delivery import Outbox, Sink
@@ -237,6 +238,8 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
         "scoring": settings.scoring.model_copy(update={"update": evolving}),
         "embedding": settings.embedding.model_copy(update={"linger_ms": 3_600_000}),
     })
+    baselines = startup.build(replay_settings.scoring, centroid, base.threshold,
+                              artifact=base.artifact, seed=base.seed, replica="replay")
     metrics = Metrics()
     summary = Summary()
     async with contextlib.AsyncExitStack() as stack:
@@ -264,7 +267,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
                 await _replay_partition(
                     replay_settings, plan, partition, sink=sink, committer=committer,
                     embedder=embedder, centroid=centroid, threshold=base.threshold,
-                    metrics=metrics, context=context, stop=stop)
+                    metrics=metrics, context=context, stop=stop, baselines=baselines)
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
@@ -281,7 +284,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
 async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, sink: Sink,
                             committer: ProgressCommitter, embedder: Embedder, centroid: Centroid,
                             threshold: float, metrics: Metrics, context: rec.Context,
-                            stop: asyncio.Event) -> None:
+                            stop: asyncio.Event, baselines: Baselines) -> None:
     tp = TopicPartition(plan.topic, partition)
     consumer = AIOKafkaConsumer(**connection_kwargs(settings.kafka), group_id=None,
                                 enable_auto_commit=False, isolation_level="read_committed",
@@ -293,7 +296,8 @@ async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, s
         outbox = Outbox(sink, committer, metrics, alerts_topic=settings.alerts.topic,
                         assigned=consumer.assignment)
         pipeline = Pipeline(settings, consumer=consumer, embedder=embedder,
-                            scorer=Scorer.from_settings(settings, centroid, threshold, context),
+                            scorer=Scorer.from_settings(settings, centroid, threshold, context,
+                                                        baselines=baselines),
                             outbox=outbox, metrics=metrics,
                             bounds={tp: plan.ranges[partition][1]},
                             start_offsets={tp: plan.position(partition)})

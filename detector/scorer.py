@@ -8,10 +8,12 @@ letter) to publish for it. Each confident vector updates the centroid before the
 is scored, so cutting the same items into other batches gives the same verdicts and the
 same centroid (the alert and score messages carry the centroid version after their batch).
 
-Two seams are where the next features land: `baseline_for` says which baseline judges a
-comment (today: the one global centroid and threshold), and `_judge` says how a group of
-vectors is scored against a baseline (today: cosine similarity to the centroid, gated
-updates at ``threshold + margin``).
+What judges a comment is `detector.baselines.Baselines`: the global baseline, or the
+baseline of the comment's key (`scoring.key_field`) once that key has enough accepted
+comments, each with its centroid, threshold and exemplar reservoir; the score is the
+centroid cosine or, with `scoring.method: knn`, the mean cosine to the k nearest
+exemplars. Alerts (``detector.alert/v2``, detector.alerts) carry that baseline and the
+nearest normal exemplars.
 
 `record` is the accounting the pipeline does for each verdict (metrics and log lines);
 it lives here, next to what it accounts for, so that the `Scorer` itself stays pure.
@@ -20,20 +22,26 @@ it lives here, next to what it accounts for, so that the `Scorer` itself stays p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
 from detector import records as rec
-from detector.centroid import Centroid, Scored
+from detector import startup
+from detector.alerts import encode_alert
+from detector.baselines import Baseline, Baselines, Policy
+from detector.baselines import Verdict as Judgement
+from detector.centroid import Centroid
 from detector.config import Settings
 from detector.metrics import Metrics
+from detector.reservoir import Ref, Reservoir
 
 log = structlog.get_logger("detector.scorer")
 
 Vector = npt.NDArray[np.float64]
+RESERVOIR_DEFAULT = 2000  # scoring.reservoir_size
 Embedded = tuple[rec.Comment, Vector | rec.DeadLetter]  # a vector, or why it was refused
 # Told of local centroid updates: (S before, w before, number of updates).
 OnUpdate = Callable[[npt.NDArray[np.float64], float, int], None]
@@ -54,14 +62,6 @@ class Encoding:
         return cls(alerts.topic, alerts.scores_topic, alerts.dead_letter_topic, context)
 
 
-@dataclass(slots=True)
-class Baseline:
-    """What a comment is judged against: a centroid of normal comments and its threshold."""
-
-    centroid: Centroid
-    threshold: float
-
-
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What the scorer decided about one record, and what to publish for it."""
@@ -74,69 +74,73 @@ class Verdict:
     alert: bool = False
     updated: bool = False  # the vector was accepted into the centroid
     dead_letter: rec.DeadLetter | None = None
+    judged: Judgement | None = None  # how the baselines judged it (None: dead-lettered)
 
 
 class Scorer:
-    """Scores embedded comments in order against the baseline and encodes the outputs."""
+    """Scores embedded comments in order against their baselines and encodes the outputs."""
 
     def __init__(self, centroid: Centroid, threshold: float, *, margin: float, update: bool,
-                 encoding: Encoding, on_update: OnUpdate | None = None) -> None:
-        """`update` switches centroid updates on; a vector updates it when its similarity
-        is at least ``threshold + margin``. `on_update` is called once per `score` call
-        that updated the centroid, with its sum and weight before that call and the
-        number of updates (state sync turns that into this replica's contribution)."""
-        self.baseline = Baseline(centroid, threshold)
-        self.margin = margin
-        self.update = update
+                 encoding: Encoding, on_update: OnUpdate | None = None,
+                 baselines: Baselines | None = None) -> None:
+        """`update` switches learning on; a vector is accepted into its baselines when its
+        score is at least ``threshold + margin``. `on_update` is called once per `score`
+        call that updated the global centroid, with its sum and weight before that call
+        and the number of updates (state sync turns that into this replica's
+        contribution). `baselines` (per-key, kNN, explanations) default to the global
+        baseline of `centroid` and `threshold` alone; when given, they hold `centroid`."""
+        self.baselines = baselines or Baselines(
+            Baseline(None, centroid, Reservoir(RESERVOIR_DEFAULT, centroid.dimension),
+                     threshold),
+            Policy(margin=margin, update=update))
         self.encoding = encoding
         self.on_update = on_update
 
     @classmethod
     def from_settings(cls, settings: Settings, centroid: Centroid, threshold: float,
-                      context: rec.Context, on_update: OnUpdate | None = None) -> Scorer:
+                      context: rec.Context, *, on_update: OnUpdate | None = None,
+                      baselines: Baselines | None = None) -> Scorer:
         """A scorer with `settings.scoring` and the output topics of `settings.alerts`."""
-        return cls(centroid, threshold, margin=settings.scoring.margin,
-                   update=settings.scoring.update,
-                   encoding=Encoding.from_settings(settings, context), on_update=on_update)
+        scoring = settings.scoring
+        if baselines is None:
+            baselines = Baselines(
+                Baseline(None, centroid, Reservoir(scoring.reservoir_size, centroid.dimension),
+                         threshold), startup.policy(scoring))
+        return cls(centroid, threshold, margin=scoring.margin, update=scoring.update,
+                   encoding=Encoding.from_settings(settings, context), on_update=on_update,
+                   baselines=baselines)
 
     @property
     def centroid(self) -> Centroid:
-        return self.baseline.centroid
+        """The global centroid."""
+        return self.baselines.global_.centroid
 
     @property
     def threshold(self) -> float:
-        return self.baseline.threshold
-
-    def baseline_for(self, comment: rec.Comment) -> Baseline:
-        """The baseline that judges `comment` (one global baseline today)."""
-        return self.baseline
+        """The global threshold."""
+        return self.baselines.threshold_of(self.baselines.global_)[0]
 
     def score(self, items: Sequence[Embedded]) -> list[Verdict]:
-        """Verdicts for `items`, in order; updates the centroid as it goes.
-
-        Items are grouped by the baseline that judges them and each group is scored in
-        submission order (baselines are independent, so this is the same as one pass).
-        """
-        groups: dict[int, tuple[Baseline, list[int], list[Vector]]] = {}
-        for i, (comment, embedded) in enumerate(items):
-            if not isinstance(embedded, rec.DeadLetter):
-                baseline = self.baseline_for(comment)
-                group = groups.setdefault(id(baseline), (baseline, [], []))
-                group[1].append(i)
-                group[2].append(embedded)
-        judged: dict[int, tuple[Baseline, float, bool]] = {}
-        for baseline, rows, vectors in groups.values():
-            scored = self._judge(baseline, np.stack(vectors))
-            for i, sim, upd in zip(rows, scored.similarities.tolist(),
-                                   scored.updated.tolist(), strict=True):
-                judged[i] = (baseline, sim, upd)
-        verdicts = []
-        for i, (comment, embedded) in enumerate(items):
+        """Verdicts for `items`, in order; every accepted comment updates its baselines
+        before the next is scored, so batch boundaries do not change the outcome."""
+        centroid = self.centroid
+        before = (centroid.sum.copy(), centroid.weight) if self.on_update else None
+        accepted = 0
+        judgements: list[Judgement | rec.DeadLetter] = []
+        for comment, embedded in items:
             if isinstance(embedded, rec.DeadLetter):
-                verdicts.append(self.refuse(embedded))
-            else:
-                verdicts.append(self._verdict(comment, *judged[i]))
-        return verdicts
+                judgements.append(embedded)
+                continue
+            source = comment.source
+            judged = self.baselines.judge(embedded, comment.key, Ref(
+                source.topic, source.partition, source.offset, comment.id, comment.text))
+            accepted += judged.accepted
+            judgements.append(judged)
+        if accepted and self.on_update is not None and before is not None:
+            self.on_update(before[0], before[1], accepted)
+        # outputs carry each judging baseline's centroid as it is after the batch
+        return [self.refuse(j) if isinstance(j, rec.DeadLetter) else self._verdict(c, j)
+                for (c, _), j in zip(items, judgements, strict=True)]
 
     def refuse(self, letter: rec.DeadLetter) -> Verdict:
         """The verdict for a record that cannot be scored: its dead letter."""
@@ -144,33 +148,24 @@ class Scorer:
                    rec.encode_dead_letter(letter, self.encoding.context))
         return Verdict(letter.source, messages=[message], dead_letter=letter)
 
-    def _judge(self, baseline: Baseline, vectors: npt.NDArray[np.float64]) -> Scored:
-        """Similarities of `vectors` to the baseline, each confident one updating it first."""
-        centroid = baseline.centroid
-        before = (centroid.sum.copy(), centroid.weight) if self.on_update else None
-        scored = centroid.score(vectors, baseline.threshold, self.margin, update=self.update)
-        accepted = int(scored.updated.sum())
-        if accepted and self.on_update is not None and before is not None:
-            self.on_update(before[0], before[1], accepted)
-        return scored
-
-    def _verdict(self, comment: rec.Comment, baseline: Baseline, similarity: float,
-                 updated: bool) -> Verdict:
-        threshold = baseline.threshold
-        alert = similarity < threshold
+    def _verdict(self, comment: rec.Comment, judged: Judgement) -> Verdict:
+        if judged.baseline is not None:
+            centroid = judged.baseline.centroid
+            judged = replace(judged, centroid_version=centroid.version,
+                             centroid_count=centroid.weight)
         key = comment.source.key
-        centroid = baseline.centroid
         messages: list[rec.Message] = []
-        if alert:
-            messages.append((self.encoding.alerts_topic, key, rec.encode_alert(
-                comment, similarity=similarity, threshold=threshold,
-                centroid_version=centroid.version, centroid_count=centroid.weight,
+        if judged.anomaly:
+            messages.append((self.encoding.alerts_topic, key, encode_alert(
+                comment, judged, method=self.baselines.policy.method,
                 ctx=self.encoding.context)))
         if self.encoding.scores_topic:
             messages.append((self.encoding.scores_topic, key, rec.encode_score(
-                comment, similarity=similarity, threshold=threshold, anomaly=alert,
-                updated=updated, centroid_version=centroid.version)))
-        return Verdict(comment.source, comment.id, messages, similarity, threshold, alert, updated)
+                comment, similarity=judged.score, threshold=judged.threshold,
+                anomaly=judged.anomaly, updated=judged.accepted,
+                centroid_version=judged.centroid_version)))
+        return Verdict(comment.source, comment.id, messages, judged.score, judged.threshold,
+                       judged.anomaly, judged.accepted, judged=judged)
 
 
 def record(metrics: Metrics, verdict: Verdict) -> None:

@@ -7,6 +7,7 @@ import numpy.typing as npt
 import orjson
 
 from detector import records as rec
+from detector.alerts import ALERT_SCHEMA
 from detector.centroid import Centroid
 from detector.metrics import Metrics
 from detector.scorer import Embedded, Encoding, Scorer, Verdict, record
@@ -125,7 +126,7 @@ class TestEncoding:
         topic, key, value = v.messages[0]
         alert = orjson.loads(value)
         assert (topic, key) == ("alerts", b"k3")
-        assert alert["schema"] == rec.ALERT_SCHEMA
+        assert alert["schema"] == ALERT_SCHEMA == "detector.alert/v2"
         assert (alert["id"], alert["text"]) == ("id-3", "odd text")
         assert abs(alert["similarity"]) < 1e-12
         assert alert["threshold"] == 0.5
@@ -135,6 +136,11 @@ class TestEncoding:
         assert alert["model"] == {"name": "test-model", "dimension": 2}
         assert alert["detector"] == {"name": "detector-test", "version": "9.9.9"}
         assert alert["detected_at"].endswith("Z")
+        assert alert["method"] == "centroid"
+        assert alert["baseline"] == {"scope": "global", "key": None, "comment_key": None,
+                                     "threshold": 0.5, "threshold_source": "global",
+                                     "centroid": {"version": 0, "count": 1.0}}
+        assert alert["nearest"] == []  # nothing accepted yet: no exemplars
 
     def test_every_scored_comment_emits_a_score_when_a_scores_topic_is_set(self) -> None:
         """The score record says similarity, anomaly, centroid_updated and the centroid
@@ -221,3 +227,40 @@ class TestOnUpdate:
         s = scorer(threshold=0.5, margin=0.1, updates=updates)
         s.score([(comment(0), unit(0.0, 1.0))])
         assert updates == []
+
+
+class TestExplanations:
+    def test_an_alert_names_the_nearest_accepted_comments(self) -> None:
+        """After normal comments were accepted, an alert lists the 3 nearest of them with
+        similarity and source, most similar first, and no text by default."""
+        s = scorer(threshold=0.5, margin=0.0)
+        s.score([(comment(i), unit(1.0, 0.1 * i)) for i in range(5)])
+        (v,) = s.score([(comment(9, "odd"), unit(0.3, 1.0))])
+        alert = orjson.loads(v.messages[0][2])
+        near = alert["nearest"]
+        assert [n["source"]["offset"] for n in near] == [4, 3, 2]
+        assert near[0]["similarity"] >= near[1]["similarity"] >= near[2]["similarity"]
+        assert near[0]["source"] == {"topic": "comments", "partition": 0, "offset": 4,
+                                     "id": "id-4"}
+        assert all("text" not in n for n in near)
+        assert alert["centroid_similarity"] == alert["similarity"]
+
+    def test_a_key_baseline_judges_its_own_comments(self) -> None:
+        """With per-key baselines a key's comment is judged against its key's centroid and
+        the alert says so."""
+        from detector.baselines import Baseline, Baselines, KeyBase, Policy
+        from detector.reservoir import Reservoir
+
+        g = Baseline(None, Centroid.from_vectors([[1.0, 0.0]]), Reservoir(10, 2), 0.5)
+        base = KeyBase(Centroid.from_vectors([[0.0, 1.0]]), 0.9, 100)
+        b = Baselines(g, Policy(key_min_samples=10), bases={"shop": base})
+        s = Scorer(g.centroid, 0.5, margin=0.1, update=True, encoding=ENCODING, baselines=b)
+        keyed = rec.Comment(comment(1).source, "text", "id-1", key="shop")
+        (ok,) = s.score([(keyed, unit(0.1, 1.0))])
+        assert not ok.alert  # the global baseline would alert: cosine to (1, 0) is 0.1
+        (odd,) = s.score([(keyed, unit(1.0, 0.2))])
+        alert = orjson.loads(odd.messages[0][2])
+        assert alert["baseline"]["scope"] == "key"
+        assert alert["baseline"]["key"] == "shop"
+        assert alert["baseline"]["threshold_source"] == "key"
+        assert alert["threshold"] == 0.9
