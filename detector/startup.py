@@ -7,7 +7,8 @@ threshold or none, exemplars) plus the pooled key threshold. From a seed file: t
 global centroid and the configured threshold; the seed rows fill the global reservoir
 (their references name the file and the line). The artifact must have been calibrated
 for the configured scoring method and key field, since a threshold means something
-only for the score it was chosen on.
+only for the score it was chosen on; with no key field configured its per-key baselines
+are not used.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def check_artifact(artifact: CalibrationArtifact, scoring: ScoringSettings) -> N
                f"the configured method")
         raise ConfigError(msg)
     made_for = artifact.keys["field"] if artifact.keys is not None else None
-    if made_for is not None and made_for != scoring.key_field:
+    if made_for is not None and scoring.key_field is not None and made_for != scoring.key_field:
         msg = (f"the calibration artifact has per-key baselines for key field {made_for!r}, "
                f"but scoring.key_field is {scoring.key_field!r}")
         raise ConfigError(msg)
@@ -60,7 +61,7 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
     if artifact is not None:
         check_artifact(artifact, scoring)
         reservoir.merge(decode_exemplars(artifact.exemplars, dimension))
-        if artifact.keys is not None:
+        if artifact.keys is not None and scoring.key_field is not None:
             bases = _key_bases(artifact.keys, dimension)
             pooled = artifact.keys.get("pooled_threshold")
         samples = artifact.counts.get("train", samples)

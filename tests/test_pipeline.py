@@ -91,12 +91,15 @@ class TestCleanRun:
             body = orjson.loads(record.value)
             offset = body["source"]["offset"]
             assert record.key == f"key-{offset}".encode()
-            assert body["schema"] == "detector.alert/v1"
+            assert body["schema"] == "detector.alert/v2"
             assert body["text"] == comments[offset].text
             assert body["id"] == f"c{offset}"
             assert body["similarity"] < body["threshold"] == threshold
             assert set(body) == {"schema", "id", "text", "similarity", "threshold", "source",
-                                 "centroid", "model", "detector", "detected_at"}
+                                 "centroid", "model", "detector", "detected_at", "method",
+                                 "centroid_similarity", "baseline", "nearest"}
+            assert body["centroid_similarity"] == body["similarity"]  # method centroid
+            assert len(body["nearest"]) == 3
             assert body["model"] == {"name": "use-multilingual-v3", "dimension": 512}
         group = await committed(kafka_bootstrap, settings.kafka.group_id, topic)
         assert group == {0: 1000}

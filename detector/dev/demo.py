@@ -145,7 +145,7 @@ async def demo(count: int, rate: float, workdir: Path) -> int:
             finally:
                 proc.send_signal(signal.SIGTERM)
                 code = proc.wait(timeout=60)
-        alerts = [b for b in seen if b.get("schema") == "detector.alert/v1"]
+        alerts = [b for b in seen if b.get("schema") == "detector.alert/v2"]
         letters = [b for b in seen if b.get("schema") == "detector.dead-letter/v1"]
         print("\n=== demo summary ===")
         print(f"records produced      {produced} ({count} comments, {produced - count} malformed)")
