@@ -68,14 +68,14 @@ def message(text: str, channel: str, i: int) -> tuple[bytes, bytes]:
 
 async def keyed_artifact(embedder: LocalEmbedder, path: Path, *, exemplars: bool = True
                          ) -> Path:
-    """An artifact calibrated on 600 shop and 6 pharmacy comments (1 %), the way `detector
+    """An artifact calibrated on 1,000 shop and 6 pharmacy comments, the way `detector
     calibrate` does it with scoring.key_field: the global baseline from all of them, a
     baseline per channel; the pharmacy channel's threshold is the pooled key threshold."""
-    shop, drugs = shop_comments(600, 1), drug_comments(6, 2)
+    shop, drugs = shop_comments(1000, 1), drug_comments(6, 2)
     vectors = (await embedder.embed(shop + drugs)).astype(np.float64)
-    keys = ["shop"] * 600 + ["pharmacy"] * 6
-    train = [*range(0, 420), 600, 601, 602, 603]
-    hold = [*range(420, 600), 604, 605]
+    keys = ["shop"] * 1000 + ["pharmacy"] * 6
+    train = [*range(0, 700), 1000, 1001, 1002, 1003]
+    hold = [*range(700, 1000), 1004, 1005]
     refs = [Ref("calibration", -1, i) for i in range(len(keys))]
     train_refs = [refs[i] for i in train]
     fitted = keycal.fit(vectors[train], train_refs, 2000)
@@ -139,10 +139,9 @@ class TestMinorityKey:
                 assert alert["schema"] == "detector.alert/v2"
                 assert alert["baseline"]["scope"] == "key"
                 assert alert["baseline"]["key"] == channel
-                assert alert["baseline"]["threshold_source"] in {"key", "pooled"}
-        assert alerts["pharmacy-100"]["threshold"] != alerts["shop-100"]["threshold"] or \
-            alerts["pharmacy-100"]["centroid_similarity"] != \
-            alerts["shop-100"]["centroid_similarity"]
+        # the shop channel had enough held-out normals for its own threshold, pharmacy not
+        assert alerts["shop-100"]["baseline"]["threshold_source"] == "key"
+        assert alerts["pharmacy-100"]["baseline"]["threshold_source"] == "pooled"
 
 
 class TestPerKeyState:
