@@ -39,6 +39,7 @@ from detector.errors import ConfigError
 from detector.kafka import connection_kwargs, ensure_topics, make_producer, topic_partitions
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
+from detector.reservoir import decode_exemplars, encode_exemplars
 from detector.scorer import Scorer
 from detector.state import SharedCentroid, StateStore
 
@@ -58,6 +59,7 @@ class Plan:
     ranges: dict[int, tuple[int, int]]
     next: dict[int, int] = field(default_factory=dict)
     centroid: dict[str, Any] | None = None
+    exemplars: list[dict[str, Any]] | None = None  # the global reservoir, evolving replays
 
     def position(self, partition: int) -> int:
         return self.next.get(partition, self.ranges[partition][0])
@@ -71,7 +73,8 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"schema": PROGRESS_SCHEMA, "topic": self.topic,
                 "ranges": {str(p): list(r) for p, r in self.ranges.items()},
-                "next": {str(p): o for p, o in self.next.items()}, "centroid": self.centroid}
+                "next": {str(p): o for p, o in self.next.items()}, "centroid": self.centroid,
+                "exemplars": self.exemplars}
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Plan:
@@ -80,7 +83,8 @@ class Plan:
             raise ConfigError(msg)
         return cls(body["topic"], {int(p): (int(r[0]), int(r[1]))
                                    for p, r in body["ranges"].items()},
-                   {int(p): int(o) for p, o in body["next"].items()}, body.get("centroid"))
+                   {int(p): int(o) for p, o in body["next"].items()}, body.get("centroid"),
+                   body.get("exemplars"))
 
 
 @dataclass
@@ -137,10 +141,11 @@ class FileSink:
 class ProgressCommitter:
     """A `Committer` that records offsets in the plan and the progress file."""
 
-    def __init__(self, plan: Plan, centroid: Centroid, path: Path | None, evolving: bool,
+    def __init__(self, plan: Plan, baselines: Baselines, path: Path | None, evolving: bool,
                  flush: IO[bytes] | None = None) -> None:
         self.plan = plan
-        self.centroid = centroid
+        self.baselines = baselines
+        self.centroid = baselines.global_.centroid
         self.path = path
         self.evolving = evolving
         self.flush = flush
@@ -151,6 +156,9 @@ class ProgressCommitter:
         if self.flush is not None:
             self.flush.flush()
         self.plan.centroid = self.centroid.to_dict() if self.evolving else None
+        self.plan.exemplars = encode_exemplars(
+            self.baselines.global_.reservoir.exemplars(), keep_text=True, exact=True
+        ) if self.evolving else None
         if self.path is not None:
             tmp = self.path.with_suffix(".tmp")
             tmp.write_bytes(orjson.dumps(self.plan.to_json(), option=orjson.OPT_INDENT_2))
@@ -240,6 +248,8 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
     })
     baselines = startup.build(replay_settings.scoring, centroid, base.threshold,
                               artifact=base.artifact, seed=base.seed, replica="replay")
+    if opts.resume and plan.exemplars is not None:
+        baselines.global_.reservoir.merge(decode_exemplars(plan.exemplars, centroid.dimension))
     metrics = Metrics()
     summary = Summary()
     async with contextlib.AsyncExitStack() as stack:
@@ -256,7 +266,8 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
             await producer.start()
             stack.push_async_callback(producer.stop)
             sink = _TopicOrFile(producer, alerts_name, FileSink(None, scores_out))
-        committer = ProgressCommitter(plan, centroid, opts.progress_file, evolving, alerts_out)
+        committer = ProgressCommitter(plan, baselines, opts.progress_file, evolving,
+                                      alerts_out)
         context = rec.Context(settings.name, __version__, embedder.name, embedder.dimension)
         reporter = asyncio.create_task(_report(plan, metrics, opts.show_progress))
         started = time.monotonic()

@@ -175,7 +175,8 @@ class Reservoir:
         if sims.shape[1] == 0:
             return np.full(sims.shape[0], np.nan)
         k = min(k, sims.shape[1])
-        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+        # sorted, so the mean adds the same values in the same order wherever they sit
+        top = np.sort(np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:], axis=1)
         out: Floats = top.mean(axis=1)
         return out
 
@@ -190,15 +191,21 @@ class Reservoir:
         return int(self._vectors.nbytes + self._priorities.nbytes)
 
 
-def encode_exemplars(exemplars: list[Exemplar], *, keep_text: bool) -> list[dict[str, Any]]:
-    """JSON-ready exemplars with int8-quantised vectors."""
+def encode_exemplars(exemplars: list[Exemplar], *, keep_text: bool, exact: bool = False
+                     ) -> list[dict[str, Any]]:
+    """JSON-ready exemplars with int8-quantised vectors (`exact`: float32, 4x the size,
+    for a replay's progress file, whose resumed output must equal an uninterrupted run)."""
     out = []
     for e in exemplars:
-        scale = float(np.max(np.abs(e.vector))) / 127 or 1.0
-        q = np.round(e.vector / scale).astype(np.int8)
         ref = e.ref if keep_text else Ref(e.ref.topic, e.ref.partition, e.ref.offset, e.ref.id)
-        out.append({"v": base64.b64encode(q.tobytes()).decode("ascii"), "s": scale,
-                    "p": e.priority, "ref": ref.to_json(), "origin": e.origin})
+        item: dict[str, Any] = {"p": e.priority, "ref": ref.to_json(), "origin": e.origin}
+        if exact:
+            item["f"] = base64.b64encode(e.vector.astype(np.float32).tobytes()).decode("ascii")
+        else:
+            scale = float(np.max(np.abs(e.vector))) / 127 or 1.0
+            q = np.round(e.vector / scale).astype(np.int8)
+            item |= {"v": base64.b64encode(q.tobytes()).decode("ascii"), "s": scale}
+        out.append(item)
     return out
 
 
@@ -206,6 +213,14 @@ def decode_exemplars(items: list[dict[str, Any]], dimension: int) -> list[Exempl
     """The inverse of `encode_exemplars` (vectors re-normalised to unit length)."""
     out = []
     for item in items:
+        if "f" in item:
+            exact = np.frombuffer(base64.b64decode(item["f"]), dtype=np.float32)
+            if exact.shape != (dimension,):
+                msg = f"exemplar has {exact.shape[0]} dimensions, expected {dimension}"
+                raise ValueError(msg)
+            out.append(Exemplar(exact.copy(), float(item["p"]), Ref.from_json(item["ref"]),
+                                str(item.get("origin", ""))))
+            continue
         q = np.frombuffer(base64.b64decode(item["v"]), dtype=np.int8)
         if q.shape != (dimension,):
             msg = f"exemplar has {q.shape[0]} dimensions, expected {dimension}"
