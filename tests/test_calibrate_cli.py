@@ -200,3 +200,49 @@ class TestCalibrateFromTopic:
         artifact = load_artifact(tmp_path / "t.json")
         assert artifact.counts["train"] + artifact.counts["holdout"] == 400
         assert await group_ids(kafka_bootstrap) == groups_before
+
+
+class TestPerKeyCalibration:
+    async def test_keys_get_own_or_pooled_thresholds_for_the_configured_method(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], local_embedder: LocalEmbedder,
+    ) -> None:
+        """With scoring.key_field and method knn the artifact holds a baseline per key, an
+        own threshold where the key's held-out normals reach 300, the pooled one
+        otherwise, and exemplars; the daemon loads it only with the same method."""
+        from tests.test_baselines_pipeline import drug_comments
+
+        normal = tmp_path / "normal.jsonl"
+        lines = [{"text": c.text, "meta": {"channel": "shop"}}
+                 for c in stream(1200, anomaly_rate=0.0, seed=23)]
+        lines += [{"text": t, "meta": {"channel": "pharmacy"}} for t in drug_comments(200, 3)]
+        normal.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+        monkeypatch.setenv("DETECTOR_SCORING__KEY_FIELD", "meta.channel")
+        monkeypatch.setenv("DETECTOR_SCORING__METHOD", "knn")
+        out = tmp_path / "cal.json"
+        assert await asyncio.to_thread(calibrate, tmp_path, "--normal", str(normal),
+                                       "--out", str(out)) == 0
+        assert "per-key baselines  2 keys of meta.channel (1 with their own threshold" in \
+            capsys.readouterr().out
+        artifact = load_artifact(out)
+        assert artifact.schema_ == "detector.calibration/v2"
+        assert artifact.scoring["method"] == "knn"
+        assert len(artifact.exemplars) == artifact.counts["train"]  # < reservoir_size
+        assert artifact.keys is not None
+        baselines = artifact.keys["baselines"]
+        assert baselines["shop"]["threshold"] is not None
+        assert baselines["pharmacy"]["threshold"] is None
+        assert artifact.keys["pooled_threshold"] is not None
+        assert len(baselines["pharmacy"]["exemplars"]) == 100  # key_reservoir_size
+
+        knn = load_settings("config/detector.yaml", scoring={
+            "calibration_file": str(out), "method": "knn", "key_field": "meta.channel"})
+        state = await app.initial_state(knn, local_embedder)
+        built = state.baselines(knn, "r")
+        assert set(built.bases) == {"shop", "pharmacy"}
+        assert len(built.global_.reservoir) == len(artifact.exemplars)
+        monkeypatch.delenv("DETECTOR_SCORING__METHOD")
+        centroid = load_settings("config/detector.yaml", scoring={
+            "calibration_file": str(out), "key_field": "meta.channel"})
+        with pytest.raises(ConfigError, match=r"scoring\.method"):
+            await app.initial_state(centroid, local_embedder)
