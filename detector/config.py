@@ -11,7 +11,9 @@ else ``DASHSCOPE_API_KEY`` / ``OPENAI_API_KEY`` for the matching backend.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -31,10 +33,10 @@ DEFAULT_CONFIG_PATH = Path("config/detector.yaml")
 CONFIG_FILE_KEY = "_config_file"
 
 # Dimensions each hosted model accepts (DashScope documentation, text-embedding-v3/v4).
-MODEL_DIMENSIONS: dict[str, tuple[int, ...]] = {
+MODEL_DIMENSIONS: Mapping[str, tuple[int, ...]] = MappingProxyType({
     "text-embedding-v4": (2048, 1536, 1024, 768, 512, 256, 128, 64),
     "text-embedding-v3": (1024, 768, 512),
-}
+})
 LOCAL_MODEL_NAME = "use-multilingual-v3"
 LOCAL_MODEL_DIMENSION = 512
 
