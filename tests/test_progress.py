@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
+import pytest
+
+from detector import replay
 from detector.progress import Progress
+from detector.ranges import Plan
+from tests.helpers import wait_for
 
 
 class FakeTerminal(io.StringIO):
@@ -87,3 +93,24 @@ class TestBar:
         with Progress(200, "replay", unit="records", initial=150, stream=out):
             pass
         assert "150/200" in out.getvalue().rstrip("\n").split("\r")[-1]
+
+
+async def test_replay_reports_its_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    """replay's reporter shows the plan's records done with per-partition counts, from a
+    resumed position, and a last line when it is stopped."""
+    plan = Plan("t", {0: (0, 10), 1: (5, 15)}, {0: 4})
+    seen: list[str] = []
+
+    def shown(text: str) -> bool:
+        seen.append(capsys.readouterr().err)
+        return text in "".join(seen)
+
+    reporter = asyncio.create_task(replay._report(plan, enabled=True))
+    try:
+        await wait_for(lambda: shown("replay: 4/20 (20%)"), 10, "the first line")
+        plan.next.update({0: 10, 1: 8})
+        await wait_for(lambda: shown("[p0:10/10 p1:3/10]"), 10, "the moved partitions")
+    finally:
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+    assert "replay: 13/20 (65%)" in "".join(seen) + capsys.readouterr().err
