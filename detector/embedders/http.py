@@ -4,15 +4,15 @@
 (connection pool sized to the configured concurrency, explicit timeouts, TLS
 verification on, proxies from the environment). Retriable failures are retried with
 exponential backoff and full jitter, or after the server's `Retry-After`, until a total
-deadline; then the last error is raised and the pipeline keeps its input paused and
-tries again. Subclasses only say how a request looks and how a response or error reads.
+deadline (`RetryPolicy`, embedders/retry.py); then the last error is raised and the
+pipeline keeps the batch and its input paused and tries again under the same policy.
+Subclasses only say how a request looks and how a response or error reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from detector.config import EmbeddingSettings
 from detector.embedders.base import Matrix, normalise_rows
+from detector.embedders.retry import RetryPolicy
 from detector.errors import (
     BatchRejectedError,
     EmbeddingError,
@@ -146,6 +147,7 @@ class HttpEmbedder:
         )
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute,
                                    clock, sleep)
+        self.retry = RetryPolicy.from_settings(settings)
         self.state = ClientState.OPEN
 
     def __repr__(self) -> str:
@@ -183,7 +185,7 @@ class HttpEmbedder:
             msg = f"{len(texts)} texts exceed embedding.batch_size {self.settings.batch_size}"
             raise ValueError(msg)
         estimated = sum(estimate_tokens(t) for t in texts)
-        deadline = self.clock() + self.settings.retry_deadline_s
+        started = self.clock()
         attempt = 0
         while True:
             await self.limiter.acquire(estimated)
@@ -194,11 +196,8 @@ class HttpEmbedder:
                 if not exc.retriable:
                     raise
                 attempt += 1
-                delay = getattr(exc, "retry_after", None)
-                if delay is None:
-                    cap = min(self.settings.retry_max_s, self.settings.retry_base_s * 2**attempt)
-                    delay = random.uniform(0, cap)
-                if self.clock() + delay > deadline:
+                delay = self.retry.delay(attempt, getattr(exc, "retry_after", None))
+                if not self.retry.within(started, self.clock(), delay):
                     raise
                 log.info("embedding request failed, retrying", code=exc.code,
                          status=exc.status, error=str(exc), retry_in_s=round(delay, 3))
