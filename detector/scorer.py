@@ -180,6 +180,9 @@ def record(metrics: Metrics, verdict: Verdict) -> None:
     assert verdict.similarity is not None
     metrics.similarity.observe(verdict.similarity)
     if verdict.alert:
+        judged = verdict.judged
         log.info("alert", id=verdict.comment_id, similarity=round(verdict.similarity, 4),
                  threshold=verdict.threshold, partition=verdict.source.partition,
-                 offset=verdict.source.offset)
+                 offset=verdict.source.offset,
+                 baseline=None if judged is None else judged.judged_by,
+                 key=None if judged is None or judged.judged_by == "global" else judged.key)
