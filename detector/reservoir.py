@@ -105,6 +105,7 @@ class Reservoir:
         self._refs: list[Ref] = []
         self._origins: list[str] = []
         self._index: set[tuple[str, int, int]] = set()
+        self.inserted = 0  # exemplars kept so far (a change counter for publishing)
 
     def __len__(self) -> int:
         return self._n
@@ -149,6 +150,7 @@ class Reservoir:
             self._refs[low] = ref
             self._origins[low] = origin
         self._index.add(ref.identity)
+        self.inserted += 1
         return True
 
     def merge(self, exemplars: list[Exemplar]) -> int:

@@ -115,6 +115,7 @@ class SharedBaselines:
     applied: dict[tuple[str, str], Contribution] = field(default_factory=dict)
     chunks: dict[str | None, int] = field(default_factory=dict)  # chunks last written
     published: dict[str | None, int] = field(default_factory=dict)  # updates last written
+    sent: dict[str | None, int] = field(default_factory=dict)  # reservoir.inserted then
 
     def __post_init__(self) -> None:
         self.baselines.on_evict = self._forget
@@ -123,6 +124,7 @@ class SharedBaselines:
         for replica, key in [k for k in self.applied if k[1] == baseline.key]:
             del self.applied[(replica, key)]
         self.published.pop(baseline.key, None)
+        self.sent.pop(baseline.key, None)
 
     def fits(self, scope: Scope) -> bool:
         return (scope.base, scope.model, scope.dimension) == (
@@ -166,6 +168,8 @@ class SharedBaselines:
         out: list[KeyRecord | ExemplarChunk] = []
         if baseline.key is not None:
             out.append(KeyRecord(self.scope, baseline.key, baseline.own.copy()))
+        if baseline.reservoir.inserted == self.sent.get(baseline.key):
+            return out  # the reservoir kept nothing new: its chunks stand
         encoded = encode_exemplars(baseline.reservoir.exemplars(origin=self.scope.replica),
                                    keep_text=self.keep_text)
         chunk: list[dict[str, Any]] = []
@@ -189,4 +193,7 @@ class SharedBaselines:
     def mark_published(self, baseline: Baseline, records: list[KeyRecord | ExemplarChunk]
                        ) -> None:
         self.published[baseline.key] = baseline.own.updates
-        self.chunks[baseline.key] = sum(isinstance(r, ExemplarChunk) for r in records)
+        chunks = sum(isinstance(r, ExemplarChunk) for r in records)
+        if chunks:
+            self.chunks[baseline.key] = chunks
+            self.sent[baseline.key] = baseline.reservoir.inserted

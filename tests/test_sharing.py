@@ -96,3 +96,16 @@ class TestSharedBaselines:
         a.chunks[None] = 3
         chunks = [r for r in a.records(a.baselines.global_) if isinstance(r, ExemplarChunk)]
         assert [len(c.exemplars) > 0 for c in chunks] == [True, False, False]
+
+    def test_unchanged_reservoir_is_not_sent_again(self) -> None:
+        """Exemplar chunks are written only when the reservoir kept something new since
+        the last publish; a key's contribution is written whenever it learnt."""
+        a = replica("a")
+        learn(a, rows(5, 1, axis=2), "shop", 0, 0)
+        key = a.baselines.keys["shop"]
+        first = a.records(key)
+        a.mark_published(key, first)
+        assert any(isinstance(r, ExemplarChunk) for r in first)
+        key.own.updates += 1  # learnt, but the reservoir kept nothing new
+        again = a.records(key)
+        assert [type(r) for r in again] == [KeyRecord]
