@@ -165,11 +165,14 @@ class Baselines:
         assert self.global_.threshold is not None
         return self.global_.threshold, "global"
 
-    def key(self, value: str) -> Baseline:
-        """The baseline of a key value (created if new, marked as most recently seen)."""
+    def key(self, value: str, *, seen: bool = True) -> Baseline:
+        """The baseline of a key value, created if new. `seen` marks it as most recently
+        seen; without it (another replica's state for a key this one has not seen) a new
+        key goes to the front of the eviction order, so it cannot push out keys in use."""
         baseline = self.keys.get(value)
         if baseline is not None:
-            self.keys.move_to_end(value)
+            if seen:
+                self.keys.move_to_end(value)
             return baseline
         while len(self.keys) >= self.policy.max_keys:
             _, evicted = self.keys.popitem(last=False)
@@ -178,6 +181,8 @@ class Baselines:
                 self.on_evict(evicted)
         baseline = self._new(value)
         self.keys[value] = baseline
+        if not seen:
+            self.keys.move_to_end(value, last=False)
         return baseline
 
     def _new(self, value: str) -> Baseline:

@@ -136,12 +136,12 @@ class SharedBaselines:
             return False
         if isinstance(record, ExemplarChunk):
             baseline = (self.baselines.global_ if record.key is None
-                        else self.baselines.key(record.key))
+                        else self.baselines.key(record.key, seen=own))
             exemplars = decode_exemplars(record.exemplars, self.scope.dimension)
             if own:
                 self.chunks[record.key] = max(self.chunks.get(record.key, 0), record.index + 1)
             return baseline.reservoir.merge(exemplars) > 0
-        baseline = self.baselines.key(record.key)
+        baseline = self.baselines.key(record.key, seen=own)
         if own:
             c = record.contribution
             baseline.centroid.merge(c.sum, c.weight, c.updates)

@@ -127,3 +127,11 @@ class TestBaselines:
             b = Baselines(global_baseline(0.5), Policy(keep_text=keep))
             b.judge(unit(1), None, with_text)
             assert (b.global_.reservoir.exemplars()[0].ref.text == "hello") is keep
+
+    def test_keys_from_other_replicas_are_evicted_before_keys_in_use(self) -> None:
+        """A key created for another replica's state goes first when room is needed."""
+        b = Baselines(global_baseline(), Policy(max_keys=2))
+        b.judge(unit(1), "mine", ref(1))
+        b.key("theirs", seen=False)
+        b.judge(unit(1), "new", ref(2))
+        assert list(b.keys) == ["mine", "new"]
