@@ -206,7 +206,7 @@ NOTE = (
     "sentences, so a 1 % FPR cut keeps only the far part; only the drug key, whose "
     "anomalies are all off-population, reaches 90 %. kNN over a per-key "
     "reservoir adds most where a population is itself varied (politics); a larger "
-    "reservoir helps further at a memory cost (see the cost part of `make bench`).")
+    "reservoir helps further at a memory cost (`python -m bench.run --part knn-cost`).")
 
 
 def _goals(result: dict[str, Any]) -> list[str]:
