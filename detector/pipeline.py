@@ -74,9 +74,11 @@ class Pipeline:
         committer: Committer | None = None,
         gate: Gate | None = None,
         bounds: dict[TopicPartition, int] | None = None,
+        quiet_alerts: bool = False,
     ) -> None:
         """`bounds` (exclusive end offsets) turn the pipeline into a bounded replay that
-        stops by itself once every partition reached its bound."""
+        stops by itself once every partition reached its bound. `quiet_alerts` logs each
+        alert at debug instead of info (a dry-run replay prints only its summary)."""
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
@@ -84,6 +86,7 @@ class Pipeline:
         self.gate = gate  # set in exactly-once mode: publishes share it, commits take it
         self.failure: Exception | None = None  # a transaction could not be committed
         self.bounds = bounds
+        self._log_alert = log.debug if quiet_alerts else log.info
         self.finished: set[TopicPartition] = set()
         self.start_offsets: dict[TopicPartition, int] = {}  # where a bounded replay starts
         self._exhausted = asyncio.Event()
@@ -394,9 +397,9 @@ class Pipeline:
         messages: list[Message] = []
         key = comment.source.key
         if anomaly:
-            log.info("alert", id=comment.id, similarity=round(similarity, 4),
-                     threshold=self.threshold, partition=comment.source.partition,
-                     offset=comment.source.offset)
+            self._log_alert("alert", id=comment.id, similarity=round(similarity, 4),
+                            threshold=self.threshold, partition=comment.source.partition,
+                            offset=comment.source.offset)
             messages.append((self.settings.alerts.topic, key, rec.encode_alert(
                 comment, similarity=similarity, threshold=self.threshold,
                 centroid_version=self.centroid.version, centroid_count=self.centroid.weight,

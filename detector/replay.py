@@ -263,7 +263,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
                 await _replay_partition(
                     replay_settings, plan, partition, sink=sink, committer=committer,
                     embedder=embedder, centroid=centroid, threshold=base.threshold,
-                    metrics=metrics, context=context, stop=stop)
+                    metrics=metrics, context=context, stop=stop, quiet=opts.dry_run)
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
@@ -280,7 +280,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
 async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, sink: Sink,
                             committer: ProgressCommitter, embedder: Embedder, centroid: Centroid,
                             threshold: float, metrics: Metrics, context: rec.Context,
-                            stop: asyncio.Event) -> None:
+                            stop: asyncio.Event, quiet: bool) -> None:
     tp = TopicPartition(plan.topic, partition)
     consumer = AIOKafkaConsumer(**connection_kwargs(settings.kafka), group_id=None,
                                 enable_auto_commit=False, isolation_level="read_committed",
@@ -292,7 +292,7 @@ async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, s
         pipeline = Pipeline(settings, consumer=consumer, producer=sink, embedder=embedder,
                             centroid=centroid, threshold=threshold, metrics=metrics,
                             context=context, committer=committer,
-                            bounds={tp: plan.ranges[partition][1]})
+                            bounds={tp: plan.ranges[partition][1]}, quiet_alerts=quiet)
         pipeline.start_offsets = {tp: plan.position(partition)}
         await pipeline.run(stop)
     finally:

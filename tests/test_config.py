@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from detector.config import load_settings
 from detector.errors import ConfigError
@@ -68,3 +69,18 @@ class TestSettings:
         """SASL without username/password fails at start."""
         with pytest.raises(ConfigError, match="sasl"):
             load_settings(None, kafka={"security_protocol": "SASL_PLAINTEXT"})
+
+
+class TestShippedConfiguration:
+    def test_static_membership_is_documented_where_it_is_set(self) -> None:
+        """config/detector.yaml names kafka.group_instance_id (null: each replica sets its
+        own) and says what a restart without it costs; the README's operations say so too."""
+        text = Path("config/detector.yaml").read_text()
+        kafka = yaml.safe_load(text)["kafka"]
+        assert "group_instance_id" in kafka
+        assert kafka["group_instance_id"] is None
+        assert "session_timeout_ms" in kafka
+        assert "static membership" in text.lower()
+        operations = Path("README.md").read_text().split("## Operations", 1)[1]
+        assert "DETECTOR_KAFKA__GROUP_INSTANCE_ID" in operations
+        assert "session" in operations.split("### Probes and shutdown", 1)[1]
