@@ -8,6 +8,7 @@ documented in the README; change them only with a new version.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,7 +132,7 @@ def decode(record: KafkaRecord, settings: InputSettings) -> Comment | DeadLetter
         text: object = decoded
     else:
         try:
-            parsed = parse(decoded, _watched(settings))
+            parsed = parse(decoded, _watched(settings.text_field, settings.id_field))
         except JsonRefusedError as exc:
             return DeadLetter(source, exc.reason, exc.message, raw)
         if not isinstance(parsed, dict):
@@ -169,9 +170,10 @@ def _has_visible(text: str) -> bool:
                for ch in text)
 
 
-def _watched(settings: InputSettings) -> frozenset[str]:
+@functools.lru_cache(maxsize=8)
+def _watched(text_field: str, id_field: str) -> frozenset[str]:
     """Keys that must not repeat: every part of the text and id paths."""
-    return frozenset(settings.text_field.split(".")) | frozenset(settings.id_field.split("."))
+    return frozenset(text_field.split(".")) | frozenset(id_field.split("."))
 
 
 def _json_type(value: object) -> str:

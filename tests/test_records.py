@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from detector import jsondoc
 from detector import records as rec
 from detector.config import InputSettings
 
@@ -228,7 +231,8 @@ class TestJsonEdgeCases:
     def test_duplicates_elsewhere_and_names_inside_values_are_fine(self) -> None:
         """other repeated keys, and the field's name quoted inside a value, are accepted."""
         for value in (b'{"text": "say \\"text\\" twice: \\"text\\"", "a": 1, "a": 2}',
-                      b'{"text": "\\u4e0d\\u9519", "note": "\\"text\\""}'):
+                      b'{"text": "\\u4e0d\\u9519", "note": "\\"text\\""}',
+                      b'{"id": 1, "user": {"id": 2}, "text": "fine"}'):
             out = rec.decode(FakeRecord(value), JSON)
             assert isinstance(out, rec.Comment), (value, out)
 
@@ -237,3 +241,18 @@ class TestJsonEdgeCases:
         settings = InputSettings(text_field="payload.body")
         value = b'{"payload": {"body": "spam", "body": "fine"}}'
         assert reason_of(value, settings) == "duplicate_field"
+
+
+class TestNestingScanner:
+    @given(depth=st.integers(min_value=1, max_value=80),
+           inner=st.text(alphabet='[]{}"\\\\:,ab \u4e0d\n', max_size=40),
+           keyed=st.booleans())
+    @settings(max_examples=300, deadline=None)
+    def test_counts_real_nesting_only(self, depth: int, inner: str, keyed: bool) -> None:
+        """for any string content (brackets, quotes, backslashes), the scanner's verdict is
+        the document's real depth compared with the bound."""
+        value: object = inner
+        for level in range(depth):
+            value = {"k" + inner: value} if keyed and level % 2 else [value, inner]
+        text = orjson.dumps(value).decode()
+        assert jsondoc.too_deep(text) == (depth > jsondoc.MAX_NESTING)
