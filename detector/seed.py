@@ -6,7 +6,8 @@ against the seed centroid, multilingual-e5 0.80-0.95. So with ``scoring.threshol
 auto`` the threshold is the ``scoring.target_fpr`` quantile of the seed's *leave-one-out*
 similarities: each seed text is scored against the centroid of all the others, so no
 text judges itself. For a centroid sum ``S`` of ``n`` unit rows that is
-``x_i . (S - x_i) / ||S - x_i||`` for every row at once.
+``x_i . (S - x_i) / ||S - x_i||`` for every row at once (the plain mean, also when
+``scoring.decay`` < 1 makes the seeded centroid weight later lines more).
 
 The confidence interval is distribution-free (order statistics): the interval between
 the r-th and s-th smallest similarities covers the true quantile with probability
