@@ -36,8 +36,8 @@ from detector.kafka import (
 )
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
-from detector.samples import read_texts
 from detector.scorer import Scorer
+from detector.seed import ThresholdSource, seed_start
 from detector.server import HealthServer
 from detector.signals import install_stop_handlers
 from detector.state import SharedCentroid, StateStore, StateSync
@@ -53,52 +53,41 @@ class InitialState:
     centroid: Centroid
     threshold: float
     origin: str
+    source: ThresholdSource = "fixed"  # calibration | seed (derived) | fixed (configured)
 
 
 async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
     """Calibration artifact if configured, else the seed file embedded now."""
     scoring = settings.scoring
+    prefix = settings.embedding.text_prefix
     if scoring.calibration_file is not None:
         from detector.calibration import check_compatible, load_artifact
 
         artifact = load_artifact(scoring.calibration_file)
-        check_compatible(artifact, embedder.name, embedder.dimension)
+        check_compatible(artifact, embedder.name, embedder.dimension, prefix)
         centroid = Centroid.from_dict(artifact.centroid)
         centroid.decay = scoring.decay
+        if scoring.threshold != "auto":
+            log.warning("scoring.threshold is ignored: the calibration artifact's threshold "
+                        "is used", configured=scoring.threshold, used=artifact.threshold)
         return InitialState(centroid, artifact.threshold,
-                            f"calibration:{_digest(scoring.calibration_file)}")
+                            f"calibration:{_digest(scoring.calibration_file)}", "calibration")
     if scoring.seed_file is None:
         msg = "set scoring.calibration_file or scoring.seed_file: the detector needs a centroid"
         raise ConfigError(msg)
-    return InitialState(
-        await seed_centroid(scoring.seed_file, settings, embedder), scoring.threshold,
-        f"seed:{_digest(scoring.seed_file)}",
-    )
+    start = await seed_start(scoring.seed_file, settings, embedder)
+    # a prefix changes every vector: the shared state of another prefix is another base
+    origin = f"seed:{_digest(scoring.seed_file, prefix)}"
+    return InitialState(start.centroid, start.threshold, origin, start.source)
 
 
-def _digest(path: Path) -> str:
+def _digest(path: Path, extra: str = "") -> str:
     """A short content hash: shared state is reused only while its base is unchanged."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        return hashlib.sha256(path.read_bytes() + extra.encode()).hexdigest()[:16]
     except OSError as exc:
         msg = f"cannot read {path}: {exc}"
         raise ConfigError(msg) from None
-
-
-async def seed_centroid(path: Path, settings: Settings, embedder: Embedder) -> Centroid:
-    """The mean of the embedded normal samples in `path`."""
-    texts = read_texts(path, settings.input)
-    if not texts:
-        msg = f"seed file {path} holds no usable comments"
-        raise ConfigError(msg)
-    size = settings.embedding.batch_size
-    centroid = Centroid.empty(embedder.dimension, settings.scoring.decay)
-    for start in range(0, len(texts), size):
-        for row in await embedder.embed(texts[start:start + size]):
-            centroid.add(row)
-    centroid.version = 0
-    log.info("centroid seeded", file=str(path), samples=len(texts))
-    return centroid
 
 
 def replica_id(settings: Settings) -> str:
@@ -142,6 +131,7 @@ async def run(
         if handle_signals:
             install_stop_handlers(stop, announce=_announce_stop)
         state, shared, store = await _starting_point(settings, embedder)
+        metrics.set_threshold_source(state.source)
         pipeline = await _build_pipeline(stack, settings, embedder=embedder, state=state,
                                          shared=shared, store=store, metrics=metrics)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
@@ -180,7 +170,8 @@ async def _starting_point(settings: Settings, embedder: Embedder
             log.warning("state of other bases or models ignored; starting from the base",
                         replicas=ignored)
     log.info("detector starting", version=__version__, origin=state.origin,
-             threshold=state.threshold, model=embedder.name, dimension=embedder.dimension,
+             threshold=state.threshold, threshold_source=state.source, model=embedder.name,
+             dimension=embedder.dimension,
              replica=shared.replica, centroid_version=shared.centroid.version,
              centroid_weight=shared.centroid.weight, input=settings.input.topic,
              group=settings.kafka.group_id, delivery=settings.delivery)

@@ -177,8 +177,10 @@ def calibrate(
     target_precision: float = 0.9,
     bootstrap: int = 1000,
     seed: int = 0,
+    text_prefix: str = "",
 ) -> Result:
-    """Centroid from `train`, threshold from `holdout` (and labelled `anomalies`)."""
+    """Centroid from `train`, threshold from `holdout` (and labelled `anomalies`);
+    `text_prefix` is what the texts were embedded with (`embedding.text_prefix`)."""
     holdout_rows = np.asarray(holdout, dtype=np.float64)
     if len(holdout_rows) < min_holdout(target_fpr):
         msg = (f"{len(holdout_rows)} held-out normals cannot calibrate a {target_fpr:.2%} "
@@ -217,7 +219,7 @@ def calibrate(
         raise CalibrationError(msg)
     artifact = CalibrationArtifact(
         centroid=centroid.to_dict(), threshold=threshold, method=method, target=target,
-        model={"name": model, "dimension": dimension},
+        model={"name": model, "dimension": dimension, "text_prefix": text_prefix},
         counts={"train": len(np.asarray(train)), "holdout": len(holdout_rows),
                 "anomalies": len(anomaly_sims)},
         metrics=metrics, scoring={"center": None},
@@ -260,11 +262,20 @@ def load_artifact(path: Path) -> CalibrationArtifact:
     return artifact
 
 
-def check_compatible(artifact: CalibrationArtifact, model: str, dimension: int) -> None:
-    """Refuse an artifact made with another embedding model or dimension."""
+def check_compatible(artifact: CalibrationArtifact, model: str, dimension: int,
+                     text_prefix: str = "") -> None:
+    """Refuse an artifact made with another embedding model, dimension or text prefix
+    (artifacts from before text prefixes existed were made without one)."""
     made = (artifact.model.get("name"), artifact.model.get("dimension"))
     if made != (model, dimension):
         msg = (f"the calibration artifact was made with {made[0]} ({made[1]} dimensions) but "
                f"the configured embedder is {model} ({dimension} dimensions); recalibrate "
                f"with `detector calibrate` or point scoring.calibration_file elsewhere")
+        raise ConfigError(msg)
+    made_prefix = artifact.model.get("text_prefix", "")
+    if made_prefix != text_prefix:
+        msg = (f"the calibration artifact was made with embedding.text_prefix "
+               f"{made_prefix!r} but the configured one is {text_prefix!r}: the same model "
+               f"embeds prefixed texts differently; recalibrate with `detector calibrate` "
+               f"or point scoring.calibration_file elsewhere")
         raise ConfigError(msg)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -124,6 +124,9 @@ class EmbeddingSettings(Section):
     price_per_million_tokens: float = Field(default=0.07, ge=0)
     text_type: Literal["document", "query"] = "document"
     instruct: str | None = None
+    # Prepended to every text before it is embedded, in the daemon, replay and calibrate
+    # alike (e5: "query: "; bge, nomic ... have their own); recorded in calibration artifacts.
+    text_prefix: str = Field(default="", max_length=1000)
     ca_bundle: Path | None = None
     verify_tls: bool = True
     # Local model only: BLAS threads; 0 means the CPUs this process may actually use.
@@ -156,7 +159,11 @@ class EmbeddingSettings(Section):
 class ScoringSettings(Section):
     """The centroid, the threshold, and when a comment may move the centroid."""
 
-    threshold: float = Field(default=0.2, ge=-1.0, le=1.0)
+    # auto: the calibration artifact's threshold, else the target_fpr quantile of the seed
+    # file's leave-one-out similarities (the scale belongs to the model); a number is used
+    # as it is, with a warning when it is outside the seed's similarity range.
+    threshold: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["auto"] = "auto"
+    target_fpr: float = Field(default=0.01, gt=0.0, lt=0.5)
     margin: float = Field(default=0.05, ge=0.0, le=2.0)
     decay: float = Field(default=1.0, gt=0.0, le=1.0)
     update: bool = True

@@ -79,9 +79,22 @@ class Metrics:
             "detector_centroid_version", "Centroid updates since creation", registry=r
         )
         self.threshold = Gauge("detector_threshold", "Similarity threshold in force", registry=r)
+        self.threshold_calibrated = Gauge(
+            "detector_threshold_calibrated",
+            "1 when the threshold was derived for this model (calibration artifact or seed "
+            "file), 0 when it is a configured fixed number", registry=r)
+        self.threshold_source = Gauge(
+            "detector_threshold_source", "1 for where the threshold in force came from",
+            ["source"], registry=r)
         self.ready = Gauge("detector_ready",
                            "1 once the consumer joined its group and the embedder is ok",
                            registry=r)
         self.assigned = Gauge("detector_assigned_partitions",
                               "Input partitions assigned to this replica (0: standby)",
                               registry=r)
+
+    def set_threshold_source(self, source: str) -> None:
+        """Export where the threshold came from: calibration, seed or fixed."""
+        for name in ("calibration", "seed", "fixed"):
+            self.threshold_source.labels(source=name).set(1 if name == source else 0)
+        self.threshold_calibrated.set(0 if source == "fixed" else 1)

@@ -173,8 +173,9 @@ class Scorer:
         return Verdict(comment.source, comment.id, messages, similarity, threshold, alert, updated)
 
 
-def record(metrics: Metrics, verdict: Verdict) -> None:
-    """Count and log one verdict: similarity, alert line, dead letter by reason."""
+def record(metrics: Metrics, verdict: Verdict, *, quiet: bool = False) -> None:
+    """Count and log one verdict: similarity, alert line (at debug when `quiet`), dead
+    letter by reason."""
     letter = verdict.dead_letter
     if letter is not None:
         metrics.dead_letters.labels(reason=letter.reason.split(":")[0]).inc()
@@ -185,6 +186,7 @@ def record(metrics: Metrics, verdict: Verdict) -> None:
     assert verdict.similarity is not None
     metrics.similarity.observe(verdict.similarity)
     if verdict.alert:
-        log.info("alert", id=verdict.comment_id, similarity=round(verdict.similarity, 4),
-                 threshold=verdict.threshold, partition=verdict.source.partition,
-                 offset=verdict.source.offset)
+        emit = log.debug if quiet else log.info
+        emit("alert", id=verdict.comment_id, similarity=round(verdict.similarity, 4),
+             threshold=verdict.threshold, partition=verdict.source.partition,
+             offset=verdict.source.offset)
