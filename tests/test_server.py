@@ -76,6 +76,7 @@ class TestNegotiation:
             status, headers, body = await exchange(
                 server.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n"
                 "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n")
+            assert status.split()[1] == "200"
             assert headers["content-type"].startswith("application/openmetrics-text")
             assert body.rstrip().endswith(b"# EOF")
             assert b"detector_alerts_total 2.0" in body
