@@ -190,7 +190,8 @@ async def wait_for_kafka(settings: KafkaSettings, deadline_s: float) -> None:
     """Reach the cluster (and authenticate) before anything else, with bounded back-off.
 
     Each failure is logged once with its cause (wrong credentials, unreachable broker,
-    TLS problem); attempts back off 1, 2, 4 ... 30 s; after `deadline_s` a clear
+    TLS problem); attempts back off 1, 2, 4 ... 30 s, the last one at the deadline;
+    after `deadline_s` a clear
     `KafkaUnavailableError` ends the start (Kubernetes then restarts the pod with its own
     back-off) instead of a hot loop.
     """
@@ -211,7 +212,9 @@ async def wait_for_kafka(settings: KafkaSettings, deadline_s: float) -> None:
         except (KafkaError, OSError, ssl.SSLError) as exc:
             reason = _describe_failure(
                 exc, cause.message, tls=settings.security_protocol in ("SSL", "SASL_SSL"))
-            if loop.time() + delay > deadline:
+            # the last attempt is made at the deadline, not one back-off step before it
+            delay = min(delay, deadline - loop.time())
+            if delay <= 0:
                 msg = (f"cannot use Kafka at {settings.bootstrap_servers} "
                        f"({settings.security_protocol}) after {attempt} attempts: {reason}")
                 raise KafkaUnavailableError(msg) from None
