@@ -598,3 +598,28 @@ class TestPrometheusOperator:
                  for r in g["rules"]}
         expr = rules["DetectorAlertRateHigh"]["expr"]
         assert float(expr.rsplit(">", 1)[1]) == pytest.approx(0.08)
+
+
+class TestNotes:
+    def notes(self, *args: str) -> str:
+        result = run_helm("install", "--dry-run=client", "rel", str(CHART), *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("NOTES:", 1)[1]
+
+    def test_idle_replicas_are_ready_standbys(self) -> None:
+        """NOTES.txt says replicas beyond the partitions are ready standbys (as /readyz
+        answers), not that they never become ready."""
+        text = self.notes()
+        assert "ready standbys" in text
+        assert "never become ready" not in text
+        assert "WARNING" not in text
+
+    def test_warns_about_unreplicated_topics_and_names_the_extras(self) -> None:
+        """one replica for created topics draws a warning; Strimzi topics and the
+        PrometheusRule are named when enabled."""
+        assert "WARNING: config.kafka.topic_replication_factor" in self.notes(
+            "--set", "config.kafka.topic_replication_factor=1",
+            "--set", "config.kafka.topic_min_insync_replicas=1")
+        text = self.notes("-f", str(ALL_ENABLED))
+        assert "KafkaTopics for Strimzi cluster my-cluster" in text
+        assert "PrometheusRule rel-detector" in text

@@ -12,7 +12,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from detector.config import KafkaSettings, load_settings
 from detector.errors import ConfigError
 from detector.kafka import check_durability, ensure_topics, new_topics
-from tests.helpers import unique
+from tests.helpers import unique, wait_for
 
 
 class TestTopicSpecs:
@@ -66,7 +66,13 @@ class TestOnTheBroker:
         fix; a missing topic is not the durability check's business."""
         existing = await new_topic()
         settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-        problems = await check_durability(settings, [existing, unique("missing")])
+        problems: dict[str, str] = {}
+
+        async def reported() -> bool:  # a new topic's metadata reaches brokers eventually
+            problems.update(await check_durability(settings, [existing, unique("missing")]))
+            return bool(problems)
+
+        await wait_for(reported, deadline_s=30, what="the durability warning")
         assert list(problems) == [existing]
         assert "replication factor 1" in problems[existing]
         assert await check_durability(settings, []) == {}
