@@ -8,11 +8,13 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from structlog.testing import capture_logs
 
 from detector.config import KafkaSettings, load_settings
+from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.kafka import check_durability, ensure_topics, new_topics
-from tests.helpers import unique, wait_for
+from tests.helpers import detector_settings, running_detector, unique, wait_for
 
 
 class TestTopicSpecs:
@@ -76,3 +78,17 @@ class TestOnTheBroker:
         assert list(problems) == [existing]
         assert "replication factor 1" in problems[existing]
         assert await check_durability(settings, []) == {}
+
+    async def test_daemon_warns_at_start_about_an_existing_unreplicated_output(
+            self, kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]],
+            local_embedder: LocalEmbedder) -> None:
+        """the alerts topic exists with one replica: the starting daemon warns about it,
+        not about the dead-letter and scores topics it created itself."""
+        source, alerts = await new_topic(), await new_topic()
+        settings = detector_settings(kafka_bootstrap, source, alerts={"topic": alerts})
+        with capture_logs() as logs:
+            async with running_detector(settings, local_embedder):
+                await wait_for(lambda: any(e["event"] == "detector starting" for e in logs),
+                               what="the start-up log line")
+        warned = [e["topic"] for e in logs if e["event"] == "output topic is not durable"]
+        assert warned == [alerts]
