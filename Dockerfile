@@ -12,7 +12,7 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY detector ./detector
 # `pip wheel ".[report]"` resolves exactly [project].dependencies of pyproject.toml plus
 # the report extra (matplotlib: `detector calibrate --report-dir` draws its plots; the

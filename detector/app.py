@@ -1,9 +1,12 @@
 """`detector run`: wire settings, embedder, Kafka clients, pipeline and HTTP server together.
 
-Start-up order: embedder → base centroid (calibration artifact, else seed file) plus
-the replicas' contributions from the state topic → output topics → producer →
-consumer (subscribed with the rebalance listener) → state sync → health server →
-pipeline. Shutdown runs it backwards after the pipeline has drained and committed.
+Start-up order: health server (/healthz answers at once, /readyz only once the consumer
+joined its group, so a slow broker cannot get the pod killed by its liveness probe
+while `kafka.connect_deadline_s` bounds the wait) → embedder → base centroid
+(calibration artifact, else seed file) plus the replicas' contributions from the state
+topic → output topics → producer → consumer (subscribed with the rebalance listener) →
+state sync → pipeline. Shutdown runs it backwards after the pipeline has drained and
+committed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
 from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_OK, EXIT_TRANSACTION
 from detector.kafka import (
+    check_durability,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -125,6 +129,9 @@ async def run(
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     async with contextlib.AsyncExitStack() as stack:
+        started = _Started()
+        if settings.server.enabled:
+            await _serve(stack, settings, started, metrics)
         if embedder is None:
             embedder = build_embedder(settings, metrics)
             stack.push_async_callback(embedder.aclose)
@@ -136,8 +143,7 @@ async def run(
                                          shared=shared, store=store, metrics=metrics)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
         await _started(stack, pipeline.consumer)
-        if settings.server.enabled:
-            await _serve(stack, settings, pipeline, metrics)
+        started.pipeline = pipeline
         await pipeline.run(stop)
         log.info("detector stopped", fatal=pipeline.fatal is not None,
                  transaction_failed=pipeline.failure is not None)
@@ -157,18 +163,22 @@ async def _starting_point(settings: Settings, embedder: Embedder
                f"{settings.kafka.bootstrap_servers}; create it or fix input.topic")
         raise ConfigError(msg)
     state = await initial_state(settings, embedder)
+    outputs = list(output_topics(settings))
+    created: list[str] = []
     if settings.kafka.create_topics:
-        await ensure_topics(settings.kafka, output_topics(settings))
+        created = await ensure_topics(settings.kafka, output_topics(settings))
     shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
     store = StateStore(settings) if settings.state.enabled else None
     if store is not None:
+        outputs.append(settings.state.topic)
         if settings.kafka.create_topics:
-            await store.ensure_topic()
+            created += await store.ensure_topic()
         records = await store.load()
         ignored = shared.restore(records)
         if ignored:
             log.warning("state of other bases or models ignored; starting from the base",
                         replicas=ignored)
+    await check_durability(settings.kafka, [t for t in outputs if t not in created])
     log.info("detector starting", version=__version__, origin=state.origin,
              threshold=state.threshold, threshold_source=state.source, model=embedder.name,
              dimension=embedder.dimension,
@@ -218,13 +228,20 @@ async def _started(stack: contextlib.AsyncExitStack, client: _Client) -> _Client
     return client
 
 
-async def _serve(stack: contextlib.AsyncExitStack, settings: Settings, pipeline: Pipeline,
+@dataclass(slots=True)
+class _Started:
+    """The pipeline once built: /readyz waits for it, /healthz does not."""
+
+    pipeline: Pipeline | None = None
+
+
+async def _serve(stack: contextlib.AsyncExitStack, settings: Settings, started: _Started,
                  metrics: Metrics) -> None:
     task = asyncio.current_task()
     server = HealthServer(
         settings.server.host, settings.server.port, metrics,
         live=lambda: _live(task),
-        ready=lambda: _ready(pipeline),
+        ready=lambda: _ready(started.pipeline),
     )
     await stack.enter_async_context(server)
     log.info("http server listening", port=server.port)
@@ -236,7 +253,9 @@ def _live(task: asyncio.Task[object] | None) -> tuple[bool, str]:
     return True, "ok"
 
 
-def _ready(pipeline: Pipeline) -> tuple[bool, str]:
+def _ready(pipeline: Pipeline | None) -> tuple[bool, str]:
+    if pipeline is None:
+        return False, "starting: connecting to Kafka, loading the centroid"
     if pipeline.fatal is not None:
         return False, f"embedder failed fatally: {pipeline.fatal.code or pipeline.fatal}"
     if not pipeline.joined:

@@ -25,6 +25,7 @@ from detector.errors import CalibrationError, ConfigError
 ARTIFACT_SCHEMA = "detector.calibration/v1"
 Floats = npt.NDArray[np.float64]
 Method = Literal["target_fpr", "best_f1", "target_precision"]
+CHUNK_ROWS = 8192  # rows converted to float64 at once (8192 x 1024 dims = 64 MB)
 
 
 def min_holdout(target_fpr: float) -> int:
@@ -55,38 +56,51 @@ def fpr(normal_sims: npt.ArrayLike, threshold: float) -> float:
 
 def bootstrap_ci(normal_sims: npt.ArrayLike, target_fpr: float, rounds: int, seed: int,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of `threshold_at_fpr`."""
-    sims = np.asarray(normal_sims, dtype=np.float64)
+    """Percentile bootstrap interval of `threshold_at_fpr`, in O(n + rounds) memory.
+
+    The estimate is the order statistic k = floor(target_fpr * n) of the sorted normals.
+    Resampling n values with replacement is drawing n indices uniformly from 0..n-1 into
+    the sorted array, and the resample's k-th smallest value is the sorted array at the
+    resample's k-th smallest index. That index is floor(n * U) where U, the (k+1)-th
+    smallest of n independent uniforms, is Beta(k+1, n-k) distributed: one Beta draw per
+    round gives exactly the resampling bootstrap's distribution without materialising
+    rounds x n resamples (1,000 x 300,000 floats were 2.4 GB).
+    """
+    sims = np.sort(np.asarray(normal_sims, dtype=np.float64))
+    n = len(sims)
+    k = min(math.floor(target_fpr * n), n - 1)
     rng = np.random.default_rng(seed)
-    draws = np.sort(rng.choice(sims, size=(rounds, len(sims)), replace=True), axis=1)
-    k = min(math.floor(target_fpr * len(sims)), len(sims) - 1)
-    estimates = draws[:, k]
+    index = np.minimum((n * rng.beta(k + 1, n - k, size=rounds)).astype(np.intp), n - 1)
+    estimates = sims[index]
     tail = (1 - level) / 2
     return float(np.quantile(estimates, tail)), float(np.quantile(estimates, 1 - tail))
 
 
 def roc_auc(normal_sims: npt.ArrayLike, anomaly_sims: npt.ArrayLike) -> float:
-    """P(an anomaly scores below a normal), ties counting half (Mann-Whitney U)."""
+    """P(an anomaly scores below a normal), ties counting half (Mann-Whitney U), in
+    O((n + m) log n): each anomaly's count of higher and tied normals by binary search."""
+    normal = np.sort(np.asarray(normal_sims, dtype=np.float64))
+    anomaly = np.asarray(anomaly_sims, dtype=np.float64)
+    below = np.searchsorted(normal, anomaly, side="left")
+    not_above = np.searchsorted(normal, anomaly, side="right")
+    higher = len(normal) - not_above
+    u = float(np.sum(higher)) + 0.5 * float(np.sum(not_above - below))
+    return u / (len(anomaly) * len(normal))
+
+
+def roc_points(normal_sims: npt.ArrayLike, anomaly_sims: npt.ArrayLike,
+               max_points: int = 4096) -> tuple[Floats, Floats]:
+    """(false-positive rates, true-positive rates) of every distinct cut, from (0, 0) to
+    (1, 1), in O((n + m) log(n + m)); thinned to about `max_points` for plotting."""
     normal = np.asarray(normal_sims, dtype=np.float64)
     anomaly = np.asarray(anomaly_sims, dtype=np.float64)
-    scores = np.concatenate([anomaly, normal])
-    ranks = _average_ranks(-scores)  # higher anomaly score = lower similarity
-    u = ranks[: len(anomaly)].sum() - len(anomaly) * (len(anomaly) + 1) / 2
-    return float(u / (len(anomaly) * len(normal)))
-
-
-def _average_ranks(values: Floats) -> Floats:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_values = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    _, tp, fp, _ = _curve(normal, anomaly)
+    fpr_ = np.r_[0.0, fp / max(1, len(normal))]
+    tpr_ = np.r_[0.0, tp / max(1, len(anomaly))]
+    if len(fpr_) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr_) - 1, max_points).astype(np.intp))
+        fpr_, tpr_ = fpr_[keep], tpr_[keep]
+    return fpr_, tpr_
 
 
 def _curve(normal_sims: Floats, anomaly_sims: Floats) -> tuple[Floats, Floats, Floats, Floats]:
@@ -181,15 +195,15 @@ def calibrate(
 ) -> Result:
     """Centroid from `train`, threshold from `holdout` (and labelled `anomalies`);
     `text_prefix` is what the texts were embedded with (`embedding.text_prefix`)."""
-    holdout_rows = np.asarray(holdout, dtype=np.float64)
+    holdout_rows = np.asarray(holdout)
     if len(holdout_rows) < min_holdout(target_fpr):
         msg = (f"{len(holdout_rows)} held-out normals cannot calibrate a {target_fpr:.2%} "
                f"false-positive rate: need at least {min_holdout(target_fpr)} (give more "
                f"normal samples, a larger --holdout, or a larger --target-fpr)")
         raise CalibrationError(msg)
-    centroid = Centroid.from_vectors(train)
-    sims = centroid.similarity(holdout_rows)
-    anomaly_sims = (centroid.similarity(np.asarray(anomalies, dtype=np.float64))
+    centroid = _centroid(train)
+    sims = _similarities(centroid, holdout_rows)
+    anomaly_sims = (_similarities(centroid, np.asarray(anomalies))
                     if anomalies is not None and len(np.asarray(anomalies)) else np.empty(0))
     threshold = threshold_at_fpr(sims, target_fpr)
     lo, hi = bootstrap_ci(sims, target_fpr, bootstrap, seed)
@@ -226,6 +240,27 @@ def calibrate(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return Result(artifact, sims, anomaly_sims)
+
+
+def _centroid(train: npt.ArrayLike) -> Centroid:
+    """`Centroid.from_vectors` over row chunks: float64 copies of CHUNK_ROWS rows at a
+    time, never of the whole (n, d) input."""
+    rows = np.asarray(train)
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        return Centroid.from_vectors(rows)  # raises its own error
+    total = np.zeros(rows.shape[1])
+    for start in range(0, len(rows), CHUNK_ROWS):
+        chunk = rows[start:start + CHUNK_ROWS].astype(np.float64)
+        total += (chunk / np.linalg.norm(chunk, axis=1, keepdims=True)).sum(axis=0)
+    return Centroid(total, float(len(rows)), 0, 1.0)
+
+
+def _similarities(centroid: Centroid, vectors: npt.NDArray[Any]) -> Floats:
+    """Similarity of each row to the centroid, CHUNK_ROWS rows at a time."""
+    out = np.empty(len(vectors))
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        out[start:start + CHUNK_ROWS] = centroid.similarity(vectors[start:start + CHUNK_ROWS])
+    return out
 
 
 def save_artifact(artifact: CalibrationArtifact, path: Path) -> None:

@@ -50,6 +50,11 @@ class Section(BaseModel):
 class KafkaSettings(Section):
     """How to reach the brokers and behave in the consumer group."""
 
+    @property
+    def min_insync_replicas(self) -> int:
+        """min.insync.replicas of the topics the detector creates."""
+        return self.topic_min_insync_replicas or max(1, self.topic_replication_factor - 1)
+
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "detector"
     client_id: str = "detector"
@@ -67,7 +72,11 @@ class KafkaSettings(Section):
     transactional_id: str | None = None
     create_topics: bool = True
     topic_partitions: int = Field(default=1, ge=1)
+    # Topics the detector creates (outputs, state): replicas and min.insync.replicas.
+    # The defaults suit one local broker; the Helm chart sets 3 and 2.
     topic_replication_factor: int = Field(default=1, ge=1)
+    # None: one less than the replication factor (at least 1), so one broker may be down.
+    topic_min_insync_replicas: int | None = Field(default=None, ge=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -75,6 +84,14 @@ class KafkaSettings(Section):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _min_insync_fits(self) -> KafkaSettings:
+        if (self.topic_min_insync_replicas or 0) > self.topic_replication_factor:
+            msg = ("kafka.topic_min_insync_replicas cannot exceed "
+                   "kafka.topic_replication_factor: every acks=all write would fail")
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

@@ -1,12 +1,13 @@
 """Prometheus metrics of one detector instance, on a registry of its own.
 
 A registry per instance (not the global default) lets tests run several detectors in
-one process and read each one's figures.
+one process and read each one's figures. Process figures (CPU seconds, resident memory,
+open file descriptors) are collected into the same registry.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SIMILARITY_BUCKETS = tuple(round(-0.2 + 0.05 * i, 2) for i in range(25))  # -0.2 .. 1.0
@@ -18,6 +19,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        # (from /proc; empty where there is none)
+        ProcessCollector(registry=r)
         self.consumed = Counter(
             "detector_records_consumed", "Records read from the input topic", registry=r
         )

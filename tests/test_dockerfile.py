@@ -126,6 +126,7 @@ class TestDockerfile:
         project = PYPROJECT["project"]
         assert "pyproject.toml" in copied
         assert project["readme"] in copied
+        assert "LICENSE" in copied  # the wheel's license file (pyproject: Apache-2.0)
         for package in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
             assert package.rstrip("*") in copied
 
@@ -178,6 +179,6 @@ class TestDockerignore:
 
     def test_what_the_build_reads_is_kept(self) -> None:
         """the files the Dockerfile copies are not ignored."""
-        for entry in ("pyproject.toml", "README.md", "detector/cli.py",
-                      "config/normal_comments.jsonl"):
+        for entry in ("pyproject.toml", "README.md", "LICENSE", "detector/cli.py",
+                      "detector/py.typed", "config/normal_comments.jsonl"):
             assert not self.ignored(entry), entry
