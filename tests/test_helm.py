@@ -590,10 +590,11 @@ class TestPrometheusOperator:
             assert f"#### {name}\n" in runbook, f"README runbook has no section {name}"
 
     def test_alert_rate_threshold_is_a_multiple_of_the_target_fpr(self) -> None:
-        """DetectorAlertRateHigh fires above alertRateFactor x the target FPR."""
+        """DetectorAlertRateHigh fires above alertRateFactor x the target FPR of the
+        detector's own configuration (scoring.target_fpr)."""
         docs = render("--set", "prometheusRule.enabled=true",
                       "--set", "prometheusRule.alertRateFactor=4",
-                      "--set", "prometheusRule.targetFpr=0.02")
+                      "--set", "config.scoring.target_fpr=0.02")
         rules = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"]
                  for r in g["rules"]}
         expr = rules["DetectorAlertRateHigh"]["expr"]
