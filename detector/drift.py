@@ -174,6 +174,17 @@ class DriftMonitor:
         self._keys: OrderedDict[str, _Window] = OrderedDict()
         self._indices: dict[str | None, int] = {}
 
+    def adopt(self, reference: Reference,
+              key_references: Mapping[str, Reference] | None = None) -> int:
+        """Compare with a new calibration from now on. Open windows mixed the old
+        threshold with the new one, so they are dropped untested; returns how many."""
+        dropped = len(self._keys) + (self._global is not None)
+        self.reference = reference
+        self.key_references = dict(key_references or {})
+        self._global = None
+        self._keys.clear()
+        return dropped
+
     def observe(self, key: str | None, obs: Observation, now: float) -> list[dict[str, Any]]:
         """Add one scored comment to the global stream (and its key's); the events of any
         window this closes."""

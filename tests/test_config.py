@@ -68,3 +68,17 @@ class TestSettings:
         """SASL without username/password fails at start."""
         with pytest.raises(ConfigError, match="sasl"):
             load_settings(None, kafka={"security_protocol": "SASL_PLAINTEXT"})
+
+    def test_drift_and_feedback_are_off_by_default(self) -> None:
+        """the drift and feedback sections exist and start disabled."""
+        settings = load_settings(None)
+        assert not settings.drift.enabled
+        assert not settings.feedback.enabled
+        assert settings.feedback.weight > 0
+
+    def test_drift_needs_some_window(self) -> None:
+        """a drift window needs a record count, a duration, or both."""
+        with pytest.raises(ConfigError, match=r"window_records and drift\.window_s"):
+            load_settings(None, drift={"window_records": None, "window_s": None})
+        only_time = load_settings(None, drift={"window_records": None, "window_s": 60})
+        assert only_time.drift.window_s == 60

@@ -199,3 +199,14 @@ class TestMonitor:
         assert monitor.keys_evicted == 1  # "a", least recently seen
         scopes = sorted((e["scope"], e["key"]) for e in events)
         assert scopes == [("global", None), ("key", "c")]
+
+    def test_a_new_calibration_drops_the_open_windows(self) -> None:
+        world = World(6)
+        centroid, reference = world.calibrated()
+        monitor = DriftMonitor(reference, DriftConfig(window_records=300, window_s=None))
+        feed(monitor, world.shifted(200), centroid, reference.threshold, key="a")
+        _, fitted = World(7).calibrated()
+        assert monitor.adopt(fitted) == 2  # the global window and key "a"'s
+        assert monitor.reference is fitted
+        assert feed(monitor, world.shifted(100), centroid, reference.threshold) == []
+        assert monitor.windows_closed == 0  # the 100 records began a new window

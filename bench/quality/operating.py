@@ -139,12 +139,18 @@ def run_variant(name: str, stream: Stream, seed_rows: Floats, seed: int,
     book = LabelBook(weight or 1.0, FeedbackSettings().max_labels)
     rng = np.random.default_rng([seed, 7])
     eligible: list[Floats] = []
-    fpr, recall, events = [], [], []
+    fpr: list[float] = []
+    recall: list[float | None] = []
+    events: list[list[dict[str, Any]]] = []
+    learnt: list[int] = []  # drug reviews the gated update accepted, per window
+    taught: list[int] = []  # normal labels that taught the centroid, per window
     offset = 0
     for w, (rows, kinds) in enumerate(zip(stream.windows, stream.kinds, strict=True)):
         scored = centroid.score(rows, reference.threshold, MARGIN, update=name != "frozen")
         alerted = scored.similarities < reference.threshold
         is_normal = np.array([k != "campaign" for k in kinds])
+        is_drug = np.array([k == "drug" for k in kinds])
+        learnt.append(int((scored.updated & is_drug).sum()))
         fpr.append(float(alerted[is_normal].mean()))
         recall.append(float(alerted[~is_normal].mean()) if (~is_normal).any() else None)
         window_events = []
@@ -159,12 +165,14 @@ def run_variant(name: str, stream: Stream, seed_rows: Floats, seed: int,
                         "moved": e["moved"]} for e in window_events])
         labelled = rng.permutation(np.flatnonzero(alerted))[
             : round(LABELLED_SHARE * int(alerted.sum()))]
+        outcomes = []
         for i in labelled:
             label = Label(refs[i], None, "anomaly" if kinds[i] == "campaign" else "normal")
             if name == "feedback":
-                book.apply(label, centroid, alert=cache.find(label))
+                outcomes.append(book.apply(label, centroid, alert=cache.find(label)))
             else:  # recalibration uses the labels only to exclude anomalies
                 book.apply(label, Centroid.empty(rows.shape[1]), alert=cache.find(label))
+        taught.append(outcomes.count("taught"))
         offset += len(rows)
         if name == "recalibration":
             keep = [i for i in range(len(rows))
@@ -173,8 +181,8 @@ def run_variant(name: str, stream: Stream, seed_rows: Floats, seed: int,
             pool = np.concatenate(eligible)[-2 * cal.min_holdout(TARGET_FPR):]
             if len(pool) >= 2 * cal.min_holdout(TARGET_FPR):
                 centroid, reference = calibrate(pool, seed + w)
-                monitor.reference = reference
-    return {"fpr": fpr, "recall": recall, "events": events,
+                monitor.adopt(reference)
+    return {"fpr": fpr, "recall": recall, "events": events, "learnt": learnt, "taught": taught,
             "precision": book.precision.value if name == "feedback" else None}
 
 
