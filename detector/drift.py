@@ -158,6 +158,14 @@ class DriftConfig:
         return self.false_alarm_budget / (2 * self.budget_windows)
 
 
+@dataclass(slots=True)
+class _Stream:
+    """One stream's open window (None between windows) and the next window's index."""
+
+    window: _Window | None = None
+    next_index: int = 0
+
+
 class DriftMonitor:
     """Windows per stream (global and up to `max_keys` keys); emits drift event dicts."""
 
@@ -170,27 +178,27 @@ class DriftMonitor:
         self.windows_closed = 0
         self.events = 0
         self.keys_evicted = 0
-        self._global: _Window | None = None
-        self._keys: OrderedDict[str, _Window] = OrderedDict()
-        self._indices: dict[str | None, int] = {}
+        self._global = _Stream()
+        self._keys: OrderedDict[str, _Stream] = OrderedDict()
 
     def adopt(self, reference: Reference,
               key_references: Mapping[str, Reference] | None = None) -> int:
         """Compare with a new calibration from now on. Open windows mixed the old
         threshold with the new one, so they are dropped untested; returns how many."""
-        dropped = len(self._keys) + (self._global is not None)
+        streams = [self._global, *self._keys.values()]
+        dropped = sum(stream.window is not None for stream in streams)
+        for stream in streams:
+            stream.window = None
         self.reference = reference
         self.key_references = dict(key_references or {})
-        self._global = None
-        self._keys.clear()
         return dropped
 
     def observe(self, key: str | None, obs: Observation, now: float) -> list[dict[str, Any]]:
         """Add one scored comment to the global stream (and its key's); the events of any
         window this closes."""
-        events = self._add(GLOBAL, obs, now)
+        events = self._add(GLOBAL, self._global, obs, now)
         if key is not None and self.config.max_keys > 0:
-            events += self._add(key, obs, now)
+            events += self._add(key, self._key_stream(key), obs, now)
         return events
 
     def tick(self, now: float) -> list[dict[str, Any]]:
@@ -198,55 +206,45 @@ class DriftMonitor:
         events: list[dict[str, Any]] = []
         if self.config.window_s is None:
             return events
-        streams: list[tuple[str | None, _Window]] = list(self._keys.items())
-        if self._global is not None:
-            streams.insert(0, (GLOBAL, self._global))
-        for key, window in streams:
-            if now - window.start >= self.config.window_s:
-                events += self._close(key, window, now, "time")
+        streams: list[tuple[str | None, _Stream]] = [(GLOBAL, self._global),
+                                                     *self._keys.items()]
+        for key, stream in streams:
+            if stream.window is not None and now - stream.window.start >= self.config.window_s:
+                events += self._close(key, stream, now, "time")
         return events
 
-    def _add(self, key: str | None, obs: Observation, now: float) -> list[dict[str, Any]]:
+    def _add(self, key: str | None, stream: _Stream, obs: Observation, now: float
+             ) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        window = self._window(key)
-        if (window is not None and self.config.window_s is not None
-                and now - window.start >= self.config.window_s):
-            events += self._close(key, window, now, "time")
-            window = None
-        if window is None:
-            window = self._open(key, now)
+        if (stream.window is not None and self.config.window_s is not None
+                and now - stream.window.start >= self.config.window_s):
+            events += self._close(key, stream, now, "time")
+        if stream.window is None:
+            tag = 0 if key is None else zlib.crc32(key.encode()) + 1
+            rng = np.random.default_rng([self.seed, stream.next_index, tag])
+            stream.window = _Window(now, stream.next_index, rng)
+            stream.next_index += 1
+        window = stream.window
         window.sims.append(obs.similarity)
         if obs.alerted:
             window.alerts += 1
             self._sample(window, obs)
         if self.config.window_records is not None and \
                 len(window.sims) >= self.config.window_records:
-            events += self._close(key, window, now, "records")
+            events += self._close(key, stream, now, "records")
         return events
 
-    def _window(self, key: str | None) -> _Window | None:
-        if key is None:
-            return self._global
-        window = self._keys.get(key)
-        if window is not None:
-            self._keys.move_to_end(key)
-        return window
-
-    def _open(self, key: str | None, now: float) -> _Window:
-        index = self._indices.get(key, 0)
-        self._indices[key] = index + 1
-        tag = 0 if key is None else zlib.crc32(key.encode()) + 1
-        rng = np.random.default_rng([self.seed, index, tag])
-        window = _Window(now, index, rng)
-        if key is None:
-            self._global = window
-        else:
-            self._keys[key] = window
+    def _key_stream(self, key: str) -> _Stream:
+        """The key's stream, most recently seen; the least recently seen are evicted."""
+        stream = self._keys.get(key)
+        if stream is None:
+            stream = self._keys[key] = _Stream()
             while len(self._keys) > self.config.max_keys:
-                evicted, _ = self._keys.popitem(last=False)
-                self._indices.pop(evicted, None)
+                self._keys.popitem(last=False)
                 self.keys_evicted += 1
-        return window
+        else:
+            self._keys.move_to_end(key)
+        return stream
 
     def _sample(self, window: _Window, obs: Observation) -> None:
         """Uniform reservoir (algorithm R) of the alerted comments' embeddings."""
@@ -261,12 +259,11 @@ class DriftMonitor:
         if j < self.config.sample_size:
             window.sample[j] = item
 
-    def _close(self, key: str | None, window: _Window, now: float, closed_by: str
+    def _close(self, key: str | None, stream: _Stream, now: float, closed_by: str
                ) -> list[dict[str, Any]]:
-        if key is None:
-            self._global = None
-        else:
-            self._keys.pop(key, None)
+        window = stream.window
+        assert window is not None
+        stream.window = None
         self.windows_closed += 1
         reference = self.reference if key is None else \
             self.key_references.get(key, self.reference)

@@ -200,6 +200,16 @@ class TestMonitor:
         scopes = sorted((e["scope"], e["key"]) for e in events)
         assert scopes == [("global", None), ("key", "c")]
 
+    def test_keys_stay_bounded_between_windows(self) -> None:
+        world = World(8)
+        centroid, reference = world.calibrated()
+        monitor = DriftMonitor(reference, DriftConfig(window_records=10, window_s=None,
+                                                      max_keys=2))
+        for key in "abcde":  # each key closes a whole window and is never seen again
+            feed(monitor, world.normal(10), centroid, reference.threshold, key=key)
+        assert monitor.keys_evicted == 3
+        assert monitor.windows_closed == 10  # 5 global and 5 per-key windows
+
     def test_a_new_calibration_drops_the_open_windows(self) -> None:
         world = World(6)
         centroid, reference = world.calibrated()
