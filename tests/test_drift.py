@@ -134,6 +134,26 @@ class TestMonitor:
             assert monitor.windows_closed == 100
             assert events == [], f"seed {seed}: {events[0]}"
 
+    def test_each_test_rejects_a_stationary_window_at_most_at_its_alpha(self) -> None:
+        """With a loose budget (alpha 0.05 per test), false rejections over 400 windows of
+        40 calibrations: the alert-rate test near alpha (exact, it carries the threshold's
+        uncertainty), the KS test below it (conservative), any event at most 2 alpha."""
+        config = DriftConfig(window_records=500, window_s=None, false_alarm_budget=0.2,
+                             budget_windows=2)
+        assert config.alpha == pytest.approx(0.05)
+        windows, moved = 0, []
+        for seed in range(40):
+            world = World(100 + seed)
+            centroid, reference = world.calibrated()
+            monitor = DriftMonitor(reference, config)
+            events = feed(monitor, world.normal(5000), centroid, reference.threshold)
+            windows += monitor.windows_closed
+            moved += [name for e in events for name in e["moved"]]
+        assert windows == 400
+        assert 0.02 <= moved.count("alert_rate") / windows <= 0.1
+        assert moved.count("similarity") / windows <= 0.05
+        assert len(moved) / windows <= 2 * config.alpha
+
     def test_a_population_shift_raises_an_event_within_one_window(self) -> None:
         world = World(1)
         centroid, reference = world.calibrated()
