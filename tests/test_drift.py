@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from detector import calibration as cal
@@ -184,6 +185,7 @@ class TestMonitor:
         assert low["cluster_alerts"] >= 45
         assert low["cluster_cosine"] > reference.near_duplicate
         assert len(low["examples"]) == 3
+        assert orjson.loads(orjson.dumps(events[0])) == events[0]  # JSON-ready as it is
 
     def test_a_campaign_during_a_shift_is_mixed(self) -> None:
         world = World(3)
