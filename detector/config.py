@@ -190,7 +190,7 @@ class DriftSettings(Section):
     # key) over `budget_windows` windows; spent evenly over windows and the two tests.
     false_alarm_budget: float = Field(default=0.01, gt=0, lt=1)
     budget_windows: int = Field(default=1_000, ge=1)
-    max_keys: int = Field(default=1_000, ge=0)  # per-key streams held (least recent evicted)
+    max_keys: int = Field(default=100, ge=0)  # per-key streams held (least recent evicted)
     sample_size: int = Field(default=200, ge=2)  # low-scoring embeddings kept per window
 
     @model_validator(mode="after")
@@ -209,7 +209,8 @@ class FeedbackSettings(Section):
     # A `normal` label adds its comment to the centroid with this weight (an accepted
     # comment weighs 1).
     weight: float = Field(default=10.0, gt=0)
-    alert_cache_size: int = Field(default=10_000, ge=1)  # recent alert embeddings kept
+    # recent alert embeddings kept (and normal teachings an anomaly label can undo)
+    alert_cache_size: int = Field(default=10_000, ge=1)
     max_labels: int = Field(default=100_000, ge=1)  # labelled comments remembered
 
 

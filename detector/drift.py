@@ -22,6 +22,10 @@ False alarms: each test runs at alpha = budget / (2 * budget_windows), so by the
 `budget_windows` windows is at most `budget`. Each key is its own stream: with K keys
 active the expected false events over that span are at most (K + 1) * budget.
 
+Memory, at most: (1 + max_keys) open windows of window_records similarities (8 bytes
+each) and sample_size alerted embeddings (4 bytes per dimension): about 42 MB with the
+defaults at 512 dimensions, reached only while every stream is flooded with alerts.
+
 An event also says whether the window's alerted (low-scoring) comments are one tight
 cluster or broad, from a uniform sample of their embeddings: the densest comment's
 near-duplicates (cosine at least halfway from the held-out normals' 99.9th percentile
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +50,7 @@ import numpy.typing as npt
 DRIFT_SCHEMA = "detector.drift/v1"
 GLOBAL = None  # the stream key of all traffic
 Floats = npt.NDArray[np.float64]
+Sample = npt.NDArray[np.float32]
 Classification = Literal["campaign", "mixed", "broad"]
 
 
@@ -136,9 +142,9 @@ class _Window:
     start: float
     index: int
     rng: np.random.Generator
-    sims: list[float] = field(default_factory=list)
+    sims: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes each
     alerts: int = 0
-    sample: list[tuple[Floats, Mapping[str, Any] | None]] = field(default_factory=list)
+    sample: list[tuple[Sample, Mapping[str, Any] | None]] = field(default_factory=list)
     seen_alerts: int = 0
 
 
@@ -150,7 +156,7 @@ class DriftConfig:
     window_s: float | None = 3_600.0
     false_alarm_budget: float = 0.01
     budget_windows: int = 1_000
-    max_keys: int = 1_000
+    max_keys: int = 100
     sample_size: int = 200
 
     @property
@@ -251,7 +257,7 @@ class DriftMonitor:
         if obs.embedding is None:
             return
         window.seen_alerts += 1
-        item = (np.asarray(obs.embedding, dtype=np.float64), obs.ref)
+        item = (np.asarray(obs.embedding, dtype=np.float32), obs.ref)  # half the memory
         if len(window.sample) < self.config.sample_size:
             window.sample.append(item)
             return
@@ -319,13 +325,13 @@ def evaluate(summary: Mapping[str, Any], reference: Reference, alpha: float,
     }
 
 
-def classify(sample: list[tuple[Floats, Mapping[str, Any] | None]], alerts: int, n: int,
+def classify(sample: list[tuple[Sample, Mapping[str, Any] | None]], alerts: int, n: int,
              reference: Reference, alpha: float) -> dict[str, Any]:
     """One tight cluster (a campaign) or broad (a population shift), from the sample."""
     if not sample:
         return {"classification": "broad", "sample": 0, "cluster_share": 0.0,
                 "cluster_alerts": 0, "cluster_cosine": None, "examples": []}
-    rows = np.stack([v / np.linalg.norm(v) for v, _ in sample])
+    rows = np.stack([v.astype(np.float64) / np.linalg.norm(v) for v, _ in sample])
     gram = rows @ rows.T
     near = gram >= reference.near_duplicate
     centre = int(np.argmax(near.sum(axis=1)))

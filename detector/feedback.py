@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
@@ -165,7 +165,7 @@ class CachedAlert:
 
     source: SourceRef
     id: str | None
-    embedding: Floats
+    embedding: npt.NDArray[np.floating[Any]]
     similarity: float
     key: str | None = None
 
@@ -186,6 +186,8 @@ class AlertCache:
         return len(self._by_source)
 
     def remember(self, alert: CachedAlert) -> None:
+        """Keep an alert (its embedding as float32: 2 KB at 512 dimensions)."""
+        alert = replace(alert, embedding=np.asarray(alert.embedding, dtype=np.float32))
         self._by_source[alert.source] = alert
         self._by_source.move_to_end(alert.source)
         if alert.id is not None:
@@ -209,7 +211,7 @@ class AlertCache:
 @dataclass(slots=True)
 class _Entry:
     label: LabelValue
-    taught: Floats | None  # the increment a normal label added, to undo it
+    taught: bool  # a normal label added the comment to the centroid
     alert: bool  # the comment was a cached alert (counts towards precision)
     id: str | None
 
@@ -229,14 +231,21 @@ class Precision:
 
 
 class LabelBook:
-    """The latest label per comment (at most `max_labels`), applied to a centroid."""
+    """The latest label per comment (at most `max_labels`), applied to a centroid; the
+    last `undo_capacity` teachings can be undone by an `anomaly` label (2 KB each at 512
+    dimensions)."""
 
-    def __init__(self, weight: float, max_labels: int) -> None:
-        if weight <= 0 or max_labels < 1:
-            msg = f"need weight > 0 and max_labels >= 1, got {weight}, {max_labels}"
+    def __init__(self, weight: float, max_labels: int, undo_capacity: int = 10_000) -> None:
+        if weight <= 0 or max_labels < 1 or undo_capacity < 0:
+            msg = (f"need weight > 0, max_labels >= 1 and undo_capacity >= 0, got {weight}, "
+                   f"{max_labels}, {undo_capacity}")
             raise ValueError(msg)
         self.weight = weight
         self.max_labels = max_labels
+        self.undo_capacity = undo_capacity
+        self.undo_missed = 0
+        # the unit vectors of the most recent normal labels (float32), to undo them
+        self._undo: OrderedDict[tuple[Any, ...], npt.NDArray[np.float32]] = OrderedDict()
         self.precision = Precision()
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self._ids: dict[str, tuple[Any, ...]] = {}
@@ -259,17 +268,23 @@ class LabelBook:
         if is_alert:
             self._count(label.label, +1)
         outcome: Outcome
-        taught: Floats | None = None
+        taught = False
         if label.label == "anomaly":
             outcome = "excluded"
-            if previous is not None and previous.taught is not None:
-                centroid.merge(-previous.taught, -self.weight)
+            vector_taught = self._undo.pop(item, None) if previous is not None else None
+            if vector_taught is not None:
+                centroid.merge(-self.weight * vector_taught.astype(np.float64), -self.weight)
                 outcome = "untaught"
+            elif previous is not None and previous.taught:
+                self.undo_missed += 1  # taught too long ago: its increment stays
         else:
             unit = np.asarray(vector, dtype=np.float64)
-            taught = self.weight * unit / np.linalg.norm(unit)
-            centroid.merge(taught, self.weight)
-            outcome = "taught"
+            stored = (unit / np.linalg.norm(unit)).astype(np.float32)
+            centroid.merge(self.weight * stored.astype(np.float64), self.weight)
+            self._undo[item] = stored
+            while len(self._undo) > self.undo_capacity:
+                self._undo.popitem(last=False)
+            taught, outcome = True, "taught"
         comment_id = alert.id if alert is not None and alert.id is not None else label.id
         self._entries[item] = _Entry(label.label, taught, is_alert, comment_id)
         self._entries.move_to_end(item)

@@ -86,8 +86,12 @@ class TestAlertCache:
         cache = AlertCache(10)
         cached = alert(41, [1, 0, 0], "c-1")
         cache.remember(cached)
-        assert cache.find(Label(REF, None, "normal")) is cached
-        assert cache.find(Label(None, "c-1", "normal")) is cached
+        for label in (Label(REF, None, "normal"), Label(None, "c-1", "normal")):
+            found = cache.find(label)
+            assert found is not None
+            assert (found.source, found.id) == (REF, "c-1")
+            assert found.embedding.dtype == np.float32  # half the memory of float64
+            np.testing.assert_allclose(found.embedding, cached.embedding, rtol=1e-6)
         assert cache.find(Label(SourceRef("comments", 2, 42), "c-1", "normal")) is None
 
     def test_the_oldest_alerts_are_evicted(self) -> None:
@@ -131,6 +135,20 @@ class TestLabelBook:
         np.testing.assert_allclose(centroid.vector, original, atol=1e-12)
         assert centroid.weight == pytest.approx(4.0)
         assert (book.precision.true_alerts, book.precision.false_alerts) == (1, 0)
+
+    def test_only_the_most_recent_teachings_can_be_undone(self) -> None:
+        centroid = Centroid.from_vectors([[1.0, 0.0, 0.0]] * 4)
+        book = LabelBook(weight=1.0, max_labels=100, undo_capacity=1)
+        first, second = alert(1, [0, 1, 0]), alert(2, [0, 0, 1])
+        for cached in (first, second):
+            book.apply(Label(cached.source, None, "normal"), centroid, alert=cached)
+        assert book.apply(Label(first.source, None, "anomaly"), centroid,
+                          alert=first) == "excluded"
+        assert book.undo_missed == 1
+        assert centroid.weight == pytest.approx(6.0)  # the first teaching stays
+        assert book.apply(Label(second.source, None, "anomaly"), centroid,
+                          alert=second) == "untaught"
+        assert centroid.weight == pytest.approx(5.0)
 
     def test_precision_counts_the_latest_label_of_each_alert(self) -> None:
         centroid = Centroid.from_vectors([[1.0, 0.0, 0.0]])

@@ -136,7 +136,8 @@ def run_variant(name: str, stream: Stream, seed_rows: Floats, seed: int,
     config = drift_config()
     monitor = DriftMonitor(reference, config, seed=seed)
     cache = AlertCache(FeedbackSettings().alert_cache_size)
-    book = LabelBook(weight or 1.0, FeedbackSettings().max_labels)
+    book = LabelBook(weight or 1.0, FeedbackSettings().max_labels,
+                     FeedbackSettings().alert_cache_size)
     rng = np.random.default_rng([seed, 7])
     eligible: list[Floats] = []
     fpr: list[float] = []
