@@ -330,7 +330,8 @@ def classify(sample: list[tuple[Sample, Mapping[str, Any] | None]], alerts: int,
     """One tight cluster (a campaign) or broad (a population shift), from the sample."""
     if not sample:
         return {"classification": "broad", "sample": 0, "cluster_share": 0.0,
-                "cluster_alerts": 0, "cluster_cosine": None, "examples": []}
+                "cluster_alerts": 0, "cluster_cosine": None,
+                "near_duplicate_cosine": reference.near_duplicate, "examples": []}
     rows = np.stack([v.astype(np.float64) / np.linalg.norm(v) for v, _ in sample])
     gram = rows @ rows.T
     near = gram >= reference.near_duplicate

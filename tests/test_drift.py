@@ -187,6 +187,19 @@ class TestMonitor:
         assert len(low["examples"]) == 3
         assert orjson.loads(orjson.dumps(events[0])) == events[0]  # JSON-ready as it is
 
+    def test_a_shift_above_the_threshold_moves_only_the_similarity(self) -> None:
+        world = World(9)
+        centroid, reference = world.calibrated()
+        monitor = DriftMonitor(reference, DriftConfig(window_records=1000, window_s=None))
+        sims = np.maximum(world.normal(1000) @ centroid - 0.08, reference.threshold + 1e-6)
+        events = []
+        for i, sim in enumerate(sims):
+            events += monitor.observe(None, Observation(float(sim), False), float(i))
+        assert [e["moved"] for e in events] == [["similarity"]]
+        low = events[0]["low_scoring"]
+        assert (low["classification"], low["sample"]) == ("broad", 0)
+        assert low["near_duplicate_cosine"] == reference.near_duplicate
+
     def test_a_campaign_during_a_shift_is_mixed(self) -> None:
         world = World(3)
         centroid, reference = world.calibrated()
