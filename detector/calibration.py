@@ -76,6 +76,31 @@ def bootstrap_ci(normal_sims: npt.ArrayLike, target_fpr: float, rounds: int, see
     return float(np.quantile(estimates, tail)), float(np.quantile(estimates, 1 - tail))
 
 
+PROFILE_LEVELS = 101  # similarity quantiles stored: every percentile, 0 to 100
+PAIRWISE_SAMPLE = 1_000  # held-out rows whose pairwise cosines are profiled
+
+
+def similarity_profile(holdout_sims: npt.ArrayLike, holdout_rows: npt.ArrayLike,
+                       seed: int = 0) -> dict[str, Any]:
+    """What drift monitoring (detector.drift) compares live windows with: the held-out
+    normals' similarity quantiles at every percentile, and quantiles of their pairwise
+    cosines (on at most PAIRWISE_SAMPLE rows), the model's own scale of "near"."""
+    sims = np.asarray(holdout_sims, dtype=np.float64)
+    rows = np.asarray(holdout_rows, dtype=np.float64)
+    if len(rows) > PAIRWISE_SAMPLE:
+        rows = rows[np.random.default_rng(seed).choice(len(rows), PAIRWISE_SAMPLE,
+                                                       replace=False)]
+    rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    pairs = (rows @ rows.T)[np.triu_indices(len(rows), k=1)]
+    levels = (0.5, 0.9, 0.99, 0.999)
+    pairwise: dict[str, Any] = {f"q{level}": float(np.quantile(pairs, level)) if len(pairs)
+                                else None for level in levels}
+    pairwise["pairs"] = len(pairs)
+    return {"quantiles": [float(q) for q in np.quantile(sims, np.linspace(0, 1,
+                                                                          PROFILE_LEVELS))],
+            "pairwise": pairwise}
+
+
 def roc_auc(normal_sims: npt.ArrayLike, anomaly_sims: npt.ArrayLike) -> float:
     """P(an anomaly scores below a normal), ties counting half (Mann-Whitney U), in
     O((n + m) log n): each anomaly's count of higher and tied normals by binary search."""
@@ -213,6 +238,7 @@ def calibrate(
         "holdout_similarity": {"mean": float(sims.mean()), "min": float(sims.min()),
                                "p01": float(np.quantile(sims, 0.01)),
                                "p50": float(np.median(sims))},
+        "similarity_profile": similarity_profile(sims, holdout_rows, seed),
     }
     target = target_fpr
     if len(anomaly_sims):

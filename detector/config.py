@@ -194,6 +194,7 @@ class AlertSettings(Section):
     topic: str = "comment-alerts"
     dead_letter_topic: str = "comment-dead-letters"
     scores_topic: str | None = None  # every scored comment, for analytics and audits
+    drift_topic: str = "detector-drift"  # detector.drift/v1 events (see DriftSettings)
 
 
 class StateSettings(Section):
@@ -205,6 +206,42 @@ class StateSettings(Section):
     snapshot_interval_s: float = Field(default=10.0, gt=0)
     # Stable name of this replica; default kafka.group_instance_id, else the host name.
     replica_id: str | None = None
+
+
+class DriftSettings(Section):
+    """Windowed drift tests (detector.drift); not yet run by `detector run`."""
+
+    enabled: bool = False
+    # A window closes after this many records or this many seconds, whichever comes first;
+    # either may be None (not both).
+    window_records: int | None = Field(default=1_000, ge=1)
+    window_s: float | None = Field(default=3_600.0, gt=0)
+    # Probability of at least one false drift event per stream (the global stream or one
+    # key) over `budget_windows` windows; spent evenly over windows and the two tests.
+    false_alarm_budget: float = Field(default=0.01, gt=0, lt=1)
+    budget_windows: int = Field(default=1_000, ge=1)
+    max_keys: int = Field(default=100, ge=0)  # per-key streams held (least recent evicted)
+    sample_size: int = Field(default=200, ge=2)  # low-scoring embeddings kept per window
+
+    @model_validator(mode="after")
+    def _some_window(self) -> DriftSettings:
+        if self.window_records is None and self.window_s is None:
+            msg = "drift.window_records and drift.window_s cannot both be null"
+            raise ValueError(msg)
+        return self
+
+
+class FeedbackSettings(Section):
+    """Operator labels (detector.feedback); not yet read by `detector run`."""
+
+    enabled: bool = False
+    topic: str = "detector-feedback"
+    # A `normal` label adds its comment to the centroid with this weight (an accepted
+    # comment weighs 1).
+    weight: float = Field(default=10.0, gt=0)
+    # recent alert embeddings kept (and normal teachings an anomaly label can undo)
+    alert_cache_size: int = Field(default=10_000, ge=1)
+    max_labels: int = Field(default=100_000, ge=1)  # labelled comments remembered
 
 
 class ServerSettings(Section):
@@ -241,6 +278,8 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     alerts: AlertSettings = AlertSettings()
     state: StateSettings = StateSettings()
+    drift: DriftSettings = DriftSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
 

@@ -122,3 +122,19 @@ class TestShippedConfiguration:
         operations = Path("README.md").read_text().split("## Operations", 1)[1]
         assert "DETECTOR_KAFKA__GROUP_INSTANCE_ID" in operations
         assert "session" in operations.split("### Probes and shutdown", 1)[1]
+
+
+class TestOperatingSections:
+    def test_drift_and_feedback_are_off_by_default(self) -> None:
+        """the drift and feedback sections exist and start disabled."""
+        settings = load_settings(None)
+        assert not settings.drift.enabled
+        assert not settings.feedback.enabled
+        assert settings.feedback.weight > 0
+
+    def test_drift_needs_some_window(self) -> None:
+        """a drift window needs a record count, a duration, or both."""
+        with pytest.raises(ConfigError, match=r"window_records and drift\.window_s"):
+            load_settings(None, drift={"window_records": None, "window_s": None})
+        only_time = load_settings(None, drift={"window_records": None, "window_s": 60})
+        assert only_time.drift.window_s == 60
