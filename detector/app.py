@@ -1,9 +1,12 @@
 """`detector run`: wire settings, embedder, Kafka clients, pipeline and HTTP server together.
 
-Start-up order: embedder → base centroid (calibration artifact, else seed file) plus
-the replicas' contributions from the state topic → output topics → producer →
-consumer (subscribed with the rebalance listener) → state sync → health server →
-pipeline. Shutdown runs it backwards after the pipeline has drained and committed.
+Start-up order: health server (/healthz answers at once, /readyz only once the consumer
+joined its group, so a slow broker cannot get the pod killed by its liveness probe
+while `kafka.connect_deadline_s` bounds the wait) → embedder → base centroid
+(calibration artifact, else seed file) plus the replicas' contributions from the state
+topic → output topics → producer → consumer (subscribed with the rebalance listener) →
+state sync → pipeline. Shutdown runs it backwards after the pipeline has drained and
+committed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -32,6 +34,7 @@ from detector.embedders.base import Matrix
 from detector.errors import ConfigError
 from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_OK, EXIT_TRANSACTION
 from detector.kafka import (
+    check_durability,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -41,8 +44,8 @@ from detector.kafka import (
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.reservoir import Ref
-from detector.samples import read_texts
 from detector.scorer import Scorer
+from detector.seed import ThresholdSource, seed_start
 from detector.server import HealthServer
 from detector.sharing import Scope, SharedBaselines
 from detector.signals import install_stop_handlers
@@ -59,6 +62,7 @@ class InitialState:
     centroid: Centroid
     threshold: float
     origin: str
+    source: ThresholdSource = "fixed"  # calibration | seed (derived) | fixed (configured)
     artifact: CalibrationArtifact | None = None
     seed: tuple[Matrix, list[Ref]] | None = None  # embedded seed rows and their references
 
@@ -72,51 +76,41 @@ class InitialState:
 async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
     """Calibration artifact if configured, else the seed file embedded now."""
     scoring = settings.scoring
+    prefix = settings.embedding.text_prefix
     if scoring.calibration_file is not None:
         from detector.calibration import check_compatible, load_artifact
 
         artifact = load_artifact(scoring.calibration_file)
-        check_compatible(artifact, embedder.name, embedder.dimension)
+        check_compatible(artifact, embedder.name, embedder.dimension, prefix)
         startup.check_artifact(artifact, scoring)
         centroid = Centroid.from_dict(artifact.centroid)
         centroid.decay = scoring.decay
+        if scoring.threshold != "auto":
+            log.warning("scoring.threshold is ignored: the calibration artifact's threshold "
+                        "is used", configured=scoring.threshold, used=artifact.threshold)
         return InitialState(centroid, artifact.threshold,
-                            f"calibration:{_digest(scoring.calibration_file)}", artifact)
+                            f"calibration:{_digest(scoring.calibration_file)}", "calibration",
+                            artifact)
     if scoring.seed_file is None:
         msg = "set scoring.calibration_file or scoring.seed_file: the detector needs a centroid"
         raise ConfigError(msg)
-    centroid, rows = await seed_centroid(scoring.seed_file, settings, embedder)
-    refs = [Ref(f"seed:{scoring.seed_file.name}", -1, i) for i in range(len(rows))]
-    return InitialState(centroid, scoring.threshold, f"seed:{_digest(scoring.seed_file)}",
-                        seed=(rows, refs))
+    start = await seed_start(scoring.seed_file, settings, embedder)
+    # a prefix changes every vector: the shared state of another prefix is another base
+    origin = f"seed:{_digest(scoring.seed_file, prefix)}"
+    seed = None
+    if start.rows is not None:
+        seed = (start.rows, [Ref(f"seed:{scoring.seed_file.name}", -1, i)
+                             for i in range(len(start.rows))])
+    return InitialState(start.centroid, start.threshold, origin, start.source, seed=seed)
 
 
-def _digest(path: Path) -> str:
+def _digest(path: Path, extra: str = "") -> str:
     """A short content hash: shared state is reused only while its base is unchanged."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        return hashlib.sha256(path.read_bytes() + extra.encode()).hexdigest()[:16]
     except OSError as exc:
         msg = f"cannot read {path}: {exc}"
         raise ConfigError(msg) from None
-
-
-async def seed_centroid(path: Path, settings: Settings, embedder: Embedder
-                        ) -> tuple[Centroid, Matrix]:
-    """The mean of the embedded normal samples in `path`, and their vectors."""
-    texts = read_texts(path, settings.input)
-    if not texts:
-        msg = f"seed file {path} holds no usable comments"
-        raise ConfigError(msg)
-    size = settings.embedding.batch_size
-    centroid = Centroid.empty(embedder.dimension, settings.scoring.decay)
-    rows = []
-    for start in range(0, len(texts), size):
-        for row in await embedder.embed(texts[start:start + size]):
-            centroid.add(row)
-            rows.append(row)
-    centroid.version = 0
-    log.info("centroid seeded", file=str(path), samples=len(texts))
-    return centroid, np.stack(rows)
 
 
 def replica_id(settings: Settings) -> str:
@@ -154,19 +148,22 @@ async def run(
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     async with contextlib.AsyncExitStack() as stack:
+        started = _Started()
+        if settings.server.enabled:
+            await _serve(stack, settings, started, metrics)
         if embedder is None:
             embedder = build_embedder(settings, metrics)
             stack.push_async_callback(embedder.aclose)
         if handle_signals:
             install_stop_handlers(stop, announce=_announce_stop)
         state, shared, baselines, store = await _starting_point(settings, embedder)
+        metrics.set_threshold_source(state.source)
         pipeline = await _build_pipeline(stack, settings, embedder=embedder, state=state,
                                          shared=shared, baselines=baselines, store=store,
                                          metrics=metrics)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
         await _started(stack, pipeline.consumer)
-        if settings.server.enabled:
-            await _serve(stack, settings, pipeline, metrics)
+        started.pipeline = pipeline
         await pipeline.run(stop)
         log.info("detector stopped", fatal=pipeline.fatal is not None,
                  transaction_failed=pipeline.failure is not None)
@@ -187,8 +184,10 @@ async def _starting_point(settings: Settings, embedder: Embedder
                f"{settings.kafka.bootstrap_servers}; create it or fix input.topic")
         raise ConfigError(msg)
     state = await initial_state(settings, embedder)
+    outputs = list(output_topics(settings))
+    created: list[str] = []
     if settings.kafka.create_topics:
-        await ensure_topics(settings.kafka, output_topics(settings))
+        created = await ensure_topics(settings.kafka, output_topics(settings))
     shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
     baselines = SharedBaselines(
         state.baselines(settings, shared.replica),
@@ -196,16 +195,19 @@ async def _starting_point(settings: Settings, embedder: Embedder
         keep_text=settings.scoring.keep_exemplar_text)
     store = StateStore(settings) if settings.state.enabled else None
     if store is not None:
+        outputs.append(settings.state.topic)
         if settings.kafka.create_topics:
-            await store.ensure_topic()
+            created += await store.ensure_topic()
         records = await store.load()
         ignored = shared.restore(records)
         if ignored:
             log.warning("state of other bases or models ignored; starting from the base",
                         replicas=ignored)
         store.restore_shared(baselines)
+    await check_durability(settings.kafka, [t for t in outputs if t not in created])
     log.info("detector starting", version=__version__, origin=state.origin,
-             threshold=state.threshold, model=embedder.name, dimension=embedder.dimension,
+             threshold=state.threshold, threshold_source=state.source, model=embedder.name,
+             dimension=embedder.dimension,
              replica=shared.replica, centroid_version=shared.centroid.version,
              centroid_weight=shared.centroid.weight, input=settings.input.topic,
              group=settings.kafka.group_id, delivery=settings.delivery,
@@ -261,13 +263,20 @@ async def _started(stack: contextlib.AsyncExitStack, client: _Client) -> _Client
     return client
 
 
-async def _serve(stack: contextlib.AsyncExitStack, settings: Settings, pipeline: Pipeline,
+@dataclass(slots=True)
+class _Started:
+    """The pipeline once built: /readyz waits for it, /healthz does not."""
+
+    pipeline: Pipeline | None = None
+
+
+async def _serve(stack: contextlib.AsyncExitStack, settings: Settings, started: _Started,
                  metrics: Metrics) -> None:
     task = asyncio.current_task()
     server = HealthServer(
         settings.server.host, settings.server.port, metrics,
         live=lambda: _live(task),
-        ready=lambda: _ready(pipeline),
+        ready=lambda: _ready(started.pipeline),
     )
     await stack.enter_async_context(server)
     log.info("http server listening", port=server.port)
@@ -279,7 +288,9 @@ def _live(task: asyncio.Task[object] | None) -> tuple[bool, str]:
     return True, "ok"
 
 
-def _ready(pipeline: Pipeline) -> tuple[bool, str]:
+def _ready(pipeline: Pipeline | None) -> tuple[bool, str]:
+    if pipeline is None:
+        return False, "starting: connecting to Kafka, loading the centroid"
     if pipeline.fatal is not None:
         return False, f"embedder failed fatally: {pipeline.fatal.code or pipeline.fatal}"
     if not pipeline.joined:

@@ -39,11 +39,13 @@ from detector.samples import read_samples
 class EmbeddingCache:
     """Vectors by (model, dimension, sha256(text)) in one SQLite file."""
 
-    def __init__(self, path: Path, model: str, dimension: int) -> None:
+    def __init__(self, path: Path, model: str, dimension: int, text_prefix: str = "") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB)")
-        self.prefix = f"{model}|{dimension}|"
+        # a text prefix changes every vector: it is part of the key (none: the old keys)
+        tag = f"{hashlib.sha256(text_prefix.encode()).hexdigest()[:16]}|" if text_prefix else ""
+        self.prefix = f"{model}|{dimension}|{tag}"
         self.dimension = dimension
 
     def key(self, text: str) -> str:
@@ -139,6 +141,7 @@ def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs:
         model=embedder.name, dimension=embedder.dimension, method=args.select,
         target_fpr=args.target_fpr, target_precision=args.target_precision,
         bootstrap=args.bootstrap, seed=args.seed,
+        text_prefix=settings.embedding.text_prefix,
         score=lambda rows: fitted.scores(rows, scoring.method, scoring.k),
         scoring={"method": scoring.method, "k": scoring.k})
     extra: dict[str, Any] = {"exemplars": encode_exemplars(
@@ -188,8 +191,9 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
         raise CalibrationError(msg)
     owned = embedder is None
     embedder = embedder or build_embedder(settings)
+    text_prefix = settings.embedding.text_prefix
     cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", embedder.name,
-                           embedder.dimension)
+                           embedder.dimension, text_prefix)
     try:
         size = settings.embedding.batch_size
         normal_vecs, calls = await embed_all(normal, embedder, cache, size, "normal")
@@ -216,7 +220,9 @@ def summary_table(result: cal.Result, out: Path, calls: int) -> str:
     a = result.artifact
     m = a.metrics
     rows: list[tuple[str, Any]] = [
-        ("model", f"{a.model['name']} ({a.model['dimension']} dims)"),
+        ("model", f"{a.model['name']} ({a.model['dimension']} dims)"
+                  + (f", text prefix {a.model['text_prefix']!r}"
+                     if a.model.get("text_prefix") else "")),
         ("samples", f"train {a.counts['train']}, held-out {a.counts['holdout']}, "
                     f"anomalies {a.counts['anomalies']}"),
         ("method", f"{a.method} (target {a.target:.4g})"),

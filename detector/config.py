@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -50,6 +50,11 @@ class Section(BaseModel):
 class KafkaSettings(Section):
     """How to reach the brokers and behave in the consumer group."""
 
+    @property
+    def min_insync_replicas(self) -> int:
+        """min.insync.replicas of the topics the detector creates."""
+        return self.topic_min_insync_replicas or max(1, self.topic_replication_factor - 1)
+
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "detector"
     client_id: str = "detector"
@@ -67,7 +72,11 @@ class KafkaSettings(Section):
     transactional_id: str | None = None
     create_topics: bool = True
     topic_partitions: int = Field(default=1, ge=1)
+    # Topics the detector creates (outputs, state): replicas and min.insync.replicas.
+    # The defaults suit one local broker; the Helm chart sets 3 and 2.
     topic_replication_factor: int = Field(default=1, ge=1)
+    # None: one less than the replication factor (at least 1), so one broker may be down.
+    topic_min_insync_replicas: int | None = Field(default=None, ge=1)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -75,6 +84,14 @@ class KafkaSettings(Section):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _min_insync_fits(self) -> KafkaSettings:
+        if (self.topic_min_insync_replicas or 0) > self.topic_replication_factor:
+            msg = ("kafka.topic_min_insync_replicas cannot exceed "
+                   "kafka.topic_replication_factor: every acks=all write would fail")
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -124,6 +141,9 @@ class EmbeddingSettings(Section):
     price_per_million_tokens: float = Field(default=0.07, ge=0)
     text_type: Literal["document", "query"] = "document"
     instruct: str | None = None
+    # Prepended to every text before it is embedded, in the daemon, replay and calibrate
+    # alike (e5: "query: "; bge, nomic ... have their own); recorded in calibration artifacts.
+    text_prefix: str = Field(default="", max_length=1000)
     ca_bundle: Path | None = None
     verify_tls: bool = True
     # Local model only: BLAS threads; 0 means the CPUs this process may actually use.
@@ -156,7 +176,11 @@ class EmbeddingSettings(Section):
 class ScoringSettings(Section):
     """The centroid, the threshold, and when a comment may move the centroid."""
 
-    threshold: float = Field(default=0.2, ge=-1.0, le=1.0)
+    # auto: the calibration artifact's threshold, else the target_fpr quantile of the seed
+    # file's leave-one-out similarities (the scale belongs to the model); a number is used
+    # as it is, with a warning when it is outside the seed's similarity range.
+    threshold: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["auto"] = "auto"
+    target_fpr: float = Field(default=0.01, gt=0.0, lt=0.5)
     margin: float = Field(default=0.05, ge=0.0, le=2.0)
     decay: float = Field(default=1.0, gt=0.0, le=1.0)
     update: bool = True
@@ -191,6 +215,7 @@ class AlertSettings(Section):
     topic: str = "comment-alerts"
     dead_letter_topic: str = "comment-dead-letters"
     scores_topic: str | None = None  # every scored comment, for analytics and audits
+    drift_topic: str = "detector-drift"  # detector.drift/v1 events (see DriftSettings)
 
 
 class StateSettings(Section):
@@ -202,6 +227,42 @@ class StateSettings(Section):
     snapshot_interval_s: float = Field(default=10.0, gt=0)
     # Stable name of this replica; default kafka.group_instance_id, else the host name.
     replica_id: str | None = None
+
+
+class DriftSettings(Section):
+    """Windowed drift tests (detector.drift); not yet run by `detector run`."""
+
+    enabled: bool = False
+    # A window closes after this many records or this many seconds, whichever comes first;
+    # either may be None (not both).
+    window_records: int | None = Field(default=1_000, ge=1)
+    window_s: float | None = Field(default=3_600.0, gt=0)
+    # Probability of at least one false drift event per stream (the global stream or one
+    # key) over `budget_windows` windows; spent evenly over windows and the two tests.
+    false_alarm_budget: float = Field(default=0.01, gt=0, lt=1)
+    budget_windows: int = Field(default=1_000, ge=1)
+    max_keys: int = Field(default=100, ge=0)  # per-key streams held (least recent evicted)
+    sample_size: int = Field(default=200, ge=2)  # low-scoring embeddings kept per window
+
+    @model_validator(mode="after")
+    def _some_window(self) -> DriftSettings:
+        if self.window_records is None and self.window_s is None:
+            msg = "drift.window_records and drift.window_s cannot both be null"
+            raise ValueError(msg)
+        return self
+
+
+class FeedbackSettings(Section):
+    """Operator labels (detector.feedback); not yet read by `detector run`."""
+
+    enabled: bool = False
+    topic: str = "detector-feedback"
+    # A `normal` label adds its comment to the centroid with this weight (an accepted
+    # comment weighs 1).
+    weight: float = Field(default=10.0, gt=0)
+    # recent alert embeddings kept (and normal teachings an anomaly label can undo)
+    alert_cache_size: int = Field(default=10_000, ge=1)
+    max_labels: int = Field(default=100_000, ge=1)  # labelled comments remembered
 
 
 class ServerSettings(Section):
@@ -238,6 +299,8 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     alerts: AlertSettings = AlertSettings()
     state: StateSettings = StateSettings()
+    drift: DriftSettings = DriftSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
 

@@ -1,4 +1,5 @@
-"""Kafka client construction: security settings, clients, and topic creation."""
+"""Kafka client construction: security settings, clients, topic creation and the
+durability check of topics the detector writes to but did not create."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     AuthenticationFailedError,
     KafkaError,
@@ -109,6 +111,22 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
     return AIOKafkaProducer(**kwargs)
 
 
+def new_topics(settings: KafkaSettings, topics: dict[str, dict[str, str]],
+               partitions: int | None = None) -> list[NewTopic]:
+    """Topic specs with the configured replication factor and min.insync.replicas (the
+    producer's acks=all then survives one broker down without losing an acked write)."""
+    return [
+        NewTopic(
+            name,
+            num_partitions=partitions or settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
+            topic_configs={"min.insync.replicas": str(settings.min_insync_replicas),
+                           **configs},
+        )
+        for name, configs in topics.items()
+    ]
+
+
 async def ensure_topics(
     settings: KafkaSettings, topics: dict[str, dict[str, str]], partitions: int | None = None
 ) -> list[str]:
@@ -117,24 +135,57 @@ async def ensure_topics(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(
-                name,
-                num_partitions=partitions or settings.topic_partitions,
-                replication_factor=settings.topic_replication_factor,
-                topic_configs=configs,
-            )
-            for name, configs in topics.items()
-            if name not in existing
-        ]
+        missing = new_topics(
+            settings, {n: c for n, c in topics.items() if n not in existing}, partitions)
         if missing:
             # Another replica may create one between our list and create: that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            log.info("topics created", topics=[t.name for t in missing])
+            log.info("topics created", topics=[t.name for t in missing],
+                     replication_factor=settings.topic_replication_factor,
+                     min_insync_replicas=settings.min_insync_replicas)
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+async def check_durability(settings: KafkaSettings, topics: list[str]) -> dict[str, str]:
+    """Warn about each existing topic that one broker's loss can destroy or that accepts
+    acks=all writes on one replica; return {topic: problem} for those."""
+    if not topics:
+        return {}
+    admin = AIOKafkaAdminClient(**connection_kwargs(settings), client_id=settings.client_id)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in topics])
+    except KafkaError as exc:  # e.g. no DescribeConfigs permission: a check, not a gate
+        log.warning("cannot check the output topics' durability", error=repr(exc))
+        return {}
+    finally:
+        await admin.close()
+    min_insync = {
+        resource[3]: int(entry[1])
+        for response in responses for resource in response.resources if resource[0] == 0
+        for entry in resource[4] if entry[0] == "min.insync.replicas"
+    }
+    problems: dict[str, str] = {}
+    for topic in described:
+        if not topic["partitions"]:  # unknown topic (or its metadata is not there yet)
+            continue
+        name = topic["topic"]
+        replicas = min(len(p["replicas"]) for p in topic["partitions"])
+        if replicas == 1:
+            problems[name] = ("replication factor 1: losing one broker's disk loses it; "
+                              "recreate it (or reassign partitions) with 3 replicas")
+        elif min_insync.get(name, 1) < 2:
+            problems[name] = (f"{replicas} replicas but min.insync.replicas "
+                              f"{min_insync.get(name, 1)}: an acknowledged write may exist on "
+                              "one broker only; set min.insync.replicas to 2")
+    for name, problem in problems.items():
+        log.warning("output topic is not durable", topic=name, problem=problem)
+    return problems
 
 
 async def topic_partitions(settings: KafkaSettings, topic: str) -> list[int]:
@@ -154,7 +205,8 @@ async def wait_for_kafka(settings: KafkaSettings, deadline_s: float) -> None:
     """Reach the cluster (and authenticate) before anything else, with bounded back-off.
 
     Each failure is logged once with its cause (wrong credentials, unreachable broker,
-    TLS problem); attempts back off 1, 2, 4 ... 30 s; after `deadline_s` a clear
+    TLS problem); attempts back off 1, 2, 4 ... 30 s, the last one at the deadline;
+    after `deadline_s` a clear
     `KafkaUnavailableError` ends the start (Kubernetes then restarts the pod with its own
     back-off) instead of a hot loop.
     """
@@ -175,7 +227,9 @@ async def wait_for_kafka(settings: KafkaSettings, deadline_s: float) -> None:
         except (KafkaError, OSError, ssl.SSLError) as exc:
             reason = _describe_failure(
                 exc, cause.message, tls=settings.security_protocol in ("SSL", "SASL_SSL"))
-            if loop.time() + delay > deadline:
+            # the last attempt is made at the deadline, not one back-off step before it
+            delay = min(delay, deadline - loop.time())
+            if delay <= 0:
                 msg = (f"cannot use Kafka at {settings.bootstrap_servers} "
                        f"({settings.security_protocol}) after {attempt} attempts: {reason}")
                 raise KafkaUnavailableError(msg) from None

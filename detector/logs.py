@@ -1,5 +1,10 @@
 """structlog configuration: a console renderer on a terminal, JSON lines otherwise.
 
+The standard library's records (aiokafka logs through it) go through structlog's
+`ProcessorFormatter` with the same processors and renderer, so in JSON mode every line
+on stderr is one JSON object with the same fields: ``event``, ``level``, ``logger``,
+``timestamp`` (plus the event's own keys).
+
 Both structlog and the standard library (aiokafka logs through it) write to whatever
 `sys.stderr` is at the moment of writing, not the object it was at configuration time:
 a replaced or closed stream (a test harness's capture, a redirected daemon) must never
@@ -22,6 +27,9 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 class StderrLogger:
     """A structlog logger that prints each rendered line to the current sys.stderr."""
 
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
     def msg(self, message: str) -> None:
         # stderr closed or gone: drop the line, never the pipeline
         with contextlib.suppress(ValueError, OSError):
@@ -30,8 +38,8 @@ class StderrLogger:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-def _stderr_logger(*_args: Any) -> StderrLogger:
-    return StderrLogger()
+def _stderr_logger(*args: Any) -> StderrLogger:
+    return StderrLogger(str(args[0]) if args else "")
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -49,27 +57,36 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
-    """Configure structlog once, at the edge (the CLI)."""
+    """Configure structlog and the standard library's root handler once, at the edge."""
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer()
         if console
         else structlog.processors.JSONRenderer()
     )
-    processors: list[structlog.typing.Processor] = [
+    common: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if not console:
-        processors.append(structlog.processors.dict_tracebacks)
-    processors.append(renderer)
+    final: list[structlog.typing.Processor] = (
+        [] if console else [structlog.processors.dict_tracebacks])
+    final.append(renderer)
     structlog.configure(
-        processors=processors,
+        processors=[*common, *final],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
+    handler = StderrHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=common,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
     # aiokafka logs through the standard library; keep its noise at warning level.
-    logging.basicConfig(level=logging.WARNING, handlers=[StderrHandler()],
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    root.setLevel(logging.WARNING)

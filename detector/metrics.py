@@ -1,12 +1,13 @@
 """Prometheus metrics of one detector instance, on a registry of its own.
 
 A registry per instance (not the global default) lets tests run several detectors in
-one process and read each one's figures.
+one process and read each one's figures. Process figures (CPU seconds, resident memory,
+open file descriptors) are collected into the same registry.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SIMILARITY_BUCKETS = tuple(round(-0.2 + 0.05 * i, 2) for i in range(25))  # -0.2 .. 1.0
@@ -18,6 +19,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        # (from /proc; empty where there is none)
+        ProcessCollector(registry=r)
         self.consumed = Counter(
             "detector_records_consumed", "Records read from the input topic", registry=r
         )
@@ -88,9 +92,22 @@ class Metrics:
         self.exemplars = Gauge("detector_exemplars",
                                "Exemplars held in all reservoirs (global and per key)",
                                registry=r)
+        self.threshold_calibrated = Gauge(
+            "detector_threshold_calibrated",
+            "1 when the threshold was derived for this model (calibration artifact or seed "
+            "file), 0 when it is a configured fixed number", registry=r)
+        self.threshold_source = Gauge(
+            "detector_threshold_source", "1 for where the threshold in force came from",
+            ["source"], registry=r)
         self.ready = Gauge("detector_ready",
                            "1 once the consumer joined its group and the embedder is ok",
                            registry=r)
         self.assigned = Gauge("detector_assigned_partitions",
                               "Input partitions assigned to this replica (0: standby)",
                               registry=r)
+
+    def set_threshold_source(self, source: str) -> None:
+        """Export where the threshold came from: calibration, seed or fixed."""
+        for name in ("calibration", "seed", "fixed"):
+            self.threshold_source.labels(source=name).set(1 if name == source else 0)
+        self.threshold_calibrated.set(0 if source == "fixed" else 1)

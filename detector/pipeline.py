@@ -74,12 +74,16 @@ class Pipeline:
         bounds: dict[TopicPartition, int] | None = None,
         start_offsets: dict[TopicPartition, int] | None = None,
         on_revoked: Callable[[], Awaitable[None]] | None = None,
+        quiet_alerts: bool = False,
     ) -> None:
         """`bounds` (exclusive end offsets) turn the pipeline into a bounded replay that
         starts at `start_offsets` and stops by itself once every partition reached its
         bound. `retry` defaults to the policy of `settings.embedding`. `on_revoked` is
-        awaited after revoked partitions were finished and committed (e.g. publish state)."""
+        awaited after revoked partitions were finished and committed (e.g. publish state).
+        `quiet_alerts` logs each alert at debug instead of info (a dry-run replay prints
+        only its summary)."""
         self.settings = settings
+        self._quiet_alerts = quiet_alerts
         self.consumer = consumer
         self.scorer = scorer
         self.outbox = outbox
@@ -262,7 +266,7 @@ class Pipeline:
                                      self.settings.scoring.key_field)
                 if isinstance(decoded, rec.DeadLetter):
                     verdict = self.scorer.refuse(decoded)
-                    scoring.record(self.metrics, verdict)
+                    scoring.record(self.metrics, verdict, quiet=self._quiet_alerts)
                     bad.append((decoded.source, generation, verdict.messages))
                     continue
                 if not self._pending:
@@ -351,7 +355,7 @@ class Pipeline:
                                       in zip(batch.items, outcomes, strict=True)])
         work: list[Work] = []
         for (comment, generation), verdict in zip(batch.items, verdicts, strict=True):
-            scoring.record(self.metrics, verdict)
+            scoring.record(self.metrics, verdict, quiet=self._quiet_alerts)
             work.append((comment.source, generation, verdict.messages))
         self.metrics.scored.inc(sum(v.similarity is not None for v in verdicts))
         log.debug("batch scored", seq=batch.seq, size=len(batch.items),

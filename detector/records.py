@@ -8,6 +8,7 @@ documented in the README; change them only with a new version.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,11 +17,11 @@ from typing import Any, Protocol
 import orjson
 
 from detector.config import InputSettings
+from detector.jsondoc import JsonRefusedError, parse
 
 ALERT_SCHEMA = "detector.alert/v1"
 SCORE_SCHEMA = "detector.score/v1"
 DEAD_LETTER_SCHEMA = "detector.dead-letter/v1"
-MAX_NESTING = 64  # JSON deeper than this is refused before it costs recursion
 # A dead letter carries at most this much of the original value (base64 grows it by a
 # third and the broker refuses messages over ~1 MB); the source offset finds the rest.
 MAX_DEAD_LETTER_VALUE = 64 * 1024
@@ -82,7 +83,7 @@ class DeadLetter:
     """A record that cannot be scored, and why."""
 
     source: Source
-    reason: str  # invalid_utf8 | invalid_json | missing_text | empty_text | too_long | ...
+    reason: str  # invalid_json | duplicate_field | missing_text | empty_text | too_long ...
     error: str
     value: bytes | None
 
@@ -139,21 +140,22 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
     if settings.format == "raw":
         text: object = decoded
     else:
-        parsed = _parse_json(decoded)
-        if isinstance(parsed, str):
-            return DeadLetter(source, "invalid_json", parsed, raw)
+        try:
+            parsed = parse(decoded, _watched(settings.text_field, settings.id_field))
+        except JsonRefusedError as exc:
+            return DeadLetter(source, exc.reason, exc.message, raw)
         if not isinstance(parsed, dict):
             return DeadLetter(
-                source, "invalid_json", f"value is JSON {type(parsed).__name__}, not an object",
+                source, "invalid_json", f"value is JSON {_json_type(parsed)}, not an object",
                 raw,
             )
-        text = lookup(parsed, settings.text_field)
-        if text is None:
+        text = lookup(parsed, settings.text_field, MISSING)
+        if text is MISSING:
             return DeadLetter(source, "missing_text", f"no field {settings.text_field!r}", raw)
         if not isinstance(text, str):
             return DeadLetter(
                 source, "missing_text",
-                f"field {settings.text_field!r} is {type(text).__name__}, not a string", raw,
+                f"field {settings.text_field!r} is {_json_type(text)}, not a string", raw,
             )
         raw_id = lookup(parsed, settings.id_field)
         if isinstance(raw_id, str | int) and not isinstance(raw_id, bool):
@@ -181,36 +183,29 @@ def _has_visible(text: str) -> bool:
                for ch in text)
 
 
-def _parse_json(text: str) -> object:
-    """Parsed JSON, or an error message string when it is not acceptable JSON."""
-    if _nesting_depth(text) > MAX_NESTING:
-        return f"JSON nested deeper than {MAX_NESTING} levels"
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        return f"value is not JSON: {exc}"
+@functools.lru_cache(maxsize=8)
+def _watched(text_field: str, id_field: str) -> frozenset[str]:
+    """Keys that must not repeat: every part of the text and id paths."""
+    return frozenset(text_field.split(".")) | frozenset(id_field.split("."))
 
 
-def _nesting_depth(text: str) -> int:
-    """Upper bound of bracket nesting (brackets inside strings count too: conservative)."""
-    depth = deepest = 0
-    for ch in text:
-        if ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_NESTING:
-                return deepest
-        elif ch in "]}":
-            depth -= 1
-    return deepest
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type."""
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
 
 
-def lookup(obj: object, dotted: str) -> object:
-    """The value at a dotted path (\"payload.body\") of nested objects, or None."""
+MISSING = object()  # `lookup`'s answer for a path that is absent (not null)
+
+
+def lookup(obj: object, dotted: str, default: object = None) -> object:
+    """The value at a dotted path (\"payload.body\") of nested objects, or `default`."""
     current: object = obj
     for part in dotted.split("."):
         if not isinstance(current, dict) or part not in current:
-            return None
+            return default
         current = current[part]
     return current
 

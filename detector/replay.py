@@ -211,7 +211,8 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
                 await _replay_partition(
                     replay_settings, plan, partition, sink=sink, committer=committer,
                     embedder=embedder, centroid=centroid, threshold=base.threshold,
-                    metrics=metrics, context=context, stop=stop, baselines=baselines)
+                    metrics=metrics, context=context, stop=stop, quiet=opts.dry_run,
+                    baselines=baselines)
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
@@ -228,7 +229,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
 async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, sink: Sink,
                             committer: ProgressCommitter, embedder: Embedder, centroid: Centroid,
                             threshold: float, metrics: Metrics, context: rec.Context,
-                            stop: asyncio.Event, baselines: Baselines) -> None:
+                            stop: asyncio.Event, quiet: bool, baselines: Baselines) -> None:
     tp = TopicPartition(plan.topic, partition)
     consumer = reader_consumer(settings.kafka, isolation_level="read_committed",
                                max_poll_records=settings.kafka.max_poll_records)
@@ -243,7 +244,8 @@ async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, s
                                                         baselines=baselines),
                             outbox=outbox, metrics=metrics,
                             bounds={tp: plan.ranges[partition][1]},
-                            start_offsets={tp: plan.position(partition)})
+                            start_offsets={tp: plan.position(partition)},
+                            quiet_alerts=quiet)
         await pipeline.run(stop)
     finally:
         await consumer.stop()

@@ -65,12 +65,9 @@ def _plots(result: cal.Result, directory: Path) -> list[Path]:
     fig.savefig(out[-1], dpi=100)
     plt.close(fig)
     if len(result.anomaly_sims):
-        sims = np.concatenate([result.holdout_sims, result.anomaly_sims])
-        cuts = np.unique(sims)
-        tpr = [float(np.mean(result.anomaly_sims < c)) for c in cuts] + [1.0]
-        fpr = [float(np.mean(result.holdout_sims < c)) for c in cuts] + [1.0]
+        fpr, tpr = cal.roc_points(result.holdout_sims, result.anomaly_sims)
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot([0.0, *fpr], [0.0, *tpr],
+        ax.plot(fpr, tpr,
                 label=f"AUC {result.artifact.metrics['roc_auc']:.3f}")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
         ax.set_xlabel("false-positive rate")

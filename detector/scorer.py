@@ -168,8 +168,9 @@ class Scorer:
                        judged.anomaly, judged.accepted, judged=judged)
 
 
-def record(metrics: Metrics, verdict: Verdict) -> None:
-    """Count and log one verdict: similarity, alert line, dead letter by reason."""
+def record(metrics: Metrics, verdict: Verdict, *, quiet: bool = False) -> None:
+    """Count and log one verdict: similarity, alert line (at debug when `quiet`), dead
+    letter by reason."""
     letter = verdict.dead_letter
     if letter is not None:
         metrics.dead_letters.labels(reason=letter.reason.split(":")[0]).inc()
@@ -181,8 +182,9 @@ def record(metrics: Metrics, verdict: Verdict) -> None:
     metrics.similarity.observe(verdict.similarity)
     if verdict.alert:
         judged = verdict.judged
-        log.info("alert", id=verdict.comment_id, similarity=round(verdict.similarity, 4),
-                 threshold=verdict.threshold, partition=verdict.source.partition,
-                 offset=verdict.source.offset,
-                 baseline=None if judged is None else judged.judged_by,
-                 key=None if judged is None or judged.judged_by == "global" else judged.key)
+        emit = log.debug if quiet else log.info
+        emit("alert", id=verdict.comment_id, similarity=round(verdict.similarity, 4),
+             threshold=verdict.threshold, partition=verdict.source.partition,
+             offset=verdict.source.offset,
+             baseline=None if judged is None else judged.judged_by,
+             key=None if judged is None or judged.judged_by == "global" else judged.key)

@@ -176,8 +176,9 @@ class StateStore:
         # per-key and exemplar records read by `load`, newest per record key
         self.shared: dict[bytes, KeyRecord | ExemplarChunk] = {}
 
-    async def ensure_topic(self) -> None:
-        await ensure_topics(self.settings.kafka, {self.topic: COMPACTED}, partitions=1)
+    async def ensure_topic(self) -> list[str]:
+        """Create the compacted state topic when missing; return it if it was created."""
+        return await ensure_topics(self.settings.kafka, {self.topic: COMPACTED}, partitions=1)
 
     def _consumer(self) -> AIOKafkaConsumer:
         return reader_consumer(self.settings.kafka)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+import structlog
 
 from detector.embedders.local import LocalEmbedder
 
@@ -17,3 +19,26 @@ async def local_embedder() -> AsyncIterator[LocalEmbedder]:
     embedder = LocalEmbedder()
     yield embedder
     await embedder.aclose()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _uncached_loggers() -> Iterator[None]:
+    """In-process CLI runs configure structlog with loggers cached on first use; a logger
+    cached in one test would bypass `capture_logs()` in every later test."""
+    original = structlog.configure
+
+    def configure(**settings: Any) -> None:
+        original(**{**settings, "cache_logger_on_first_use": False})
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(structlog, "configure", configure)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts from structlog's defaults (a level filter set by one test's
+    `configure_logging` must not hide another test's debug lines)."""
+    yield
+    structlog.reset_defaults()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,69 @@ class TestStatistics:
         assert 0.2 < threshold <= 0.5
         with pytest.raises(CalibrationError, match="no threshold"):
             cal.at_precision([0.01], [0.5], 0.99)
+
+
+class TestAtScale:
+    """The statistics stay exact and run in O(n) memory and O(n log n) time."""
+
+    def test_bootstrap_matches_explicit_resampling(self) -> None:
+        """the order-statistic bootstrap gives the interval that resampling n values
+        with replacement gives (same distribution, independent draws)."""
+        rng = np.random.default_rng(3)
+        sims = rng.normal(0.5, 0.1, 2_000)
+        k = int(0.02 * len(sims))
+        resampled = np.sort(rng.choice(sims, size=(4_000, len(sims))), axis=1)[:, k]
+        explicit = np.quantile(resampled, [0.025, 0.975])
+        lo, hi = cal.bootstrap_ci(sims, 0.02, 4_000, seed=0)
+        width = explicit[1] - explicit[0]
+        assert abs(lo - explicit[0]) < 0.1 * width
+        assert abs(hi - explicit[1]) < 0.1 * width
+
+    def test_roc_auc_equals_the_pairwise_definition_with_ties(self) -> None:
+        """binary-search AUC = share of (anomaly, normal) pairs with the anomaly lower,
+        ties counting half, on data with many ties."""
+        rng = np.random.default_rng(4)
+        normal = np.round(rng.normal(0.6, 0.1, 700), 2)
+        anomaly = np.round(rng.normal(0.45, 0.1, 300), 2)
+        pairs = anomaly[:, None] - normal[None, :]
+        expected = float(np.mean(pairs < 0) + 0.5 * np.mean(pairs == 0))
+        assert cal.roc_auc(normal, anomaly) == pytest.approx(expected, abs=1e-12)
+
+    def test_roc_points_equal_the_per_cut_rates(self) -> None:
+        """every (FPR, TPR) point is the share of normals and anomalies alerted at one
+        distinct cut, from (0, 0) to (1, 1), thinned only above max_points."""
+        rng = np.random.default_rng(5)
+        normal = np.round(rng.normal(0.6, 0.1, 400), 3)
+        anomaly = np.round(rng.normal(0.4, 0.1, 100), 3)
+        fpr, tpr = cal.roc_points(normal, anomaly)
+        cuts = np.unique(np.concatenate([normal, anomaly]))
+        assert fpr.tolist() == [0.0, *[float(np.mean(normal <= c)) for c in cuts]]
+        assert tpr.tolist() == pytest.approx([0.0, *[float(np.mean(anomaly <= c))
+                                                     for c in cuts]])
+        thin_fpr, thin_tpr = cal.roc_points(normal, anomaly, max_points=50)
+        assert len(thin_fpr) <= 50
+        assert (thin_fpr[0], thin_tpr[0], thin_fpr[-1], thin_tpr[-1]) == (0, 0, 1, 1)
+
+    def test_half_a_million_scores_in_bounded_memory(self) -> None:
+        """threshold, 1,000-round bootstrap, ROC/PR AUC, best F1 and the ROC curve at
+        500,000 held-out normals allocate a few copies of the scores, not rounds x n."""
+        rng = np.random.default_rng(6)
+        normal = rng.normal(0.6, 0.1, 500_000)
+        anomaly = rng.normal(0.3, 0.1, 5_000)
+        tracemalloc.start()
+        try:
+            threshold = cal.threshold_at_fpr(normal, 0.01)
+            lo, hi = cal.bootstrap_ci(normal, 0.01, 1_000, seed=0)
+            auc = cal.roc_auc(normal, anomaly)
+            cal.pr_auc(normal, anomaly)
+            cal.best_f1(normal, anomaly)
+            cal.roc_points(normal, anomaly)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert lo <= threshold <= hi
+        assert auc > 0.95
+        assert peak < 20 * normal.nbytes  # 80 MB; resampling would need 4 GB
 
 
 class TestCalibrate:

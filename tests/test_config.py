@@ -8,6 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+import yaml
 
 from detector import config
 from detector.config import Settings, load_settings
@@ -106,3 +107,34 @@ class TestNoSharedState:
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(load, range(200)))
         assert results == [(f"detector-{i % 4}", f"group-{i % 4}") for i in range(200)]
+
+
+class TestShippedConfiguration:
+    def test_static_membership_is_documented_where_it_is_set(self) -> None:
+        """config/detector.yaml names kafka.group_instance_id (null: each replica sets its
+        own) and says what a restart without it costs; the README's operations say so too."""
+        text = Path("config/detector.yaml").read_text()
+        kafka = yaml.safe_load(text)["kafka"]
+        assert "group_instance_id" in kafka
+        assert kafka["group_instance_id"] is None
+        assert "session_timeout_ms" in kafka
+        assert "static membership" in text.lower()
+        operations = Path("README.md").read_text().split("## Operations", 1)[1]
+        assert "DETECTOR_KAFKA__GROUP_INSTANCE_ID" in operations
+        assert "session" in operations.split("### Probes and shutdown", 1)[1]
+
+
+class TestOperatingSections:
+    def test_drift_and_feedback_are_off_by_default(self) -> None:
+        """the drift and feedback sections exist and start disabled."""
+        settings = load_settings(None)
+        assert not settings.drift.enabled
+        assert not settings.feedback.enabled
+        assert settings.feedback.weight > 0
+
+    def test_drift_needs_some_window(self) -> None:
+        """a drift window needs a record count, a duration, or both."""
+        with pytest.raises(ConfigError, match=r"window_records and drift\.window_s"):
+            load_settings(None, drift={"window_records": None, "window_s": None})
+        only_time = load_settings(None, drift={"window_records": None, "window_s": 60})
+        assert only_time.drift.window_s == 60

@@ -116,26 +116,36 @@ class TestDockerfile:
         assert re.search(r"\bPYTHONDONTWRITEBYTECODE=1\b", env)
         assert PYPROJECT["project"]["scripts"]["detector"] == "detector.cli:main"
 
-    def test_build_stage_wheels_the_project_without_extras(self) -> None:
-        """`pip wheel` of the project directory (not `.[extra]`), after copying everything
-        the wheel build reads: pyproject.toml, the readme and the package."""
+    def test_build_stage_wheels_the_project_with_only_the_report_extra(self) -> None:
+        """`pip wheel` of the project directory with its `report` extra (the calibration
+        report's plots; the chart's calibration Job runs this image), after copying
+        everything the wheel build reads: pyproject.toml, the readme and the package."""
         [wheel] = [a for a in BUILD.args("RUN") if "pip wheel" in a]
-        assert re.search(r"--wheel-dir /wheels \.$", wheel), wheel
+        assert re.search(r"--wheel-dir /wheels \"?\.\[report\]\"?$", wheel), wheel
         copied = " ".join(BUILD.args("COPY")).split()
         project = PYPROJECT["project"]
         assert "pyproject.toml" in copied
         assert project["readme"] in copied
+        assert "LICENSE" in copied  # the wheel's license file (pyproject: Apache-2.0)
         for package in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
             assert package.rstrip("*") in copied
 
+    def test_report_extra_holds_matplotlib_and_dev_includes_it(self) -> None:
+        """the report extra is matplotlib; the dev extra pulls the report extra in."""
+        extras = PYPROJECT["project"]["optional-dependencies"]
+        assert [re.split(r"[=<>!~; ]", d)[0] for d in extras["report"]] == ["matplotlib"]
+        assert f"{PYPROJECT['project']['name']}[report]" in extras["dev"]
+
     def test_runtime_installs_only_the_project_wheel_offline(self) -> None:
-        """the runtime installs the project by name from the built wheels with --no-index,
-        so its dependencies are exactly pyproject's (local model wheel included)."""
+        """the runtime installs the project by name, with the report extra, from the built
+        wheels with --no-index, so its dependencies are exactly pyproject's runtime ones plus
+        the report extra (local model wheel included)."""
         [install] = [a for a in RUNTIME.args("RUN") if "pip install" in a]
         project = PYPROJECT["project"]
         assert "--no-index" in install
         assert re.search(r"--find-links[= ]/wheels\b", install)
-        assert install.split()[-1] == project["name"]  # no extras, no other packages
+        # only the report extra, no other packages
+        assert install.split()[-1].strip('"') == f"{project['name']}[report]"
         # The wheels are bind-mounted from the build stage, never copied into a layer.
         assert "--mount=type=bind,from=build" in install
         assert not any("/wheels" in a for a in RUNTIME.args("COPY"))
@@ -169,6 +179,6 @@ class TestDockerignore:
 
     def test_what_the_build_reads_is_kept(self) -> None:
         """the files the Dockerfile copies are not ignored."""
-        for entry in ("pyproject.toml", "README.md", "detector/cli.py",
-                      "config/normal_comments.jsonl"):
+        for entry in ("pyproject.toml", "README.md", "LICENSE", "detector/cli.py",
+                      "detector/py.typed", "config/normal_comments.jsonl"):
             assert not self.ignored(entry), entry

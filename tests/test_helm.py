@@ -17,19 +17,25 @@ import kubernetes_validate
 import orjson
 import pytest
 import yaml
+from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
 from detector import calibrate, replay
 from detector.cli import build_parser
-from detector.config import load_settings
+from detector.config import Settings, load_settings
 from detector.metrics import Metrics
+from detector.state import COMPACTED
 
 CHART = Path("helm/detector")
 ALL_ENABLED = CHART / "ci/all-enabled-values.yaml"
 KUBE_VERSION = "1.33.0"
-# Custom resources: kubernetes-validate bundles only the built-in API schemas.
+# Custom resources: kubernetes-validate bundles only the built-in API schemas. The
+# Prometheus Operator's are checked against models generated from its CRDs
+# (cloudcoil-models-prometheus-operator), Strimzi's KafkaTopic field by field.
 CRDS = {
-    "ServiceMonitor": "monitoring.coreos.com/v1 CRD (Prometheus operator): no bundled schema",
+    "ServiceMonitor": "monitoring.coreos.com/v1 CRD: TestPrometheusOperator",
+    "PrometheusRule": "monitoring.coreos.com/v1 CRD: TestPrometheusOperator",
     "ScaledObject": "keda.sh/v1alpha1 CRD (KEDA): no bundled schema",
+    "KafkaTopic": "kafka.strimzi.io/v1beta2 CRD (Strimzi): TestStrimziTopics, field by field",
 }
 LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
           "app.kubernetes.io/component", "app.kubernetes.io/managed-by", "helm.sh/chart"}
@@ -40,6 +46,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
             "--set", "job.enabled=true"),
 }
 Doc = dict[str, Any]
+ALERTS = ("DetectorConsumerLagGrowing", "DetectorNoPartitionsAssigned",
+          "DetectorEmbeddingErrors", "DetectorDeadLetterRate", "DetectorEmbedderFatal",
+          "DetectorPublishRetries", "DetectorAlertRateHigh")
 POD_TMP = "/tmp"  # noqa: S108 - the mount path inside the pod, not a file used here
 
 
@@ -126,10 +135,12 @@ class TestObjects:
                 assert set(template["metadata"]["labels"]) >= LABELS, doc["kind"]
 
     def test_all_enabled_renders_every_optional_object(self) -> None:
-        """ServiceMonitor, ScaledObject, dashboard, Job and PDB appear when enabled."""
+        """ServiceMonitor, ScaledObject, dashboard, Job, PDB, PrometheusRule,
+        NetworkPolicy and KafkaTopics appear when enabled."""
         kinds = sorted(d["kind"] for d in render(*VARIANTS["all-enabled"]))
         for kind in ("ServiceMonitor", "ScaledObject", "Job", "PodDisruptionBudget",
-                     "ServiceAccount", "StatefulSet", "Service"):
+                     "ServiceAccount", "StatefulSet", "Service", "PrometheusRule",
+                     "NetworkPolicy", "KafkaTopic"):
             assert kind in kinds
         assert kinds.count("ConfigMap") == 2
         assert "HorizontalPodAutoscaler" not in kinds
@@ -280,6 +291,9 @@ class TestRenderedConfig:
         path.write_text(rendered_config(docs))
         stand_in = {"metadata.name": "rel-detector-0"}
         for var in pod_spec(docs)["containers"][0]["env"]:
+            if "value" in var:  # extraEnv
+                monkeypatch.setenv(var["name"], var["value"])
+                continue
             source = var["valueFrom"]
             value = (stand_in[source["fieldRef"]["fieldPath"]] if "fieldRef" in source
                      else f"secret-{source['secretKeyRef']['key']}")
@@ -342,7 +356,8 @@ class TestDashboard:
 
     def test_uses_only_exported_metrics(self) -> None:
         """every detector_* series in the dashboard exists in detector.metrics."""
-        used = {m for e in self.exprs() for m in re.findall(r"detector_[a-z_]+", e)}
+        used = {m for e in self.exprs()
+                for m in re.findall(r"(?:detector|process)_[a-z_]+", e)}
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
                     "gauge": [""]}
         exported = {family.name + suffix for family in Metrics().registry.collect()
@@ -364,8 +379,248 @@ class TestDashboard:
         assert "detector_similarity_bucket" in heatmap["targets"][0]["expr"]
         assert heatmap["targets"][0]["format"] == "heatmap"
 
+    def test_scoped_by_namespace_and_pod_with_rate_interval(self) -> None:
+        """namespace and pod variables exist and every selector uses them; rates use
+        $__rate_interval; process metrics, cost and readiness have panels."""
+        names = {v["name"] for v in self.DASHBOARD["templating"]["list"]}
+        assert {"datasource", "namespace", "pod"} <= names
+        for expr in self.exprs():
+            for selector in re.findall(r"(?:detector|process)_[a-z_]+(\{[^}]*\})?", expr):
+                assert 'namespace="$namespace"' in selector, expr
+                assert 'pod=~"$pod"' in selector, expr
+            for window in re.findall(r"\[([^\]]+)\]", expr):
+                assert window == "$__rate_interval", expr
+        text = "\n".join(self.exprs())
+        for needle in ("detector_embedding_cost_usd_total", "detector_ready",
+                       "detector_assigned_partitions", "process_cpu_seconds_total",
+                       "process_resident_memory_bytes", "process_open_fds"):
+            assert needle in text, needle
+        ids = [p["id"] for p in self.DASHBOARD["panels"]]
+        assert len(ids) == len(set(ids))
+
     def test_configmap_carries_the_dashboard_for_the_grafana_sidecar(self) -> None:
         """the ConfigMap has the sidecar label and the JSON file unchanged."""
         cm = one(render(*VARIANTS["all-enabled"]), "ConfigMap", "rel-detector-dashboard")
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert orjson.loads(cm["data"]["detector.json"]) == self.DASHBOARD
+
+
+def loaded_config(docs: tuple[Doc, ...], tmp_path: Path) -> Settings:
+    """The rendered detector.yaml loaded by the daemon's code (a stand-in SASL password,
+    which the pod gets from a Secret)."""
+    path = tmp_path / "detector.yaml"
+    path.write_text(rendered_config(docs))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DETECTOR_KAFKA__SASL_PASSWORD", "stand-in")
+        return load_settings(path)
+
+
+class TestSchemaFromSettings:
+    def test_config_typos_and_wrong_types_fail_at_install(self) -> None:
+        """the config part of values.schema.json is the settings model's: an unknown key
+        in any section, a wrong type or an out-of-range number is refused by helm."""
+        for bad, needle in (("config.kafka.bootstrap_server=x", "bootstrap_server"),
+                            ("config.scoring.treshold=0.3", "treshold"),
+                            ("config.kafka.session_timeout_ms=abc", "session_timeout_ms"),
+                            ("config.kafka.session_timeout_ms=1000", "session_timeout_ms"),
+                            ("config.log.format=xml", "format"),
+                            ("replicaCont=3", "replicaCont")):
+            result = run_helm("template", "rel", str(CHART), "--set", bad)
+            assert result.returncode != 0, bad
+            assert needle in result.stderr, (bad, result.stderr)
+        # numbers given with --set arrive as strings; the daemon accepts them, so does helm
+        assert rendered_config(render("--set", "config.scoring.threshold=0.3"))
+
+
+class TestDurableTopics:
+    def test_defaults_replicate_the_topics_the_daemon_creates(self, tmp_path: Path) -> None:
+        """the chart's defaults: 3 replicas and min.insync.replicas 2 for created topics."""
+        settings = loaded_config(render(), tmp_path)
+        assert settings.kafka.create_topics is True
+        assert settings.kafka.topic_replication_factor == 3
+        assert settings.kafka.min_insync_replicas == 2
+
+    def test_strimzi_topics_for_every_topic_written(self, tmp_path: Path) -> None:
+        """KafkaTopics (Strimzi v1beta2, field by field) for alerts, dead letters, scores
+        and the compacted single-partition state topic, named as the daemon's settings
+        name them; the daemon then creates no topic."""
+        docs = render(*VARIANTS["all-enabled"])
+        settings = loaded_config(docs, tmp_path)
+        assert settings.kafka.create_topics is False
+        topics = {d["spec"]["topicName"]: d for d in docs if d["kind"] == "KafkaTopic"}
+        assert set(topics) == {settings.alerts.topic, settings.alerts.dead_letter_topic,
+                               settings.alerts.scores_topic, settings.state.topic}
+        for topic in topics.values():
+            assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+            assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "my-cluster"
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", topic["metadata"]["name"])
+            spec = topic["spec"]
+            assert set(spec) == {"topicName", "partitions", "replicas", "config"}
+            assert isinstance(spec["partitions"], int)
+            assert spec["replicas"] == 3
+            assert int(spec["config"]["min.insync.replicas"]) == 2
+            assert all(isinstance(v, str | int | float | bool) for v in spec["config"].values())
+        state = topics[settings.state.topic]["spec"]
+        assert state["partitions"] == 1
+        assert {k: str(v) for k, v in state["config"].items()}.items() >= COMPACTED.items()
+        alerts = topics[settings.alerts.topic]["spec"]
+        assert alerts["partitions"] == 6
+        assert alerts["config"]["retention.ms"] == "604800000"
+        assert "retention.ms" not in state["config"]
+
+    def test_strimzi_needs_the_cluster_name(self) -> None:
+        """KafkaTopics without strimzi.io/cluster are never reconciled: refused."""
+        result = run_helm("template", "rel", str(CHART), "--set", "topics.strimzi.enabled=true")
+        assert result.returncode != 0
+        assert "clusterName" in result.stderr
+
+
+class TestPodExtras:
+    def test_tls_material_mounts_env_labels_and_scheduling(self, tmp_path: Path) -> None:
+        """extraVolumes/extraVolumeMounts/extraEnv reach the daemon and the Job; the CA
+        file the config points at lies on a mounted Secret; podLabels, priorityClassName
+        and topologySpreadConstraints (labelSelector defaulted to the daemon's pods)."""
+        docs = render(*VARIANTS["all-enabled"])
+        for kind in ("StatefulSet", "Job"):
+            pod = pod_spec(docs, kind)
+            [container] = pod["containers"]
+            env = {e["name"]: e for e in container["env"]}
+            cafile = env["DETECTOR_KAFKA__SSL_CAFILE"]["value"]
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            [volume] = [v for m, v in mounts.items()
+                        if cafile.startswith(m + "/")]
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert volumes[volume]["secret"]["secretName"] == "my-cluster-cluster-ca-cert"
+            assert pod["priorityClassName"] == "detector-high"
+            labels = one(docs, kind)["spec"]["template"]["metadata"]["labels"]
+            assert labels["example.com/cost-center"] == "trust-and-safety"
+        [spread] = pod_spec(docs)["topologySpreadConstraints"]
+        selector = one(docs, "StatefulSet")["spec"]["selector"]["matchLabels"]
+        assert spread["labelSelector"]["matchLabels"] == selector
+        assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+        default = pod_spec(render())
+        assert "priorityClassName" not in default
+        assert "topologySpreadConstraints" not in default
+
+    def test_network_policy(self) -> None:
+        """ingress only to the named HTTP port from the metrics peers; egress DNS plus
+        the listed rules; the policy selects the daemon's pods."""
+        docs = render(*VARIANTS["all-enabled"])
+        policy = one(docs, "NetworkPolicy")["spec"]
+        assert policy["podSelector"]["matchLabels"] == one(docs, "StatefulSet")["spec"][
+            "selector"]["matchLabels"]
+        [ingress] = policy["ingress"]
+        ports = {p["name"] for p in pod_spec(docs)["containers"][0]["ports"]}
+        assert {p["port"] for p in ingress["ports"]} <= ports
+        assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": "monitoring"}
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        dns, kafka, https = policy["egress"]
+        assert {p["port"] for p in dns["ports"]} == {53}
+        assert kafka["ports"] == [{"port": 9093, "protocol": "TCP"}]
+        assert https["ports"] == [{"port": 443, "protocol": "TCP"}]
+        open_egress = one(render("--set", "networkPolicy.enabled=true"), "NetworkPolicy")
+        assert open_egress["spec"]["policyTypes"] == ["Ingress"]
+
+
+class TestProbes:
+    def test_liveness_does_not_wait_for_kafka(self, tmp_path: Path) -> None:
+        """the rendered liveness probe allows LIVENESS_BUDGET seconds of no /healthz at
+        all; the daemon serves /healthz from the start (tests/test_startup.py measures
+        it) and waits for Kafka up to connect_deadline_s, which the chart raises above
+        the probe's budget only because liveness does not depend on it."""
+        docs = render()
+        probe = pod_spec(docs)["containers"][0]["livenessProbe"]
+        budget = probe["initialDelaySeconds"] + probe["periodSeconds"] * (
+            probe["failureThreshold"] - 1)
+        assert budget == liveness_budget(docs)
+        assert budget >= 30
+        settings = loaded_config(docs, tmp_path)
+        assert settings.kafka.connect_deadline_s > budget
+        readiness = pod_spec(docs)["containers"][0]["readinessProbe"]
+        assert readiness["httpGet"]["path"] == "/readyz"
+
+
+def liveness_budget(docs: tuple[Doc, ...]) -> int:
+    """Seconds from container start until the kubelet restarts a container whose
+    /healthz never answers: the first probe at initialDelaySeconds, a restart at the
+    failureThreshold-th consecutive failure."""
+    probe = pod_spec(docs)["containers"][0]["livenessProbe"]
+    return int(probe["initialDelaySeconds"]
+               + probe["periodSeconds"] * (probe["failureThreshold"] - 1))
+
+
+class TestPrometheusOperator:
+    """ServiceMonitor and PrometheusRule against the Prometheus Operator's CRD models."""
+
+    @pytest.mark.parametrize("kind", ["ServiceMonitor", "PrometheusRule"])
+    def test_validates_against_the_crd_model_without_losing_fields(self, kind: str) -> None:
+        """the object parses with the CRD-generated model and dumps back unchanged, so
+        no field is unknown to the CRD or of the wrong type; the check does reject a
+        misspelt field."""
+        doc = one(render(*VARIANTS["all-enabled"]), kind)
+        model = getattr(monitoring_v1, kind)
+        dump = model.model_validate(doc).model_dump(by_alias=True, exclude_none=True,
+                                                    mode="json")
+        assert dump == doc
+        if kind == "PrometheusRule":
+            broken = orjson.loads(orjson.dumps(doc))
+            broken["spec"]["groups"][0]["rules"][0]["forr"] = "5m"
+            assert model.model_validate(broken).model_dump(
+                by_alias=True, exclude_none=True, mode="json") != broken
+
+    def test_alerts_cover_the_failure_modes_and_use_exported_series(self) -> None:
+        """the seven alerts exist, each on this release's series (namespace and the
+        Service's job label), on metrics the daemon exports, with severity and a
+        runbook link to a README section of the same name."""
+        docs = render(*VARIANTS["all-enabled"])
+        rule = one(docs, "PrometheusRule")
+        assert rule["metadata"]["labels"]["release"] == "prometheus"
+        rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+        assert set(rules) == set(ALERTS)
+        exported = {family.name for family in Metrics().registry.collect()}
+        service = one(docs, "Service")["metadata"]["name"]
+        runbook = Path("README.md").read_text()
+        for name, r in rules.items():
+            for metric in re.findall(r"detector_[a-z_]+", r["expr"]):
+                assert re.sub(r"_(total|bucket|sum|count)$", "", metric) in exported, metric
+                assert f'job="{service}"' in r["expr"]
+            assert r["labels"]["severity"] in ("warning", "critical")
+            assert r["annotations"]["runbook_url"].endswith("#" + name.lower())
+            assert f"#### {name}\n" in runbook, f"README runbook has no section {name}"
+
+    def test_alert_rate_threshold_is_a_multiple_of_the_target_fpr(self) -> None:
+        """DetectorAlertRateHigh fires above alertRateFactor x the target FPR of the
+        detector's own configuration (scoring.target_fpr)."""
+        docs = render("--set", "prometheusRule.enabled=true",
+                      "--set", "prometheusRule.alertRateFactor=4",
+                      "--set", "config.scoring.target_fpr=0.02")
+        rules = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"]
+                 for r in g["rules"]}
+        expr = rules["DetectorAlertRateHigh"]["expr"]
+        assert float(expr.rsplit(">", 1)[1]) == pytest.approx(0.08)
+
+
+class TestNotes:
+    def notes(self, *args: str) -> str:
+        result = run_helm("install", "--dry-run=client", "rel", str(CHART), *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("NOTES:", 1)[1]
+
+    def test_idle_replicas_are_ready_standbys(self) -> None:
+        """NOTES.txt says replicas beyond the partitions are ready standbys (as /readyz
+        answers), not that they never become ready."""
+        text = self.notes()
+        assert "ready standbys" in text
+        assert "never become ready" not in text
+        assert "WARNING" not in text
+
+    def test_warns_about_unreplicated_topics_and_names_the_extras(self) -> None:
+        """one replica for created topics draws a warning; Strimzi topics and the
+        PrometheusRule are named when enabled."""
+        assert "WARNING: config.kafka.topic_replication_factor" in self.notes(
+            "--set", "config.kafka.topic_replication_factor=1",
+            "--set", "config.kafka.topic_min_insync_replicas=1")
+        text = self.notes("-f", str(ALL_ENABLED))
+        assert "KafkaTopics for Strimzi cluster my-cluster" in text
+        assert "PrometheusRule rel-detector" in text

@@ -74,7 +74,10 @@ class TestCleanRun:
         assert max(recorder.sizes) <= 10
         assert sum(recorder.sizes) == 300 + 1000, "seed file plus each comment embedded once"
 
-        threshold = settings.scoring.threshold
+        # scoring.threshold auto: the threshold the daemon derived from the seed, exported
+        threshold = metric(det.metrics, "detector_threshold")
+        assert metric(det.metrics, "detector_threshold_calibrated") == 1
+        assert metric(det.metrics, "detector_threshold_source", {"source": "seed"}) == 1
         direct = expected_similarities(
             local_embedder, [c.text for c in comments], threshold, settings.scoring.margin)
         by_offset = {v["source"]["offset"]: v["similarity"] for v in values(scores)}

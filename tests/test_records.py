@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import dataclass
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from detector import jsondoc
 from detector import records as rec
 from detector.config import InputSettings
 
@@ -120,6 +124,138 @@ class TestEncode:
         assert out["schema"] == "detector.dead-letter/v1"
         assert out["reason"] == "invalid_utf8"
         assert base64.b64decode(out["value_b64"]) == b"\xff oops"
+
+
+class TestJsonEdgeCases:
+    """What standard JSON readers accept is accepted; what is ambiguous is refused."""
+
+    def test_top_level_json_string_is_not_an_error_message(self) -> None:
+        """a JSON string value is dead-lettered as a string, not with its own text as the
+        error (errors and parse results are different types)."""
+        out = rec.decode(FakeRecord(b'"The blender works great."'), JSON)
+        assert isinstance(out, rec.DeadLetter)
+        assert out.reason == "invalid_json"
+        assert out.error == "value is JSON string, not an object"
+
+    def test_null_text_says_null_not_missing(self) -> None:
+        """{"text": null} names the null, not a missing field; a missing field stays so."""
+        out = rec.decode(FakeRecord(b'{"text": null}'), JSON)
+        assert isinstance(out, rec.DeadLetter)
+        assert out.reason == "missing_text"
+        assert out.error == "field 'text' is null, not a string"
+        missing = rec.decode(FakeRecord(b'{"body": "x"}'), JSON)
+        assert isinstance(missing, rec.DeadLetter)
+        assert missing.error == "no field 'text'"
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            b'{"text": "good blender", "rating": 1e999}',
+            b'{"text": "good blender", "rating": -1e999}',
+            b'{"text": "good blender", "rating": ' + b"9" * 401 + b"}",
+            b'{"text": "good blender", "rating": -' + b"9" * 5000 + b"}",
+            b'\xef\xbb\xbf{"text": "good blender"}',
+        ],
+        ids=["1e999", "-1e999", "401-digit-int", "5000-digit-int", "utf8-bom"],
+    )
+    def test_numbers_orjson_refuses_and_a_bom_are_accepted(self, value: bytes) -> None:
+        """huge numbers in unread fields and a UTF-8 BOM are valid input."""
+        out = rec.decode(FakeRecord(value), JSON)
+        assert isinstance(out, rec.Comment), out
+        assert out.text == "good blender"
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            b'{"text": "x", "rating": NaN}',
+            b'{"text": "x", "rating": Infinity}',
+            b'{"text": "x", "rating": -Infinity}',
+            b'{"text": "x", "rating": 1e999,}',
+            b'{"text": "x", "rating": 1e999} trailing',
+            b'{"text": "\\ud800 lone surrogate", "rating": 1e999}',
+            b'{"text": "\\ud800 lone surrogate"}',
+            b'\xef\xbb\xbf\xef\xbb\xbf{"text": "two boms"}',
+            b"\xef\xbb\xbf",
+        ],
+    )
+    def test_slow_path_still_refuses_invalid_json(self, value: bytes) -> None:
+        """the exact fallback path is no laxer than JSON: NaN/Infinity literals, trailing
+        commas or content, lone surrogates and a doubled BOM are invalid_json."""
+        assert reason_of(value) == "invalid_json"
+
+    def test_brackets_inside_strings_do_not_count_as_nesting(self) -> None:
+        """a comment whose text holds 70 '[' (and escaped quotes) has depth 1."""
+        text = 'see [[[ "quoted \\" [[[' + "[" * 70 + " {{{"
+        out = rec.decode(FakeRecord(orjson.dumps({"text": text})), JSON)
+        assert isinstance(out, rec.Comment), out
+        assert out.text == text
+
+    def test_real_nesting_is_bounded_and_deep_documents_refused_cheaply(self) -> None:
+        """65 real levels are refused; a 100,000-deep document too, in well under 50 ms."""
+        ok = b'{"text": "x", "n": ' + b"[" * 63 + b"]" * 63 + b"}"
+        assert isinstance(rec.decode(FakeRecord(ok), JSON), rec.Comment)
+        deep = b'{"text": "x", "n": ' + b"[" * 64 + b"]" * 64 + b"}"
+        letter = rec.decode(FakeRecord(deep), JSON)
+        assert isinstance(letter, rec.DeadLetter)
+        assert (letter.reason, letter.error) == ("invalid_json",
+                                                 "JSON nested deeper than 64 levels")
+        huge = b"[" * 100_000 + b"]" * 100_000
+        started = time.perf_counter()
+        assert reason_of(huge, InputSettings(max_bytes=1_000_000)) == "invalid_json"
+        assert time.perf_counter() - started < 0.05
+
+    def test_unterminated_strings_do_not_make_the_scanner_quadratic(self) -> None:
+        """hostile input with many escaped quotes and brackets stays linear."""
+        hostile = b'{"text": "' + b'\\"[' * 80_000
+        started = time.perf_counter()
+        assert reason_of(hostile) == "invalid_json"
+        assert time.perf_counter() - started < 0.2
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            b'{"text": "BUY FOLLOWERS", "text": "The backpack is well made."}',
+            b'{"te\\u0078t": "BUY FOLLOWERS", "text": "The backpack is well made."}',
+            b'{"id": 1, "text": "fine", "id": 2}',
+            b'{"text": "fine", "rating": 1e999, "text": "other"}',
+        ],
+        ids=["text-twice", "escaped-key", "id-twice", "slow-path"],
+    )
+    def test_duplicate_text_or_id_field_is_dead_lettered(self, value: bytes) -> None:
+        """a record whose text or id field appears twice has its own reason."""
+        letter = rec.decode(FakeRecord(value), JSON)
+        assert isinstance(letter, rec.DeadLetter)
+        assert letter.reason == "duplicate_field"
+        assert "appears more than once" in letter.error
+
+    def test_duplicates_elsewhere_and_names_inside_values_are_fine(self) -> None:
+        """other repeated keys, and the field's name quoted inside a value, are accepted."""
+        for value in (b'{"text": "say \\"text\\" twice: \\"text\\"", "a": 1, "a": 2}',
+                      b'{"text": "\\u4e0d\\u9519", "note": "\\"text\\""}',
+                      b'{"id": 1, "user": {"id": 2}, "text": "fine"}'):
+            out = rec.decode(FakeRecord(value), JSON)
+            assert isinstance(out, rec.Comment), (value, out)
+
+    def test_nested_field_duplicates_are_found(self) -> None:
+        """with a dotted text_field, a repeated key on the path is refused."""
+        settings = InputSettings(text_field="payload.body")
+        value = b'{"payload": {"body": "spam", "body": "fine"}}'
+        assert reason_of(value, settings) == "duplicate_field"
+
+
+class TestNestingScanner:
+    @given(depth=st.integers(min_value=1, max_value=80),
+           inner=st.text(alphabet='[]{}"\\\\:,ab \u4e0d\n', max_size=40),
+           keyed=st.booleans())
+    @settings(max_examples=300, deadline=None)
+    def test_counts_real_nesting_only(self, depth: int, inner: str, keyed: bool) -> None:
+        """for any string content (brackets, quotes, backslashes), the scanner's verdict is
+        the document's real depth compared with the bound."""
+        value: object = inner
+        for level in range(depth):
+            value = {"k" + inner: value} if keyed and level % 2 else [value, inner]
+        text = orjson.dumps(value).decode()
+        assert jsondoc.too_deep(text) == (depth > jsondoc.MAX_NESTING)
 
 
 class TestKeyField:

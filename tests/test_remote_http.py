@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import structlog.testing
 from pydantic import SecretStr
 
 from detector.config import EmbeddingSettings
@@ -108,3 +109,33 @@ class TestAgainstFakeServer:
         async with dash(server, concurrency=8) as emb:
             await asyncio.gather(*(emb.embed([f"text {i}"]) for i in range(8)))
         assert server.stats.peak_inflight == 8
+
+
+class TestServedModel:
+    async def test_warns_once_when_the_server_names_another_model(
+        self, server: FakeEmbeddingServer
+    ) -> None:
+        """an OpenAI-compatible server answering with another `model` than the configured
+        one is warned about once (names only), however many requests follow."""
+        server.served_model = "intfloat/multilingual-e5-small"
+        settings = EmbeddingSettings(backend="openai", model="text-embedding-v4",
+                                     dimension=256, base_url=server.openai_base_url)
+        with structlog.testing.capture_logs() as logs:
+            async with OpenAIEmbedder(settings, SecretStr(KEY)) as emb:
+                for _ in range(3):
+                    await emb.embed(TEXTS)
+        warnings = [e for e in logs if e["event"].startswith("the embedding server")]
+        assert len(warnings) == 1
+        assert warnings[0]["log_level"] == "warning"
+        assert warnings[0]["configured"] == "text-embedding-v4"
+        assert warnings[0]["served"] == "intfloat/multilingual-e5-small"
+        assert KEY not in str(warnings[0])
+
+    async def test_no_warning_when_the_names_match(self, server: FakeEmbeddingServer) -> None:
+        """the fake API echoes the requested model by default: nothing to warn about."""
+        settings = EmbeddingSettings(backend="openai", model="text-embedding-v4",
+                                     dimension=256, base_url=server.openai_base_url)
+        with structlog.testing.capture_logs() as logs:
+            async with OpenAIEmbedder(settings, SecretStr(KEY)) as emb:
+                await emb.embed(TEXTS)
+        assert not [e for e in logs if e["event"].startswith("the embedding server")]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
@@ -160,3 +161,22 @@ class TestReplay:
         with pytest.raises(ConfigError, match="--force"):
             await replay(settings, opts, embedder=RecordingEmbedder(local_embedder),
                          out=io.BytesIO())
+
+
+class TestDryRunLogs:
+    async def test_dry_run_keeps_per_alert_lines_at_debug(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """--dry-run prints only the summary: each alert is logged at debug, not info."""
+        topic = await new_topic(partitions=1)
+        await produce_timed(kafka_bootstrap, topic, 60, 1)
+        settings = detector_settings(kafka_bootstrap, topic)
+        opts = ReplayOptions(topic=topic, dry_run=True, progress_file=None,
+                             show_progress=False)
+        with structlog.testing.capture_logs() as logs:
+            summary = await replay(settings, opts, embedder=RecordingEmbedder(local_embedder))
+        alerts = [e for e in logs if e["event"] == "alert"]
+        assert summary.flagged > 0
+        assert len(alerts) == summary.flagged
+        assert {e["log_level"] for e in alerts} == {"debug"}

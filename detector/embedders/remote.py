@@ -21,7 +21,7 @@ import httpx
 
 from detector.config import Settings
 from detector.embedders.base import Embedder
-from detector.embedders.http import HttpEmbedder, retry_after
+from detector.embedders.http import HttpEmbedder, log, retry_after
 from detector.errors import (
     BatchRejectedError,
     ConfigError,
@@ -78,18 +78,33 @@ class OpenAIEmbedder(HttpEmbedder):
 
     path = "/embeddings"
     default_base_url = OPENAI_DEFAULT
+    _served_model_checked = False  # warn about a differing served model once
 
     def body(self, texts: Sequence[str]) -> dict[str, Any]:
         return {"model": self.settings.model, "input": list(texts),
                 "dimensions": self.settings.dimension, "encoding_format": "float"}
 
     def rows(self, payload: dict[str, Any], count: int) -> tuple[list[list[float]], int]:
+        if not self._served_model_checked:
+            self._check_served_model(payload.get("model"))
         by_index = {int(item["index"]): item["embedding"] for item in payload["data"]}
         if sorted(by_index) != list(range(count)):
             msg = f"expected index 0..{count - 1}, got {sorted(by_index)}"
             raise ValueError(msg)
         tokens = int((payload.get("usage") or {}).get("total_tokens", 0))
         return [by_index[i] for i in range(count)], tokens
+
+    def _check_served_model(self, served: object) -> None:
+        """Warn (once) when the server says it used another model than the configured one:
+        thresholds and calibration artifacts belong to one model."""
+        if not isinstance(served, str):
+            return  # some servers omit it; look again on the next response
+        self._served_model_checked = True
+        if served != self.settings.model:
+            log.warning("the embedding server reports another model than embedding.model; "
+                        "thresholds and calibration made for one do not fit the other",
+                        configured=self.settings.model, served=self.scrub(served),
+                        url=self.url)
 
     def classify(self, status: int, payload: dict[str, Any] | None,
                  headers: httpx.Headers) -> EmbeddingError:

@@ -54,6 +54,12 @@ app.kubernetes.io/component: detector
 {{- end -}}
 {{- $config := deepCopy .Values.config -}}
 {{- $_ := set $config "shutdown_timeout_s" .Values.shutdownTimeoutSeconds -}}
+{{- if .Values.topics.strimzi.enabled -}}
+{{- /* the Topic Operator owns the topics: the daemon must not create them */ -}}
+{{- $kafka := get $config "kafka" | default dict -}}
+{{- $_ := set $kafka "create_topics" false -}}
+{{- $_ := set $config "kafka" $kafka -}}
+{{- end -}}
 {{- $server := dict "enabled" true "host" "0.0.0.0" "port" .Values.service.port -}}
 {{- $_ := set $config "server" $server -}}
 {{- toYaml $config -}}
@@ -64,7 +70,8 @@ app.kubernetes.io/component: detector
 {{- add .Values.shutdownTimeoutSeconds 15 -}}
 {{- end -}}
 
-{{/* Secrets shared by the StatefulSet and the Job, always as secretKeyRef (never values). */}}
+{{/* Secrets shared by the StatefulSet and the Job, always as secretKeyRef (never values),
+then extraEnv. */}}
 {{- define "detector.env" -}}
 {{- if .Values.embedding.existingSecret }}
 - name: DETECTOR_EMBEDDING__API_KEY
@@ -80,6 +87,57 @@ app.kubernetes.io/component: detector
       name: {{ .Values.kafkaSasl.existingSecret }}
       key: {{ .Values.kafkaSasl.existingSecretKey }}
 {{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes and mounts shared by the StatefulSet and the Job (config, /tmp, extras). */}}
+{{- define "detector.volumeMounts" -}}
+- name: config
+  mountPath: /etc/detector
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "detector.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "detector.fullname" . }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling shared by the StatefulSet and the Job. */}}
+{{- define "detector.scheduling" -}}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The selector Prometheus rules use for this release's daemon series. */}}
+{{- define "detector.promSelector" -}}
+{{- .Values.prometheusRule.selector | default (printf "namespace=%q,job=%q" .Release.Namespace (include "detector.fullname" .)) -}}
 {{- end -}}
 
 {{/* The Job's name: the release revision in it, because a Job's template is immutable. */}}
