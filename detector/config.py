@@ -120,6 +120,8 @@ class EmbeddingSettings(Section):
     instruct: str | None = None
     ca_bundle: Path | None = None
     verify_tls: bool = True
+    # What carries the HTTP requests under httpx's interface (detector.embedders.client).
+    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     # Local model only: BLAS threads; 0 means the CPUs this process may actually use.
     local_threads: int = Field(default=0, ge=0)
 

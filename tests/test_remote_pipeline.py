@@ -57,13 +57,14 @@ async def produce_comments(bootstrap: str, topic: str, n: int, marker_at: int | 
 
 
 class TestRemotePipeline:
+    @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
     async def test_faults_lose_nothing_and_score_nothing_twice(
-        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer
+        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer, transport: str
     ) -> None:
         """with every transient fault injected mid-stream, each comment is scored once and
-        the one rejected text alone is dead-lettered."""
+        the one rejected text alone is dead-lettered (on both HTTP transports)."""
         topic = await new_topic(partitions=2)
-        settings = remote_settings(kafka_bootstrap, topic, api)
+        settings = remote_settings(kafka_bootstrap, topic, api, {"http_transport": transport})
         embedder = build_embedder(settings)
         async with running_detector(settings, embedder) as det:
             await wait_for(lambda: metric(det.metrics, "detector_ready") == 1, what="ready")
