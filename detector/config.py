@@ -122,6 +122,9 @@ class EmbeddingSettings(Section):
     verify_tls: bool = True
     # What carries the HTTP requests under httpx's interface (detector.embedders.client).
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    # Distinct texts whose vectors are kept (detector.embedders.cache); 0 turns it off.
+    # 12,000 rows at 1,024 dimensions of float32 are about 50 MB.
+    cache_entries: int = Field(default=12_000, ge=0)
     # Local model only: BLAS threads; 0 means the CPUs this process may actually use.
     local_threads: int = Field(default=0, ge=0)
 

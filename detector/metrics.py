@@ -44,6 +44,22 @@ class Metrics:
         self.cost = Counter(
             "detector_embedding_cost_usd", "Estimated embedding cost in USD", registry=r
         )
+        self.cache_hits = Counter(
+            "detector_embedding_cache_hits",
+            "Texts answered by the embedding cache or repeated within a batch", registry=r)
+        self.cache_misses = Counter(
+            "detector_embedding_cache_misses", "Texts the embedding cache sent on", registry=r)
+        self.cache_evictions = Counter(
+            "detector_embedding_cache_evictions", "Entries evicted from the embedding cache",
+            registry=r)
+        self.cache_entries = Gauge(
+            "detector_embedding_cache_entries", "Texts held by the embedding cache", registry=r)
+        self.tokens_saved = Counter(
+            "detector_embedding_tokens_saved",
+            "Tokens not sent thanks to the embedding cache (estimated)", registry=r)
+        self.cost_saved = Counter(
+            "detector_embedding_cost_saved_usd",
+            "Estimated embedding cost in USD avoided by the cache", registry=r)
         self.end_to_end = Histogram(
             "detector_end_to_end_seconds",
             "Record timestamp to alert acknowledgement",

@@ -52,7 +52,18 @@ def normalise_rows(rows: npt.ArrayLike, dimension: int) -> Matrix:
 
 
 def build_embedder(settings: Settings, metrics: Metrics | None = None) -> Embedder:
-    """The embedder the configuration names; remote ones share one pooled HTTP client."""
+    """The embedder the configuration names (remote ones share one pooled HTTP client),
+    behind the embedding cache unless `embedding.cache_entries` is 0."""
+    embedder = _build_backend(settings, metrics)
+    entries = settings.embedding.cache_entries
+    if not entries:
+        return embedder
+    from detector.embedders.cache import CachingEmbedder
+
+    return CachingEmbedder(embedder, settings.embedding, entries, metrics)
+
+
+def _build_backend(settings: Settings, metrics: Metrics | None) -> Embedder:
     backend = settings.embedding.backend
     if backend == "local":
         from detector.embedders.local import LocalEmbedder
