@@ -182,7 +182,8 @@ class TestSameResultsThroughTheDaemon:
             alerts = values(await read_topic(kafka_bootstrap, settings.alerts.topic,
                                              at_least=count, deadline_s=30))
             by_offset = {(s["source"]["partition"], s["source"]["offset"]):
-                         (s["similarity"], s["centroid"]) for s in scores}
+                         (s["similarity"], s["anomaly"], s["centroid_updated"],
+                          s["centroid_version"]) for s in scores}
             alerted = sorted((a["source"]["partition"], a["source"]["offset"]) for a in alerts)
             results.append((by_offset, alerted, weight, version, api.stats.texts - before))
         (cached, cached_alerts, w1, v1, sent1), (plain, plain_alerts, w2, v2, sent2) = results

@@ -11,12 +11,18 @@ verification off; otherwise certifi's bundle (or ``SSL_CERT_FILE``/``SSL_CERT_DI
 Proxies come from ``HTTP(S)_PROXY``/``ALL_PROXY``/``NO_PROXY`` through httpx's own
 environment handling on both transports (`HttpxAiohttpClient` builds an aiohttp
 transport per proxy mount).
+
+`DirectPoster` sends each request straight to the transport the client chose for the
+one URL an embedder posts to (its proxy mount, if any), with the client's headers and
+timeouts: `AsyncClient.send` would add per request what an embedding call never uses
+(auth flow, redirect loop, cookie extraction, URL merging), 15-20 % of the client's CPU
+under py-spy.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
@@ -43,3 +49,27 @@ def build_client(settings: EmbeddingSettings, headers: dict[str, str],
                             max_keepalive_connections=settings.concurrency),
         headers=headers, verify=tls_context(settings), trust_env=True, transport=transport,
     )
+
+
+class DirectPoster:
+    """POSTs bodies to one URL through the client's transport for it; a response is read
+    fully and closed before it is returned, as `AsyncClient.post` does."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, timeout_s: float,
+                 connect_timeout_s: float) -> None:
+        self.url = httpx.URL(url)
+        self.headers = client.headers
+        # The transport `client.send` would pick: a proxy mount for this URL, or the default.
+        self.transport: httpx.AsyncBaseTransport = client._transport_for_url(self.url)
+        self.extensions: dict[str, Any] = {
+            "timeout": httpx.Timeout(timeout_s, connect=connect_timeout_s).as_dict()}
+
+    async def post(self, body: bytes) -> httpx.Response:
+        request = httpx.Request("POST", self.url, headers=self.headers, content=body,
+                                extensions=self.extensions)
+        response = await self.transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from detector.config import EmbeddingSettings
 from detector.embedders.base import Matrix, normalise_rows
-from detector.embedders.client import build_client
+from detector.embedders.client import DirectPoster, build_client
 from detector.errors import (
     BatchRejectedError,
     EmbeddingError,
@@ -85,6 +85,8 @@ class RateLimiter:
         self._lock = asyncio.Lock()
 
     async def acquire(self, tokens: int) -> None:
+        if self.requests is None and self.tokens is None:
+            return
         async with self._lock:  # first come, first served
             for bucket, amount in ((self.requests, 1.0), (self.tokens, float(tokens))):
                 while bucket is not None:
@@ -141,6 +143,9 @@ class HttpEmbedder:
         self._client = build_client(
             settings, {"Authorization": f"Bearer {api_key.get_secret_value()}",
                        "Content-Type": "application/json"}, transport)
+        self._poster = DirectPoster(self._client, self.url, settings.timeout_s,
+                                    settings.connect_timeout_s)
+        self._outcomes: dict[str, Any] = {}
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute,
                                    clock, sleep)
         self.state = ClientState.OPEN
@@ -179,7 +184,8 @@ class HttpEmbedder:
         if len(texts) > self.settings.batch_size:
             msg = f"{len(texts)} texts exceed embedding.batch_size {self.settings.batch_size}"
             raise ValueError(msg)
-        estimated = sum(estimate_tokens(t) for t in texts)
+        # Only a tokens-per-minute limit needs the estimate (it costs a regex per text).
+        estimated = sum(estimate_tokens(t) for t in texts) if self.limiter.tokens else 0
         deadline = self.clock() + self.settings.retry_deadline_s
         attempt = 0
         while True:
@@ -216,7 +222,7 @@ class HttpEmbedder:
 
     async def _request(self, texts: Sequence[str]) -> tuple[Rows, int]:
         try:
-            response = await self._client.post(self.url, content=orjson.dumps(self.body(texts)))
+            response = await self._poster.post(orjson.dumps(self.body(texts)))
         except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
             raise _transport_error(self.url, exc) from None
         payload: dict[str, Any] | None
@@ -238,7 +244,11 @@ class HttpEmbedder:
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.embed_requests.labels(outcome=outcome).inc()
+            counter = self._outcomes.get(outcome)
+            if counter is None:  # labels() takes a lock and builds a key on every call
+                counter = self._outcomes[outcome] = self.metrics.embed_requests.labels(
+                    outcome=outcome)
+            counter.inc()
 
     def scrub(self, text: str) -> str:
         """Never let the key through, even if a server echoes it back."""
