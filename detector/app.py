@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from detector.config import Settings
 from detector.delivery import Committer, Gate, GroupCommitter, TransactionCommitter
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
+from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_OK, EXIT_TRANSACTION
 from detector.kafka import (
     ensure_topics,
     make_consumer,
@@ -39,14 +38,11 @@ from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.samples import read_texts
 from detector.server import HealthServer
+from detector.signals import install_stop_handlers
 from detector.state import SharedCentroid, StateStore, StateSync
 
 log = structlog.get_logger("detector.app")
 _Client = TypeVar("_Client", AIOKafkaProducer, AIOKafkaConsumer)
-
-EXIT_OK = 0
-EXIT_FATAL = 3  # the embedder failed fatally (bad key, no access, unpaid bill)
-EXIT_TRANSACTION = 4  # exactly_once: a transaction could not be committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +139,7 @@ async def run(
             embedder = build_embedder(settings, metrics)
             stack.push_async_callback(embedder.aclose)
         if handle_signals:
-            _install_signal_handlers(stop)
+            install_stop_handlers(stop, announce=_announce_stop)
         state, shared, store = await _starting_point(settings, embedder)
         pipeline = await _build_pipeline(stack, settings, embedder=embedder, state=state,
                                          centroid=shared.centroid, metrics=metrics)
@@ -165,7 +161,7 @@ async def run(
                  transaction_failed=pipeline.failure is not None)
         if pipeline.failure is not None:
             return EXIT_TRANSACTION
-        return EXIT_FATAL if pipeline.fatal is not None else EXIT_OK
+        return EXIT_FATAL_EMBEDDING if pipeline.fatal is not None else EXIT_OK
     return EXIT_OK  # pragma: no cover - the context manager does not swallow exceptions
 
 
@@ -256,16 +252,5 @@ def _ready(pipeline: Pipeline) -> tuple[bool, str]:
     return True, "ok"
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> None:
-    """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting without draining", signal=signum)
-            os._exit(128 + signum)
-        log.info("signal received: draining and stopping", signal=signum)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+def _announce_stop(signum: int) -> None:
+    log.info("signal received: draining and stopping", signal=signum)

@@ -13,14 +13,12 @@ import asyncio
 import hashlib
 import sqlite3
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from detector import calibration as cal
@@ -28,8 +26,11 @@ from detector import records as rec
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
-from detector.errors import CalibrationError, DetectorError
-from detector.kafka import connection_kwargs
+from detector.errors import CalibrationError
+from detector.exits import EXIT_OK, EXIT_USAGE
+from detector.kafka import reader_consumer
+from detector.progress import Progress
+from detector.ranges import parse_time, resolve_plan
 from detector.samples import read_samples
 
 
@@ -69,43 +70,20 @@ class EmbeddingCache:
         self.db.close()
 
 
-class Progress:
-    """Rate and ETA on stderr: redrawn in place on a terminal, every ~10% otherwise."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total = max(1, total)
-        self.label = label
-        self.started = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self.last_decile = -1
-
-    def update(self, done: int) -> None:
-        elapsed = max(1e-9, time.monotonic() - self.started)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        line = (f"{self.label}: {done}/{self.total} ({done / self.total:.0%}) "
-                f"{rate:,.0f} texts/s, ETA {eta:,.0f}s")
-        if self.tty:
-            sys.stderr.write("\r" + line + ("\n" if done >= self.total else ""))
-        elif done * 10 // self.total > self.last_decile:
-            self.last_decile = done * 10 // self.total
-            sys.stderr.write(line + "\n")
-
-
 async def embed_all(texts: list[str], embedder: Embedder, cache: EmbeddingCache,
                     batch_size: int, label: str) -> tuple[Matrix, int]:
     """Vectors for all texts, from the cache where possible; returns (matrix, calls made)."""
     cached = cache.get(texts)
     missing = list(dict.fromkeys(t for t in texts if t not in cached))
-    progress = Progress(len(missing), f"embedding {label}")
     calls = 0
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start:start + batch_size]
-        vectors = await embedder.embed(chunk)
-        calls += 1
-        cache.put(chunk, vectors)
-        cached.update(zip(chunk, vectors, strict=True))
-        progress.update(start + len(chunk))
+    with Progress(len(missing), f"embedding {label}", unit="texts") as progress:
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            vectors = await embedder.embed(chunk)
+            calls += 1
+            cache.put(chunk, vectors)
+            cached.update(zip(chunk, vectors, strict=True))
+            progress.update(start + len(chunk))
     matrix = np.stack([cached[t] for t in texts]) if texts else np.empty((0, cache.dimension))
     return matrix.astype(np.float32), calls
 
@@ -114,12 +92,8 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
                            time_to: int | None) -> tuple[list[str], int]:
     """Texts of a topic's time range, read with manual assignment and no group; also the
     number of records skipped as unusable (what the daemon would dead-letter)."""
-    from detector.replay import ReplayOptions, resolve_plan
-
-    plan = await resolve_plan(settings, ReplayOptions(topic=topic, time_from=time_from,
-                                                      time_to=time_to))
-    consumer = AIOKafkaConsumer(**connection_kwargs(settings.kafka), group_id=None,
-                                enable_auto_commit=False)
+    plan = await resolve_plan(settings, topic, time_from=time_from, time_to=time_to)
+    consumer = reader_consumer(settings.kafka)
     await consumer.start()
     texts: list[str] = []
     skipped = 0
@@ -157,8 +131,6 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
         if skipped:
             sys.stderr.write(f"skipped {skipped} unusable lines of {args.normal}\n")
     else:
-        from detector.replay import parse_time
-
         normal, skipped = await read_topic_texts(
             settings, args.topic, parse_time(args.time_from) if args.time_from else None,
             parse_time(args.time_to) if args.time_to else None)
@@ -247,23 +219,17 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_calibrate)
 
 
-def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from detector.cli import settings_from
-
+def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     if not 0 < args.target_fpr < 1 or not 0 < args.holdout < 1:
         sys.stderr.write("detector: error: --target-fpr and --holdout must be in (0, 1)\n")
-        return 2
+        return EXIT_USAGE
     if args.topic is None and (args.time_from or args.time_to):
         sys.stderr.write("detector: error: --from and --to need --topic\n")
-        return 2
-    try:
-        settings = settings_from(args)
-        result, calls = asyncio.run(run_calibration(settings, args))
-    except DetectorError as exc:
-        sys.stderr.write(f"detector: error: {exc}\n")
-        return 2
+        return EXIT_USAGE
+    # errors (DetectorError and its fatal embedding case, Kafka) are reported by the CLI
+    result, calls = asyncio.run(run_calibration(settings, args))
     sys.stdout.write(summary_table(result, args.out, calls))
-    return 0
+    return EXIT_OK
 
 
 def load_lines(path: Path) -> list[dict[str, Any]]:

@@ -1,24 +1,26 @@
-"""The `detector` command line: parse, load settings, call one library function per command."""
+"""The `detector` command line: parse, load settings once, call one command with them.
+
+Commands live in their own modules (`detector.app`, `detector.calibrate`,
+`detector.replay`); each exposes ``add_parser(subparsers)`` and a command function
+``(args, settings) -> exit code``. The CLI imports them, never the reverse. Errors
+that reach here become one line on stderr and an exit code from `detector.exits`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import orjson
 from aiokafka.errors import KafkaError
 
-from detector import __version__
+from detector import __version__, app, calibrate, replay
 from detector.config import Settings, load_settings
 from detector.errors import DetectorError, FatalEmbeddingError
+from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_INTERRUPTED, EXIT_KAFKA, EXIT_USAGE
 from detector.logs import configure_logging
-
-EXIT_USAGE = 2
-EXIT_FATAL_EMBEDDING = 3
-EXIT_KAFKA = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,33 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     show.set_defaults(func=_cmd_config)
 
-    for add_parser in _command_parsers():
-        add_parser(sub)
+    replay.add_parser(sub)
+    calibrate.add_parser(sub)
     return parser
 
 
-def _command_parsers() -> list[Callable[[Any], None]]:
-    """Commands living in their own modules; each exposes `add_parser(subparsers)`."""
-    from detector import calibrate, replay
-
-    return [replay.add_parser, calibrate.add_parser]
+def _cmd_run(_args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(app.run(settings, handle_signals=True))
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
-    configure_logging(settings.log.level, settings.log.format)
-    return settings
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from detector.app import run
-
-    settings = settings_from(args)
-    return asyncio.run(run(settings, handle_signals=True))
-
-
-def _cmd_config(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.write(orjson.dumps(
         settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
@@ -75,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.func(args)
+        settings = load_settings(args.config)
+        configure_logging(settings.log.level, settings.log.format)
+        code: int = args.func(args, settings)
     except FatalEmbeddingError as exc:
         sys.stderr.write(f"detector: fatal embedding error: {exc}\n")
         return EXIT_FATAL_EMBEDDING
@@ -86,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"detector: Kafka error: {type(exc).__name__}: {exc}\n")
         return EXIT_KAFKA
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return code
 
 

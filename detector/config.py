@@ -11,12 +11,15 @@ else ``DASHSCOPE_API_KEY`` / ``OPENAI_API_KEY`` for the matching backend.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -25,12 +28,15 @@ from pydantic_settings import (
 from detector.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/detector.yaml")
+# The keyword argument that carries the YAML file from `load_settings` into the settings
+# sources of that one construction (no module state: concurrent loads do not interfere).
+CONFIG_FILE_KEY = "_config_file"
 
 # Dimensions each hosted model accepts (DashScope documentation, text-embedding-v3/v4).
-MODEL_DIMENSIONS: dict[str, tuple[int, ...]] = {
+MODEL_DIMENSIONS: Mapping[str, tuple[int, ...]] = MappingProxyType({
     "text-embedding-v4": (2048, 1536, 1024, 768, 512, 256, 128, 64),
     "text-embedding-v3": (1024, 768, 512),
-}
+})
 LOCAL_MODEL_NAME = "use-multilingual-v3"
 LOCAL_MODEL_DIMENSION = 512
 
@@ -228,7 +234,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_path = _yaml_path_var.get()
+        """Keyword arguments, then DETECTOR_* variables, then the YAML file that
+        `load_settings` passes in the keyword argument `CONFIG_FILE_KEY` (this call's own)."""
+        yaml_path = None
+        if isinstance(init_settings, InitSettingsSource):
+            yaml_path = init_settings.init_kwargs.pop(CONFIG_FILE_KEY, None)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if yaml_path is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
@@ -245,22 +255,6 @@ class Settings(BaseSettings):
         return SecretStr(value) if value else None
 
 
-class _YamlPath:
-    """Carries the YAML path into `settings_customise_sources` (a classmethod)."""
-
-    def __init__(self) -> None:
-        self._path: Path | None = None
-
-    def get(self) -> Path | None:
-        return self._path
-
-    def set(self, path: Path | None) -> None:
-        self._path = path
-
-
-_yaml_path_var = _YamlPath()
-
-
 def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Settings:
     """Build the settings, turning validation failures into a `ConfigError` naming the field."""
     path = Path(config_path) if config_path else None
@@ -271,13 +265,11 @@ def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Se
     if path is not None and not path.is_file():
         msg = f"configuration file not found: {path}"
         raise ConfigError(msg)
-    _yaml_path_var.set(path)
+    values: dict[str, Any] = {**overrides, CONFIG_FILE_KEY: path}
     try:
-        return Settings(**overrides)
+        return Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
-    finally:
-        _yaml_path_var.set(None)
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:

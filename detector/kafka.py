@@ -84,6 +84,18 @@ def make_consumer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaConsumer
     return AIOKafkaConsumer(**kwargs)
 
 
+def reader_consumer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer for manual assignment and no group: reads ranges, commits nothing,
+    so no consumer group is created or moved (calibrate, replay, the state topic)."""
+    kwargs: dict[str, Any] = {
+        **connection_kwargs(settings),
+        "group_id": None,
+        "enable_auto_commit": False,
+    }
+    kwargs.update(overrides)
+    return AIOKafkaConsumer(**kwargs)
+
+
 def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer that waits for all in-sync replicas."""
     kwargs: dict[str, Any] = {

@@ -11,20 +11,18 @@ so an interrupted replay resumes where it stopped.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from detector import __version__
@@ -35,50 +33,20 @@ from detector.config import Settings
 from detector.delivery import Sink
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
-from detector.kafka import connection_kwargs, ensure_topics, make_producer, topic_partitions
+from detector.exits import EXIT_INTERRUPTED, EXIT_OK
+from detector.kafka import ensure_topics, make_producer, reader_consumer
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
+from detector.progress import Progress
+from detector.ranges import Plan, parse_bounds, parse_time, resolve_plan
+from detector.signals import install_stop_handlers
 from detector.state import SharedCentroid, StateStore
 
 log = structlog.get_logger("detector.replay")
 
-PROGRESS_SCHEMA = "detector.replay-progress/v1"
 REPLAY_ALERTS = "replay.alerts"  # internal names when output goes to files
 REPLAY_SCORES = "replay.scores"
 REPLAY_DEAD = "replay.dead-letters"
-
-
-@dataclass
-class Plan:
-    """What to replay: per partition [start, end) offsets; `next` is the resume point."""
-
-    topic: str
-    ranges: dict[int, tuple[int, int]]
-    next: dict[int, int] = field(default_factory=dict)
-    centroid: dict[str, Any] | None = None
-
-    def position(self, partition: int) -> int:
-        return self.next.get(partition, self.ranges[partition][0])
-
-    def total(self) -> int:
-        return sum(end - start for start, end in self.ranges.values())
-
-    def remaining(self) -> int:
-        return sum(max(0, end - self.position(p)) for p, (_, end) in self.ranges.items())
-
-    def to_json(self) -> dict[str, Any]:
-        return {"schema": PROGRESS_SCHEMA, "topic": self.topic,
-                "ranges": {str(p): list(r) for p, r in self.ranges.items()},
-                "next": {str(p): o for p, o in self.next.items()}, "centroid": self.centroid}
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Plan:
-        if body.get("schema") != PROGRESS_SCHEMA:
-            msg = "not a replay progress file"
-            raise ConfigError(msg)
-        return cls(body["topic"], {int(p): (int(r[0]), int(r[1]))
-                                   for p, r in body["ranges"].items()},
-                   {int(p): int(o) for p, o in body["next"].items()}, body.get("centroid"))
 
 
 @dataclass
@@ -155,40 +123,6 @@ class ProgressCommitter:
             tmp.replace(self.path)
 
 
-async def resolve_plan(settings: Settings, opts: ReplayOptions) -> Plan:
-    """Turn timestamps and explicit bounds into per-partition offset ranges."""
-    available = await topic_partitions(settings.kafka, opts.topic)
-    if not available:
-        msg = f"topic {opts.topic!r} does not exist or has no partitions"
-        raise ConfigError(msg)
-    chosen = sorted(opts.partitions if opts.partitions is not None else available)
-    unknown = set(chosen) - set(available)
-    if unknown:
-        msg = f"topic {opts.topic!r} has no partitions {sorted(unknown)}"
-        raise ConfigError(msg)
-    consumer = AIOKafkaConsumer(**connection_kwargs(settings.kafka), group_id=None,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(opts.topic, p) for p in chosen]
-        begin = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)  # captured now: a live topic's replay ends
-        starts = {tp.partition: begin[tp] for tp in tps}
-        ends = {tp.partition: end[tp] for tp in tps}
-        for when, target in ((opts.time_from, starts), (opts.time_to, ends)):
-            if when is None:
-                continue
-            found = await consumer.offsets_for_times(dict.fromkeys(tps, when))
-            for tp in tps:
-                hit = found.get(tp)
-                target[tp.partition] = hit.offset if hit is not None else end[tp]
-        starts.update({p: max(o, starts[p]) for p, o in opts.starts.items() if p in starts})
-        ends.update({p: min(o, ends[p]) for p, o in opts.ends.items() if p in ends})
-        return Plan(opts.topic, {p: (starts[p], max(starts[p], ends[p])) for p in chosen})
-    finally:
-        await consumer.stop()
-
-
 async def replay(settings: Settings, opts: ReplayOptions, *, stop: asyncio.Event | None = None,
                  embedder: Embedder | None = None, out: IO[bytes] | None = None) -> Summary:
     """Replay the planned range; returns what was done (also when interrupted)."""
@@ -203,7 +137,9 @@ async def replay(settings: Settings, opts: ReplayOptions, *, stop: asyncio.Event
             raise ConfigError(msg)
         plan = Plan.from_json(orjson.loads(opts.progress_file.read_bytes()))
     else:
-        plan = await resolve_plan(settings, opts)
+        plan = await resolve_plan(settings, opts.topic, time_from=opts.time_from,
+                                  time_to=opts.time_to, starts=opts.starts, ends=opts.ends,
+                                  partitions=opts.partitions)
     owned = embedder is None
     embedder = embedder or build_embedder(settings)
     try:
@@ -254,7 +190,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
             sink = _TopicOrFile(producer, alerts_name, FileSink(None, scores_out))
         committer = ProgressCommitter(plan, centroid, opts.progress_file, evolving, alerts_out)
         context = rec.Context(settings.name, __version__, embedder.name, embedder.dimension)
-        reporter = asyncio.create_task(_report(plan, metrics, opts.show_progress))
+        reporter = asyncio.create_task(_report(plan, opts.show_progress))
         started = time.monotonic()
         try:
             for partition, (_, end) in sorted(plan.ranges.items()):
@@ -282,9 +218,8 @@ async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, s
                             threshold: float, metrics: Metrics, context: rec.Context,
                             stop: asyncio.Event) -> None:
     tp = TopicPartition(plan.topic, partition)
-    consumer = AIOKafkaConsumer(**connection_kwargs(settings.kafka), group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed",
-                                max_poll_records=settings.kafka.max_poll_records)
+    consumer = reader_consumer(settings.kafka, isolation_level="read_committed",
+                               max_poll_records=settings.kafka.max_poll_records)
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -315,65 +250,22 @@ class _TopicOrFile:
         return await self.files.send(topic, value, key)
 
 
-async def _report(plan: Plan, metrics: Metrics, enabled: bool) -> None:
-    """Per-partition progress with rate and ETA on stderr, every two seconds."""
+async def _report(plan: Plan, enabled: bool) -> None:
+    """Records done of the plan, with rate, ETA and per-partition counts, until cancelled."""
     if not enabled:
         return
-    started = time.monotonic()
     total = plan.total()
-    initial_remaining = plan.remaining()
-    while True:
-        await asyncio.sleep(2.0)
-        done = initial_remaining - plan.remaining()
-        rate = done / max(1e-9, time.monotonic() - started)
-        eta = plan.remaining() / rate if rate > 0 else float("inf")
-        parts = " ".join(f"p{p}:{plan.position(p) - s}/{e - s}"
-                         for p, (s, e) in sorted(plan.ranges.items()))
-        sys.stderr.write(f"replay {total - plan.remaining()}/{total} records  {rate:,.0f}/s  "
-                         f"ETA {eta:,.0f}s  [{parts}]\n")
+    with Progress(total, "replay", unit="records", initial=total - plan.remaining(),
+                  every_s=2.0) as progress:
+        while True:
+            await asyncio.sleep(0.5)
+            parts = " ".join(f"p{p}:{plan.position(p) - s}/{e - s}"
+                             for p, (s, e) in sorted(plan.ranges.items()))
+            progress.update(total - plan.remaining(), parts)
 
 
 def _sample(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
-
-
-def parse_time(text: str) -> int:
-    """Epoch milliseconds from ISO 8601 (naive means UTC) or a number of milliseconds."""
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        msg = f"not an ISO 8601 time or epoch milliseconds: {text!r}"
-        raise ConfigError(msg) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def parse_bounds(items: list[str]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for item in items:
-        partition, sep, offset = item.partition(":")
-        if not sep or not partition.isdigit() or not offset.isdigit():
-            msg = f"expected PARTITION:OFFSET, got {item!r}"
-            raise ConfigError(msg)
-        out[int(partition)] = int(offset)
-    return out
-
-
-def install_interrupt(stop: asyncio.Event) -> None:
-    """Ctrl-C / SIGTERM stop the replay cleanly; a second one exits at once."""
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)
-        sys.stderr.write("stopping: finishing in-flight batches and saving progress...\n")
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -412,10 +304,7 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_replay)
 
 
-def _cmd_replay(args: Any) -> int:
-    from detector.cli import settings_from
-
-    settings = settings_from(args)
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     opts = ReplayOptions(
         topic=args.topic or settings.input.topic,
         time_from=parse_time(args.time_from) if args.time_from else None,
@@ -429,7 +318,7 @@ def _cmd_replay(args: Any) -> int:
 
     async def main() -> Summary:
         stop = asyncio.Event()
-        install_interrupt(stop)
+        install_stop_handlers(stop, announce=_announce_stop)
         return await replay(settings, opts, stop=stop)
 
     summary = asyncio.run(main())
@@ -440,5 +329,9 @@ def _cmd_replay(args: Any) -> int:
     if summary.interrupted:
         sys.stderr.write(f"replay stopped before the end; progress saved in "
                          f"{opts.progress_file}. Resume with the same options plus --resume.\n")
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _announce_stop(_signum: int) -> None:
+    sys.stderr.write("stopping: finishing in-flight batches and saving progress...\n")

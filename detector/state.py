@@ -34,7 +34,7 @@ from aiokafka.structs import TopicPartition
 
 from detector.centroid import Centroid
 from detector.config import Settings
-from detector.kafka import connection_kwargs, ensure_topics, topic_partitions
+from detector.kafka import ensure_topics, reader_consumer, topic_partitions
 from detector.records import utc_now
 
 log = structlog.get_logger("detector.state")
@@ -173,8 +173,7 @@ class StateStore:
         await ensure_topics(self.settings.kafka, {self.topic: COMPACTED}, partitions=1)
 
     def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(**connection_kwargs(self.settings.kafka), group_id=None,
-                                enable_auto_commit=False)
+        return reader_consumer(self.settings.kafka)
 
     async def load(self) -> dict[str, ReplicaRecord]:
         """The newest record of every replica of this detector (read to the end once)."""

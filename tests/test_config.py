@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
-from detector.config import load_settings
+from detector import config
+from detector.config import Settings, load_settings
 from detector.errors import ConfigError
 
 
@@ -68,3 +72,37 @@ class TestSettings:
         """SASL without username/password fails at start."""
         with pytest.raises(ConfigError, match="sasl"):
             load_settings(None, kafka={"security_protocol": "SASL_PLAINTEXT"})
+
+
+class TestNoSharedState:
+    def test_module_globals_are_constants(self) -> None:
+        """config.py keeps no state between loads: every value it assigns at module
+        level is immutable (no holder of the last YAML path, no mutable tables)."""
+        tree = ast.parse(Path(config.__file__).read_text())
+        names = [target.id for node in tree.body if isinstance(node, ast.Assign | ast.AnnAssign)
+                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                 if isinstance(target, ast.Name)]
+        assert "MODEL_DIMENSIONS" in names
+        immutable = (str, int, float, bool, bytes, tuple, frozenset, Path, MappingProxyType)
+        mutable = {name: type(getattr(config, name)).__name__ for name in names
+                   if not isinstance(getattr(config, name), immutable)}
+        assert mutable == {}
+
+    def test_the_file_belongs_to_one_load(self, tmp_path: Path) -> None:
+        """a direct Settings() never sees the last file, and concurrent loads of
+        different files each get their own."""
+        paths = []
+        for i in range(4):
+            path = tmp_path / f"d{i}.yaml"
+            path.write_text(f"name: detector-{i}\nkafka:\n  group_id: group-{i}\n")
+            paths.append(path)
+        load_settings(paths[0])
+        assert Settings().name == "detector"
+
+        def load(i: int) -> tuple[str, str]:
+            settings = load_settings(paths[i % 4], log={"level": "warning"})
+            return settings.name, settings.kafka.group_id
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(load, range(200)))
+        assert results == [(f"detector-{i % 4}", f"group-{i % 4}") for i in range(200)]

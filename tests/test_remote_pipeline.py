@@ -14,6 +14,7 @@ from detector.config import Settings
 from detector.dev.fakeapi import FakeEmbeddingServer
 from detector.dev.sample_data import stream
 from detector.embedders import build_embedder
+from detector.exits import EXIT_FATAL_EMBEDDING
 from detector.metrics import Metrics
 from tests.helpers import (
     committed,
@@ -134,7 +135,7 @@ class TestRemotePipeline:
             stop.set()
             code = await asyncio.wait_for(task, 60)
         await embedder.aclose()
-        assert code == app.EXIT_FATAL
+        assert code == EXIT_FATAL_EMBEDDING
         assert scored < 100
         fatal = [e for e in logs if e["log_level"] == "error"]
         assert fatal

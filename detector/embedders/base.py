@@ -1,18 +1,15 @@
-"""The `Embedder` protocol and the factory that builds one from the configuration."""
+"""The `Embedder` protocol and the row normalisation every implementation applies
+(the factory is `detector.embedders.factory.build_embedder`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from detector.errors import ConfigError, RetriableEmbeddingError
-
-if TYPE_CHECKING:
-    from detector.config import Settings
-    from detector.metrics import Metrics
+from detector.errors import RetriableEmbeddingError
 
 Matrix = npt.NDArray[np.float32]
 
@@ -49,29 +46,3 @@ def normalise_rows(rows: npt.ArrayLike, dimension: int) -> Matrix:
         raise RetriableEmbeddingError(msg)
     normalised: Matrix = (matrix / norms).astype(np.float32, copy=False)
     return normalised
-
-
-def build_embedder(settings: Settings, metrics: Metrics | None = None) -> Embedder:
-    """The embedder the configuration names (remote ones share one pooled HTTP client),
-    behind the embedding cache unless `embedding.cache_entries` is 0."""
-    embedder = _build_backend(settings, metrics)
-    entries = settings.embedding.cache_entries
-    if not entries:
-        return embedder
-    from detector.embedders.cache import CachingEmbedder
-
-    return CachingEmbedder(embedder, settings.embedding, entries, metrics)
-
-
-def _build_backend(settings: Settings, metrics: Metrics | None) -> Embedder:
-    backend = settings.embedding.backend
-    if backend == "local":
-        from detector.embedders.local import LocalEmbedder
-
-        return LocalEmbedder(threads=settings.embedding.local_threads, metrics=metrics)
-    if backend in ("dashscope", "openai"):
-        from detector.embedders.remote import build_remote_embedder
-
-        return build_remote_embedder(settings, metrics)
-    msg = f"unknown embedding.backend {backend!r}"  # pragma: no cover - Literal forbids it
-    raise ConfigError(msg)

@@ -1,0 +1,19 @@
+"""Process exit codes of every `detector` command, in one place (the README lists them).
+
+A second SIGTERM/SIGINT ends the process at once with the shell's convention,
+``128 + signal number`` (`by_signal`).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # usage or configuration error, missing input topic, Kafka unreachable at start
+EXIT_FATAL_EMBEDDING = 3  # the embedder failed fatally (bad key, no access, unpaid bill)
+EXIT_TRANSACTION = 4  # exactly_once: a transaction could not be committed
+EXIT_KAFKA = 5  # any other Kafka error
+EXIT_INTERRUPTED = 130  # Ctrl-C: the command stopped before its end (replay: progress saved)
+
+
+def by_signal(signum: int) -> int:
+    """The exit code of a process ended by signal `signum`."""
+    return 128 + signum
