@@ -83,6 +83,14 @@ class Metrics:
             "Outputs (alerts, scores, dead letters) sent again after a failed send",
             registry=r)
         self.inflight = Gauge("detector_inflight_batches", "Batches being embedded", registry=r)
+        self.queued = Gauge(
+            "detector_queued_batches",
+            "Batches in the reorder window: submitted, not yet scored (embedding or waiting "
+            "for their turn)", registry=r)
+        self.hedges = Counter(
+            "detector_embedding_hedges",
+            "Second calls sent for a call past the hedge threshold, by which answer was used "
+            "(hedge, original)", ["used"], registry=r)
         self.paused = Gauge(
             "detector_paused_partitions", "Partitions paused for backpressure", registry=r
         )
