@@ -62,6 +62,14 @@ async def test_no_hedge_when_not_allowed_or_no_threshold() -> None:
     assert calls.started == 1
 
 
+async def test_a_due_hedge_waits_until_allowed() -> None:
+    """past the threshold with no free slot, the hedge goes once one frees up."""
+    calls, allowed = Calls(5.0, 0.01), asyncio.Event()
+    asyncio.get_running_loop().call_later(0.2, allowed.set)
+    assert await hedged(calls, 0.05, allowed.is_set) == 1
+    assert calls.started == 2
+
+
 async def test_a_failed_first_finisher_falls_back_to_the_other() -> None:
     calls = Calls(0.2, -0.01)
     assert await hedged(calls, 0.05, lambda: True) == 0
