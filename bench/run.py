@@ -12,7 +12,7 @@
 6. replicas on 6 partitions;
 7. tail latency at N=8: fixed 100 ms, lognormal (median 100 ms, sigma 0.5 and 1), 2 %
    stragglers at 2 s, vs 10*N / mean latency, with the default reorder window and with
-   the window equal to N (the rule before it); target >= 0.9x with the default (~2 min);
+   the window equal to N (the rule before it); target >= 0.9x with the default (~4 min);
 8. HTTP transports in the same run: httpx vs aiohttp, zero-latency msg/s and detector CPU
    per 1,000 records, and L = 100 ms at N = 16 (~1 min);
 9. embedding cache: 15 % of comments repeat texts from a pool of 200, L = 100 ms, N = 8,

@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+import httpcore
 import httpx
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from detector.config import EmbeddingSettings
-from detector.embedders.http import RateLimiter, retry_after
+from detector.embedders.http import RateLimiter, _transport_error, retry_after
 from detector.embedders.remote import DashScopeEmbedder, OpenAIEmbedder, decode_base64_rows
 from detector.errors import (
     BatchRejectedError,
@@ -260,6 +262,20 @@ class TestErrors:
         async with dashscope(handler) as emb:
             with pytest.raises(FatalEmbeddingError, match="2-dimensional"):
                 await emb.embed(["a"])
+
+    def test_wire_errors_are_named_by_their_cause(self) -> None:
+        """httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: only a
+        real timeout (either transport's) reads as one."""
+        def mapped(outer: Exception, cause: BaseException) -> str:
+            outer.__cause__ = cause
+            return str(_transport_error("http://x", outer))
+
+        assert "timed out" in str(_transport_error("http://x", httpx.ReadTimeout("t")))
+        assert "timed out" in mapped(httpx.ReadTimeout("t"), httpcore.ReadTimeout("t"))
+        assert "timed out" in mapped(httpx.ReadTimeout("t"), aiohttp.SocketTimeoutError("t"))
+        reset = mapped(httpx.ConnectTimeout("x"), aiohttp.ServerDisconnectedError())
+        assert "failed: ServerDisconnectedError" in reset
+        assert "failed: ConnectError" in str(_transport_error("http://x", httpx.ConnectError("x")))
 
     def test_retry_after_parses_seconds_and_dates(self) -> None:
         """Retry-After in seconds or as an HTTP date."""

@@ -270,7 +270,9 @@ def _transport_error(url: str, exc: BaseException) -> RetriableEmbeddingError:
     """A retriable error naming what failed on the wire. httpx-aiohttp maps any aiohttp
     connection error to `httpx.ConnectTimeout`, so the cause decides what is a timeout."""
     cause = exc.__cause__ or exc
-    if isinstance(cause, TimeoutError | httpx.TimeoutException):
+    timed_out = isinstance(cause, TimeoutError) or (
+        isinstance(exc, httpx.TimeoutException) and not isinstance(cause, aiohttp.ClientError))
+    if timed_out:
         return RetriableEmbeddingError(f"request to {url} timed out")
     return RetriableEmbeddingError(f"connection to {url} failed: {type(cause).__name__}")
 
