@@ -14,7 +14,7 @@ import hashlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -23,7 +23,7 @@ from detector import __version__
 from detector import records as rec
 from detector.centroid import Centroid
 from detector.config import Settings
-from detector.delivery import Committer, Gate, GroupCommitter, TransactionCommitter
+from detector.delivery import Committer, Gate, GroupCommitter, Outbox, TransactionCommitter
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
 from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_OK, EXIT_TRANSACTION
@@ -37,6 +37,7 @@ from detector.kafka import (
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.samples import read_texts
+from detector.scorer import Scorer
 from detector.server import HealthServer
 from detector.signals import install_stop_handlers
 from detector.state import SharedCentroid, StateStore, StateSync
@@ -142,16 +143,7 @@ async def run(
             install_stop_handlers(stop, announce=_announce_stop)
         state, shared, store = await _starting_point(settings, embedder)
         pipeline = await _build_pipeline(stack, settings, embedder=embedder, state=state,
-                                         centroid=shared.centroid, metrics=metrics)
-        if store is not None:
-            state_producer = pipeline.producer
-            if settings.delivery == "exactly_once":  # state stays out of the transactions
-                state_producer = await _started(stack, make_producer(settings.kafka))
-            sync = StateSync(store, shared, cast(AIOKafkaProducer, state_producer),
-                             state.threshold, settings.state.snapshot_interval_s)
-            pipeline.on_update = shared.record_local
-            pipeline.on_revoked = sync.publish
-            await stack.enter_async_context(sync)
+                                         shared=shared, store=store, metrics=metrics)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
         await _started(stack, pipeline.consumer)
         if settings.server.enabled:
@@ -196,9 +188,10 @@ async def _starting_point(settings: Settings, embedder: Embedder
 
 
 async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, *,
-                          embedder: Embedder, state: InitialState, centroid: Centroid,
-                          metrics: Metrics) -> Pipeline:
-    """Producer (transactional in exactly_once mode), consumer, committer and pipeline."""
+                          embedder: Embedder, state: InitialState, shared: SharedCentroid,
+                          store: StateStore | None, metrics: Metrics) -> Pipeline:
+    """Producer (transactional in exactly_once mode), consumer, committer, state sync,
+    scorer, outbox and pipeline."""
     exactly_once = settings.delivery == "exactly_once"
     producer = await _started(stack, make_producer(settings.kafka, **(
         {"transactional_id": transactional_id(settings)} if exactly_once else {})))
@@ -210,12 +203,22 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
         await txn.begin()
         stack.push_async_callback(txn.close)
         committer = txn
-    return Pipeline(
-        settings, consumer=consumer, producer=producer, embedder=embedder,
-        centroid=centroid, threshold=state.threshold, metrics=metrics,
-        context=rec.Context(settings.name, __version__, embedder.name, embedder.dimension),
-        committer=committer, gate=gate,
-    )
+    sync: StateSync | None = None
+    if store is not None:
+        state_producer = producer
+        if exactly_once:  # state stays out of the transactions
+            state_producer = await _started(stack, make_producer(settings.kafka))
+        sync = StateSync(store, shared, state_producer, state.threshold,
+                         settings.state.snapshot_interval_s)
+        await stack.enter_async_context(sync)
+    context = rec.Context(settings.name, __version__, embedder.name, embedder.dimension)
+    scorer = Scorer.from_settings(settings, shared.centroid, state.threshold, context,
+                                  on_update=shared.record_local if sync is not None else None)
+    outbox = Outbox(producer, committer, metrics, alerts_topic=settings.alerts.topic,
+                    assigned=consumer.assignment, gate=gate)
+    return Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
+                    outbox=outbox, metrics=metrics,
+                    on_revoked=sync.publish if sync is not None else None)
 
 
 async def _started(stack: contextlib.AsyncExitStack, client: _Client) -> _Client:

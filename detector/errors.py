@@ -6,6 +6,8 @@
     ├── StateError                  a state snapshot cannot be read or does not fit
     ├── KafkaUnavailableError       the cluster stayed unreachable (or refused our
     │                               credentials) for kafka.connect_deadline_s
+    ├── TransactionFailedError      exactly_once: a transaction could not be committed;
+    │                               stop, a restart resumes from the last committed one
     └── EmbeddingError              an embedder call failed; `retriable` says what to do
         ├── RetriableEmbeddingError   5xx, timeouts, resets, malformed bodies: retry
         │   └── ThrottledError        429 / Throttling.*: back off `retry_after`, pause input
@@ -42,6 +44,10 @@ class StateError(DetectorError):
 
 class KafkaUnavailableError(DetectorError):
     """Kafka could not be reached or refused the credentials within the start deadline."""
+
+
+class TransactionFailedError(DetectorError):
+    """A Kafka transaction could not be committed (exactly_once); it cannot be retried."""
 
 
 class EmbeddingError(DetectorError):

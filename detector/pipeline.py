@@ -1,51 +1,52 @@
-"""The streaming pipeline: fetch → decode → batch → embed → score in order → deliver → commit.
+"""Flow control: fetch → decode → batch → embed → score in order → deliver → commit.
 
-One `Pipeline` drives one consumer. The fetch loop decodes records and cuts batches of
-at most `embedding.batch_size` (smaller once `linger_ms` has passed). Each batch starts
-an embedding task at once; up to `concurrency` batches are in flight, held in a FIFO so
-the scorer takes them in submission order whatever order the calls finish in. When the
-FIFO is full the input partitions are paused (the consumer keeps polling, so it keeps
-its group membership) instead of buffering without bound: memory holds at most
-``concurrency × batch_size`` texts in flight plus one poll of records.
+One `Pipeline` drives one consumer; its collaborators do the rest: the `Scorer`
+(scorer.py) judges embedded comments and encodes outputs, the `Outbox` (delivery.py)
+publishes them, tracks done records and commits. The fetch loop decodes records and cuts
+batches of at most `embedding.batch_size` (smaller once `linger_ms` has passed). Each
+batch starts an embedding task at once; up to `concurrency` batches are in flight, held
+in a FIFO so the scorer takes them in submission order whatever order the calls finish
+in. When the FIFO is full the input partitions are paused (the consumer keeps polling, so
+it keeps its group membership) instead of buffering without bound: memory holds at most
+``concurrency × batch_size`` texts in flight plus one poll of records. The `BatchEmbedder`
+(embedding.py) embeds a batch without losing a text: refused texts become dead letters,
+retriable failures keep the batch under the `RetryPolicy` with the input paused behind it.
 
 A record is *done* when it is scored (or dead-lettered) and every output it caused is
-acknowledged by the broker; offsets are committed only over done prefixes
-(`OffsetTracker`), on a timer, on partition revocation and at shutdown.
+acknowledged by the broker; offsets are committed only over done prefixes, on a timer,
+on partition revocation and at shutdown. With `bounds` the pipeline is a bounded replay
+that stops by itself once every partition reached its bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from detector import records as rec
-from detector.centroid import Centroid
+from detector import scorer as scoring
 from detector.config import Settings
-from detector.delivery import Committer, Gate, GroupCommitter, Sink
-from detector.embedders.base import Embedder, Matrix
-from detector.errors import BatchRejectedError, EmbeddingError, FatalEmbeddingError
+from detector.delivery import Outbox, Work
+from detector.embedders.base import Embedder
+from detector.embedders.retry import RetryPolicy
+from detector.embedding import BatchEmbedder, Outcome
+from detector.errors import EmbeddingError, FatalEmbeddingError, TransactionFailedError
 from detector.metrics import Metrics
-from detector.offsets import OffsetTracker
+from detector.scorer import Scorer
 
 log = structlog.get_logger("detector.pipeline")
 
 Item = tuple[rec.Comment, int]  # a comment and its offset-ledger generation
-Outcome = Matrix | rec.DeadLetter  # a unit vector, or why the text was refused
-Message = tuple[str, bytes | None, bytes]  # topic, key, value
-Work = tuple[rec.Source, int, list[Message]]  # a record, its generation, what it emits
 
 
 @dataclass(slots=True)
@@ -65,44 +66,40 @@ class Pipeline:
         settings: Settings,
         *,
         consumer: AIOKafkaConsumer,
-        producer: Sink,
         embedder: Embedder,
-        centroid: Centroid,
-        threshold: float,
+        scorer: Scorer,
+        outbox: Outbox,
         metrics: Metrics,
-        context: rec.Context,
-        committer: Committer | None = None,
-        gate: Gate | None = None,
+        retry: RetryPolicy | None = None,
         bounds: dict[TopicPartition, int] | None = None,
+        start_offsets: dict[TopicPartition, int] | None = None,
+        on_revoked: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """`bounds` (exclusive end offsets) turn the pipeline into a bounded replay that
-        stops by itself once every partition reached its bound."""
+        starts at `start_offsets` and stops by itself once every partition reached its
+        bound. `retry` defaults to the policy of `settings.embedding`. `on_revoked` is
+        awaited after revoked partitions were finished and committed (e.g. publish state)."""
         self.settings = settings
         self.consumer = consumer
-        self.producer = producer
-        self.committer = committer or GroupCommitter(consumer)
-        self.gate = gate  # set in exactly-once mode: publishes share it, commits take it
-        self.failure: Exception | None = None  # a transaction could not be committed
-        self.bounds = bounds
-        self.finished: set[TopicPartition] = set()
-        self.start_offsets: dict[TopicPartition, int] = {}  # where a bounded replay starts
-        self._exhausted = asyncio.Event()
-        self.embedder = embedder
-        self.centroid = centroid
-        self.threshold = threshold
+        self.scorer = scorer
+        self.outbox = outbox
         self.metrics = metrics
-        self.context = context
-        self.tracker = OffsetTracker()
-        self.fatal: FatalEmbeddingError | None = None
+        self.embedding = BatchEmbedder(
+            embedder, retry or RetryPolicy.from_settings(settings.embedding), metrics,
+            stopping=lambda: self._stopping)
+        self.bounds = bounds
+        self.start_offsets = dict(start_offsets or {})
+        self.on_revoked = on_revoked
+        self.finished: set[TopicPartition] = set()
+        self._replayed = False  # a bounded replay reached every bound
+        self._failure: TransactionFailedError | None = None
+        self._fatal: FatalEmbeddingError | None = None
         # set by the first completed rebalance, even one that assigns nothing: a replica
         # beyond the partition count is a ready standby, not a pod that never gets ready
-        self.joined = False
+        self._joined = False
         # The partitions owned between the rebalance callbacks (the consumer's assignment
         # still lists revoked partitions until the next one is applied).
-        self.owned: set[TopicPartition] = set()
-        self.on_revoked: Callable[[], Awaitable[None]] | None = None  # e.g. publish state
-        # Told of local centroid updates: (S before, w before, number of updates).
-        self.on_update: Callable[[npt.NDArray[np.float64], float, int], None] | None = None
+        self._owned: set[TopicPartition] = set()
         self._pending: list[Item] = []
         self._pending_since = 0.0
         # Batches being embedded or waiting to be scored, in submission order; at most
@@ -110,17 +107,40 @@ class Pipeline:
         self._inflight: deque[Batch] = deque()
         self._space = asyncio.Event()  # a batch left the FIFO
         self._submitted = asyncio.Event()  # a batch entered the FIFO
-        self._deliveries: set[asyncio.Task[None]] = set()
-        self._progress = asyncio.Event()
         self._seq = 0
         self._paused = False
         self._stopping = False
         self._last_offset: dict[tuple[str, int], int] = {}
-        metrics.threshold.set(threshold)
+        metrics.threshold.set(scorer.threshold)
         # Read at scrape time: merges from other replicas change the centroid too.
-        metrics.centroid_weight.set_function(lambda: self.centroid.weight)
-        metrics.centroid_version.set_function(lambda: self.centroid.version)
-        metrics.assigned.set_function(lambda: len(self.owned))
+        metrics.centroid_weight.set_function(lambda: self.scorer.centroid.weight)
+        metrics.centroid_version.set_function(lambda: self.scorer.centroid.version)
+        metrics.assigned.set_function(lambda: len(self._owned))
+
+    # ------------------------------------------------------------------ status
+    @property
+    def fatal(self) -> FatalEmbeddingError | None:
+        """The error that stopped the input, when the embedder failed fatally."""
+        return self._fatal
+
+    @property
+    def failure(self) -> TransactionFailedError | None:
+        """The transaction that could not be committed (exactly_once), if any."""
+        return self._failure
+
+    @property
+    def joined(self) -> bool:
+        """Whether a rebalance completed (the consumer is a member of its group)."""
+        return self._joined
+
+    @property
+    def owned(self) -> frozenset[TopicPartition]:
+        """The partitions this pipeline owns now."""
+        return frozenset(self._owned)
+
+    def _done(self) -> bool:
+        """A bounded replay finished, or a transaction failed: stop fetching."""
+        return self._replayed or self._failure is not None
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
@@ -135,26 +155,25 @@ class Pipeline:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
-            await self.commit()
+            await self._commit()
 
     async def _drain(self, scorer: asyncio.Task[None]) -> None:
         deadline = self.settings.shutdown_timeout_s
         try:
             async with asyncio.timeout(deadline):
                 if self.fatal is None:
-                    if self.bounds is None or self._exhausted.is_set():
+                    if self.bounds is None or self._replayed:
                         await self._submit_pending(force=True)
                     # An interrupted replay leaves its partial batch for --resume, so batches
                     # stay aligned with the range start and output stays byte-identical.
                     while self._inflight:
                         self._space.clear()
                         await self._space.wait()
-                while self._deliveries:
-                    await asyncio.gather(*self._deliveries, return_exceptions=True)
+                await self.outbox.drain()
         except TimeoutError:
             log.warning("shutdown deadline passed with work in flight",
-                        in_flight=self.tracker.in_flight(), deadline_s=deadline)
-        leftovers: list[asyncio.Task[Any]] = [scorer, *self._deliveries]
+                        in_flight=self.outbox.in_flight(), deadline_s=deadline)
+        leftovers: list[asyncio.Task[Any]] = [scorer, *self.outbox.pending()]
         leftovers.extend(batch.task for batch in self._inflight)
         for task in leftovers:
             task.cancel()
@@ -162,7 +181,7 @@ class Pipeline:
 
     def listener(self) -> ConsumerRebalanceListener:
         """A rebalance listener that finishes and commits revoked partitions' work."""
-        return _Rebalance(self)
+        return _Rebalance(self._revoked, self._assigned)
 
     # ------------------------------------------------------------------ fetch side
     async def _fetch_loop(self, stop: asyncio.Event) -> None:
@@ -172,7 +191,7 @@ class Pipeline:
         if self.bounds is not None:
             self._check_bounds({})
         try:
-            while not stop.is_set() and not self._exhausted.is_set():
+            while not stop.is_set() and not self._done():
                 await self._submit_pending(force=False)
                 self._set_paused(self.fatal is not None or self._backlogged())
                 if fetch is None:
@@ -222,7 +241,7 @@ class Pipeline:
                 self.finished.add(tp)
                 self.consumer.pause(tp)
         if len(self.finished) == len(self.bounds):
-            self._exhausted.set()
+            self._replayed = True
         return kept
 
     def _start_at(self, tp: TopicPartition) -> int:
@@ -238,16 +257,18 @@ class Pipeline:
                 self._last_offset[(tp.topic, tp.partition)] = records[-1].offset
             for record in records:
                 self.metrics.consumed.inc()
-                generation = self.tracker.add((tp.topic, tp.partition), record.offset)
+                generation = self.outbox.track((tp.topic, tp.partition), record.offset)
                 decoded = rec.decode(record, self.settings.input)
                 if isinstance(decoded, rec.DeadLetter):
-                    bad.append((decoded.source, generation, [self._dead_letter(decoded)]))
+                    verdict = self.scorer.refuse(decoded)
+                    scoring.record(self.metrics, verdict)
+                    bad.append((decoded.source, generation, verdict.messages))
                     continue
                 if not self._pending:
                     self._pending_since = time.monotonic()
                 self._pending.append((decoded, generation))
         if bad:
-            self._deliver(bad)
+            self.outbox.deliver(bad)
 
     def _backlogged(self) -> bool:
         return self._full() and len(self._pending) >= self.settings.embedding.batch_size
@@ -284,46 +305,12 @@ class Pipeline:
             chunk, self._pending = self._pending[:size], self._pending[size:]
             self._pending_since = time.monotonic()
             self._seq += 1
-            batch = Batch(self._seq, chunk, asyncio.create_task(self._embed([c for c, _ in chunk])))
+            embedding = self.embedding.embed([c for c, _ in chunk])
+            batch = Batch(self._seq, chunk, asyncio.create_task(embedding))
             self.metrics.inflight.inc()
             self.metrics.batch_size.observe(len(chunk))
             self._inflight.append(batch)
             self._submitted.set()
-
-    # ------------------------------------------------------------------ embedding
-    async def _embed(self, comments: Sequence[rec.Comment]) -> list[Outcome]:
-        """Vectors for the comments, in order; a text the API refuses becomes a dead letter.
-
-        A refused batch is split in halves until the offending text is alone, so only
-        that one is dead-lettered.
-        """
-        try:
-            return list(await self._embed_until_done([c.text for c in comments]))
-        except BatchRejectedError as exc:
-            if len(comments) == 1:
-                reason = f"rejected:{exc.code}" if exc.code else "rejected"
-                return [rec.DeadLetter(comments[0].source, reason, str(exc), None)]
-            half = len(comments) // 2
-            return [*await self._embed(comments[:half]), *await self._embed(comments[half:])]
-
-    async def _embed_until_done(self, texts: list[str]) -> Matrix:
-        """Retry retriable failures until they succeed (input stays paused behind us)."""
-        attempt = 0
-        while True:
-            started = time.monotonic()
-            try:
-                matrix = await self.embedder.embed(texts)
-            except EmbeddingError as exc:
-                if not exc.retriable or self._stopping:
-                    raise
-                attempt += 1
-                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
-                log.warning("embedding failed, retrying", error=str(exc), code=exc.code,
-                            attempt=attempt, retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay)
-                continue
-            self.metrics.embed_seconds.observe(time.monotonic() - started)
-            return matrix
 
     # ------------------------------------------------------------------ scoring
     async def _score_loop(self) -> None:
@@ -346,7 +333,7 @@ class Pipeline:
             self._space.set()
 
     def _halt(self, exc: FatalEmbeddingError) -> None:
-        self.fatal = exc
+        self._fatal = exc
         self.metrics.ready.set(0)
         log.error("embedding failed fatally; input stopped and no offset past the failed "
                   "batch will be committed; fix the cause and restart",
@@ -358,173 +345,39 @@ class Pipeline:
         self._space.set()
 
     def _score(self, batch: Batch, outcomes: list[Outcome]) -> None:
-        """Score vectors in order, decide, and hand every record's outputs to delivery."""
-        rows = [i for i, o in enumerate(outcomes) if not isinstance(o, rec.DeadLetter)]
-        sims: list[float] = []
-        updated: list[bool] = []
-        if rows:
-            before = (self.centroid.sum.copy(), self.centroid.weight)
-            scored = self.centroid.score(
-                np.stack([cast(Matrix, outcomes[i]) for i in rows]), self.threshold,
-                self.settings.scoring.margin, update=self.settings.scoring.update,
-            )
-            sims, updated = scored.similarities.tolist(), scored.updated.tolist()
-            accepted = int(scored.updated.sum())
-            if accepted and self.on_update is not None:
-                self.on_update(before[0], before[1], accepted)
-        by_row = dict(zip(rows, zip(sims, updated, strict=True), strict=True))
+        """Score the batch in order, account for it, and hand its outputs to the outbox."""
+        verdicts = self.scorer.score([(comment, outcome) for (comment, _), outcome
+                                      in zip(batch.items, outcomes, strict=True)])
         work: list[Work] = []
-        alerts = 0
-        for i, (comment, generation) in enumerate(batch.items):
-            outcome = outcomes[i]
-            if isinstance(outcome, rec.DeadLetter):
-                work.append((comment.source, generation, [self._dead_letter(outcome)]))
-                continue
-            similarity, was_update = by_row[i]
-            self.metrics.similarity.observe(similarity)
-            messages = self._outputs(comment, similarity, was_update)
-            alerts += similarity < self.threshold
-            work.append((comment.source, generation, messages))
-        self.metrics.scored.inc(len(rows))
-        log.debug("batch scored", seq=batch.seq, size=len(batch.items), alerts=alerts)
-        self._deliver(work)
-
-    def _outputs(self, comment: rec.Comment, similarity: float, updated: bool) -> list[Message]:
-        anomaly = similarity < self.threshold
-        messages: list[Message] = []
-        key = comment.source.key
-        if anomaly:
-            log.info("alert", id=comment.id, similarity=round(similarity, 4),
-                     threshold=self.threshold, partition=comment.source.partition,
-                     offset=comment.source.offset)
-            messages.append((self.settings.alerts.topic, key, rec.encode_alert(
-                comment, similarity=similarity, threshold=self.threshold,
-                centroid_version=self.centroid.version, centroid_count=self.centroid.weight,
-                ctx=self.context)))
-        if self.settings.alerts.scores_topic:
-            messages.append((self.settings.alerts.scores_topic, key, rec.encode_score(
-                comment, similarity=similarity, threshold=self.threshold, anomaly=anomaly,
-                updated=updated, centroid_version=self.centroid.version)))
-        return messages
-
-    def _dead_letter(self, letter: rec.DeadLetter) -> Message:
-        self.metrics.dead_letters.labels(reason=letter.reason.split(":")[0]).inc()
-        log.warning("dead letter", reason=letter.reason, error=letter.error,
-                    topic=letter.source.topic, partition=letter.source.partition,
-                    offset=letter.source.offset)
-        return (self.settings.alerts.dead_letter_topic, letter.source.key,
-                rec.encode_dead_letter(letter, self.context))
-
-    # ------------------------------------------------------------------ delivery
-    def _deliver(self, work: list[Work]) -> None:
-        """Mark output-free records done now; publish the rest in one background task."""
-        with_output: list[Work] = []
-        for source, generation, messages in work:
-            if messages:
-                with_output.append((source, generation, messages))
-            else:
-                self.tracker.done((source.topic, source.partition), source.offset, generation)
-        if with_output:
-            task = asyncio.create_task(self._publish(with_output))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
-        self._progress.set()
-
-    async def _publish(self, work: list[Work]) -> None:
-        """Send every message, wait for the broker's acks, then mark the records done.
-
-        A send that fails after the producer's own retries is sent again (at-least-once)
-        until it is acknowledged or the pipeline is cancelled at shutdown.
-        """
-        if self.gate is None:
-            await self._publish_now(work)
-            return
-        async with self.gate.shared():
-            await self._publish_now(work)
-
-    async def _publish_now(self, work: list[Work]) -> None:
-        sends = [(source, msg) for source, _, messages in work for msg in messages]
-        attempt = 0
-        while sends:
-            futures = []
-            for _, (topic, key, value) in sends:  # appended in order, acknowledged together
-                try:
-                    futures.append(await self.producer.send(topic, value=value, key=key))
-                except KafkaError as exc:  # refused before batching, e.g. too large
-                    refused: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-                    refused.set_exception(exc)
-                    futures.append(refused)
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [s for s, r in zip(sends, results, strict=True) if isinstance(r, Exception)]
-            now = time.time()
-            for (source, (topic, _, _)), result in zip(sends, results, strict=True):
-                if not isinstance(result, Exception) and topic == self.settings.alerts.topic:
-                    self.metrics.alerts.inc()
-                    self.metrics.end_to_end.observe(max(0.0, now - source.timestamp / 1000))
-            if failed:
-                attempt += 1
-                self.metrics.publish_retries.inc(len(failed))
-                delay = min(10.0, 0.2 * 2**attempt)
-                log.warning("publish failed, resending", failed=len(failed), retry_in_s=delay,
-                            error=str(next(r for r in results if isinstance(r, Exception))))
-                await asyncio.sleep(delay)
-            sends = failed
-        for source, generation, _ in work:
-            self.tracker.done((source.topic, source.partition), source.offset, generation)
-        self._progress.set()
+        for (comment, generation), verdict in zip(batch.items, verdicts, strict=True):
+            scoring.record(self.metrics, verdict)
+            work.append((comment.source, generation, verdict.messages))
+        self.metrics.scored.inc(sum(v.similarity is not None for v in verdicts))
+        log.debug("batch scored", seq=batch.seq, size=len(batch.items),
+                  alerts=sum(v.alert for v in verdicts))
+        self.outbox.deliver(work)
 
     # ------------------------------------------------------------------ commits
     async def _commit_loop(self) -> None:
         interval = self.settings.kafka.commit_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            await self.commit()
+            await self._commit()
             await self._update_lag()
 
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit the done prefix of every assigned partition (or of `only`).
-
-        In exactly-once mode the offsets are read while the gate is held exclusively, so
-        the transaction closes over exactly the outputs of the records it commits.
-        """
-        if self.gate is None:
-            await self._commit_done(only)
-            return
-        async with self.gate.exclusive():
-            await self._commit_done(only, always=True)
-
-    async def _commit_done(self, only: set[TopicPartition] | None, *, always: bool = False
-                           ) -> None:
-        assigned = self.consumer.assignment() if only is None else only
-        offsets = {
-            TopicPartition(*tp): offset
-            for tp, offset in self.tracker.to_commit().items()
-            if TopicPartition(*tp) in assigned
-        }
-        if not offsets and not always:
-            return
+    async def _commit(self, only: Collection[TopicPartition] | None = None) -> None:
+        """Commit through the outbox; a failed transaction stops the fetch loop, and a
+        restart resumes from the last committed transaction."""
         try:
-            await self.committer.commit(offsets)
-        except KafkaError as exc:
-            if self.gate is None:
-                log.warning("commit failed; will retry on the next interval", error=repr(exc))
-                return
-            # A transaction that cannot commit cannot be retried: stop, and let a restart
-            # resume from the last committed transaction.
-            log.error("transaction commit failed; stopping", error=repr(exc))
-            self.failure = exc
-            self._exhausted.set()
-            return
-        self.tracker.mark_committed({(tp.topic, tp.partition): o for tp, o in offsets.items()})
-        if offsets:
-            log.debug("committed", offsets={f"{tp.topic}-{tp.partition}": o
-                                            for tp, o in offsets.items()})
+            await self.outbox.commit(only)
+        except TransactionFailedError as exc:
+            self._failure = exc
 
     async def _update_lag(self) -> None:
         """Lag = the partition's high watermark minus the position of the next record the
         consumer hands to the pipeline (transaction markers and compacted gaps included);
         known once a fetch of the partition has returned."""
-        for tp in list(self.owned):
+        for tp in list(self._owned):
             high = self.consumer.highwater(tp)
             if high is None:
                 continue
@@ -532,49 +385,58 @@ class Pipeline:
                 position = await asyncio.wait_for(self.consumer.position(tp), 1.0)
             except (IllegalStateError, TimeoutError):  # revoked or reset meanwhile
                 continue
-            if tp in self.owned:  # not revoked during the await
+            if tp in self._owned:  # not revoked during the await
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
 
-    async def finish_partitions(self, revoked: set[TopicPartition], deadline_s: float) -> None:
-        """Score and publish everything fetched from `revoked`, then commit them."""
-        keys = {(tp.topic, tp.partition) for tp in revoked}
-        try:
-            async with asyncio.timeout(deadline_s):
-                if self.fatal is None:
-                    await self._submit_pending(force=True)
-                while any(self.tracker.in_flight(k) for k in keys):
-                    self._progress.clear()
-                    await self._progress.wait()
-        except TimeoutError:
-            log.warning("revoked partitions not finished in time; their tail will be redone",
-                        in_flight=sum(self.tracker.in_flight(k) for k in keys))
-        await self.commit(only=revoked)
-        self.tracker.forget(list(keys))
-        if self.on_revoked is not None:
-            await self.on_revoked()
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.pipeline.owned -= set(revoked)
+    # ------------------------------------------------------------------ rebalance
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        self._owned -= revoked
         for tp in revoked:  # another replica reports these now; a stale gauge would add up
             with contextlib.suppress(KeyError):
-                self.pipeline.metrics.lag.remove(tp.topic, str(tp.partition))
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
         if revoked:
-            timeout = self.pipeline.settings.shutdown_timeout_s
-            await self.pipeline.finish_partitions(set(revoked), timeout)
+            await self._finish_partitions(revoked, self.settings.shutdown_timeout_s)
             log.info("partitions revoked", partitions=sorted(f"{t.topic}-{t.partition}"
                                                              for t in revoked))
 
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned", partitions=sorted(f"{t.topic}-{t.partition}"
                                                           for t in assigned))
         if not assigned:
             log.warning("no input partitions assigned: standing by (more replicas than "
                         "partitions)")
-        self.pipeline.joined = True
-        self.pipeline.owned = set(assigned)
-        self.pipeline.metrics.ready.set(1 if self.pipeline.fatal is None else 0)
+        self._joined = True
+        self._owned = set(assigned)
+        self.metrics.ready.set(1 if self._fatal is None else 0)
+
+    async def _finish_partitions(self, revoked: set[TopicPartition], deadline_s: float
+                                 ) -> None:
+        """Score and publish everything fetched from `revoked`, then commit them."""
+        keys = {(tp.topic, tp.partition) for tp in revoked}
+        try:
+            async with asyncio.timeout(deadline_s):
+                if self._fatal is None:
+                    await self._submit_pending(force=True)
+                await self.outbox.settled(keys)
+        except TimeoutError:
+            log.warning("revoked partitions not finished in time; their tail will be redone",
+                        in_flight=sum(self.outbox.in_flight(k) for k in keys))
+        await self._commit(only=revoked)
+        self.outbox.forget(list(keys))
+        if self.on_revoked is not None:
+            await self.on_revoked()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands the consumer's rebalance callbacks to the pipeline."""
+
+    def __init__(self, revoked: Callable[[set[TopicPartition]], Awaitable[None]],
+                 assigned: Callable[[set[TopicPartition]], None]) -> None:
+        self._revoked = revoked
+        self._assigned = assigned
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assigned(set(assigned))

@@ -25,6 +25,8 @@ MAX_NESTING = 64  # JSON deeper than this is refused before it costs recursion
 # third and the broker refuses messages over ~1 MB); the source offset finds the rest.
 MAX_DEAD_LETTER_VALUE = 64 * 1024
 
+Message = tuple[str, bytes | None, bytes]  # an output to publish: topic, key, value
+
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 

@@ -30,7 +30,7 @@ from detector import records as rec
 from detector.app import initial_state
 from detector.centroid import Centroid
 from detector.config import Settings
-from detector.delivery import Sink
+from detector.delivery import Outbox, Sink
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
 from detector.exits import EXIT_INTERRUPTED, EXIT_OK
@@ -39,6 +39,7 @@ from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.progress import Progress
 from detector.ranges import Plan, parse_bounds, parse_time, resolve_plan
+from detector.scorer import Scorer
 from detector.signals import install_stop_handlers
 from detector.state import SharedCentroid, StateStore
 
@@ -224,11 +225,13 @@ async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, s
     try:
         consumer.assign([tp])
         consumer.seek(tp, plan.position(partition))
-        pipeline = Pipeline(settings, consumer=consumer, producer=sink, embedder=embedder,
-                            centroid=centroid, threshold=threshold, metrics=metrics,
-                            context=context, committer=committer,
-                            bounds={tp: plan.ranges[partition][1]})
-        pipeline.start_offsets = {tp: plan.position(partition)}
+        outbox = Outbox(sink, committer, metrics, alerts_topic=settings.alerts.topic,
+                        assigned=consumer.assignment)
+        pipeline = Pipeline(settings, consumer=consumer, embedder=embedder,
+                            scorer=Scorer.from_settings(settings, centroid, threshold, context),
+                            outbox=outbox, metrics=metrics,
+                            bounds={tp: plan.ranges[partition][1]},
+                            start_offsets={tp: plan.position(partition)})
         await pipeline.run(stop)
     finally:
         await consumer.stop()

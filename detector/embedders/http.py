@@ -4,15 +4,15 @@
 (connection pool sized to the configured concurrency, explicit timeouts, TLS
 verification on, proxies from the environment). Retriable failures are retried with
 exponential backoff and full jitter, or after the server's `Retry-After`, until a total
-deadline; then the last error is raised and the pipeline keeps its input paused and
-tries again. Subclasses only say how a request looks and how a response or error reads.
+deadline (`RetryPolicy`, embedders/retry.py); then the last error is raised and the
+pipeline keeps the batch and its input paused and tries again under the same policy.
+Subclasses only say how a request looks and how a response or error reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from detector.config import EmbeddingSettings
 from detector.embedders.base import Matrix, normalise_rows
 from detector.embedders.client import DirectPoster, build_client
+from detector.embedders.retry import RetryPolicy
 from detector.errors import (
     BatchRejectedError,
     EmbeddingError,
@@ -148,6 +149,7 @@ class HttpEmbedder:
         self._outcomes: dict[str, Any] = {}
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute,
                                    clock, sleep)
+        self.retry = RetryPolicy.from_settings(settings)
         self.state = ClientState.OPEN
 
     def __repr__(self) -> str:
@@ -186,7 +188,7 @@ class HttpEmbedder:
             raise ValueError(msg)
         # Only a tokens-per-minute limit needs the estimate (it costs a regex per text).
         estimated = sum(estimate_tokens(t) for t in texts) if self.limiter.tokens else 0
-        deadline = self.clock() + self.settings.retry_deadline_s
+        started = self.clock()
         attempt = 0
         while True:
             await self.limiter.acquire(estimated)
@@ -197,11 +199,8 @@ class HttpEmbedder:
                 if not exc.retriable:
                     raise
                 attempt += 1
-                delay = getattr(exc, "retry_after", None)
-                if delay is None:
-                    cap = min(self.settings.retry_max_s, self.settings.retry_base_s * 2**attempt)
-                    delay = random.uniform(0, cap)
-                if self.clock() + delay > deadline:
+                delay = self.retry.delay(attempt, getattr(exc, "retry_after", None))
+                if not self.retry.within(started, self.clock(), delay):
                     raise
                 log.info("embedding request failed, retrying", code=exc.code,
                          status=exc.status, error=str(exc), retry_in_s=round(delay, 3))

@@ -1,0 +1,73 @@
+"""Embedding a batch of comments without losing any: the pipeline's embedding stage.
+
+`BatchEmbedder.embed` returns, in order, a unit vector for each comment or — for a text
+the API refuses for its content — a `DeadLetter`. A refused batch is split in halves
+until the offending text is alone, so only that one is dead-lettered. A retriable
+failure that outlived the embedder's own retries keeps its batch: it is tried again
+after the `RetryPolicy` backoff (or the server's `Retry-After`), with no deadline at this
+level, until it succeeds, fails non-retriably, or shutdown begins (`stopping()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from detector import records as rec
+from detector.embedders.base import Embedder, Matrix
+from detector.embedders.retry import RetryPolicy
+from detector.errors import BatchRejectedError, EmbeddingError
+from detector.metrics import Metrics
+from detector.scorer import Vector
+
+log = structlog.get_logger("detector.pipeline")
+
+Outcome = Vector | rec.DeadLetter  # a unit vector, or why the text was refused
+
+
+class BatchEmbedder:
+    """Vectors for batches of comments, in order, through one `Embedder`."""
+
+    def __init__(self, embedder: Embedder, retry: RetryPolicy, metrics: Metrics, *,
+                 stopping: Callable[[], bool],
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """`stopping` says shutdown began: a retriable failure is then raised, not retried."""
+        self.embedder = embedder
+        self.retry = retry
+        self.metrics = metrics
+        self.stopping = stopping
+        self.sleep = sleep
+
+    async def embed(self, comments: Sequence[rec.Comment]) -> list[Outcome]:
+        """Vectors for the comments, in order; a text the API refuses becomes a dead letter."""
+        try:
+            return list(await self._until_done([c.text for c in comments]))
+        except BatchRejectedError as exc:
+            if len(comments) == 1:
+                reason = f"rejected:{exc.code}" if exc.code else "rejected"
+                return [rec.DeadLetter(comments[0].source, reason, str(exc), None)]
+            half = len(comments) // 2
+            return [*await self.embed(comments[:half]), *await self.embed(comments[half:])]
+
+    async def _until_done(self, texts: list[str]) -> Matrix:
+        """Keep the batch through retriable failures until they succeed (no deadline at
+        this level: nothing is dropped; the input stays paused behind us)."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                matrix = await self.embedder.embed(texts)
+            except EmbeddingError as exc:
+                if not exc.retriable or self.stopping():
+                    raise
+                attempt += 1
+                delay = self.retry.delay(attempt, getattr(exc, "retry_after", None))
+                log.warning("embedding failed, retrying", error=str(exc), code=exc.code,
+                            attempt=attempt, retry_in_s=round(delay, 2))
+                await self.sleep(delay)
+                continue
+            self.metrics.embed_seconds.observe(time.monotonic() - started)
+            return matrix

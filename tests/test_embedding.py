@@ -1,0 +1,100 @@
+"""The pipeline's embedding stage without a broker: refusals split, retries keep the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from detector import records as rec
+from detector.embedders.base import Matrix
+from detector.embedders.retry import RetryPolicy
+from detector.embedding import BatchEmbedder
+from detector.errors import (
+    BatchRejectedError,
+    EmbeddingError,
+    FatalEmbeddingError,
+    RetriableEmbeddingError,
+)
+from detector.metrics import Metrics
+
+
+class ScriptedEmbedder:
+    """Raises the scripted errors first, refuses texts containing "bad", else embeds."""
+
+    name = "scripted"
+    dimension = 2
+
+    def __init__(self, *errors: EmbeddingError) -> None:
+        self.errors = list(errors)
+        self.calls: list[list[str]] = []
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        self.calls.append(list(texts))
+        if self.errors:
+            raise self.errors.pop(0)
+        if any("bad" in t for t in texts):
+            raise BatchRejectedError("refused", code="DataInspectionFailed")
+        return np.tile(np.array([1.0, 0.0], dtype=np.float32), (len(texts), 1))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def comments(*texts: str) -> list[rec.Comment]:
+    return [rec.Comment(rec.Source("c", 0, i, 0, None), t, None) for i, t in enumerate(texts)]
+
+
+def stage(embedder: ScriptedEmbedder, sleeps: list[float], *, stopping: bool = False
+          ) -> BatchEmbedder:
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    policy = RetryPolicy(base_s=0.5, max_s=2.0, deadline_s=1.0, jitter=lambda _, high: high)
+    return BatchEmbedder(embedder, policy, Metrics(), stopping=lambda: stopping, sleep=sleep)
+
+
+class TestBatchEmbedder:
+    async def test_a_refused_text_alone_becomes_a_dead_letter_in_its_place(self) -> None:
+        """A refused batch is split until the offending text is alone; the rest embed."""
+        sleeps: list[float] = []
+        out = await stage(ScriptedEmbedder(), sleeps).embed(comments("a", "b", "bad", "d"))
+        assert [isinstance(o, rec.DeadLetter) for o in out] == [False, False, True, False]
+        letter = out[2]
+        assert isinstance(letter, rec.DeadLetter)
+        assert letter.reason == "rejected:DataInspectionFailed"
+        assert letter.source.offset == 2
+
+    async def test_retriable_failures_keep_the_batch_past_the_deadline(self) -> None:
+        """Retriable errors are retried with the policy's backoff, with no deadline at
+        this level, until the batch embeds."""
+        sleeps: list[float] = []
+        embedder = ScriptedEmbedder(*[RetriableEmbeddingError("503") for _ in range(4)])
+        out = await stage(embedder, sleeps).embed(comments("a", "b"))
+        assert len(out) == 2
+        assert sleeps == [1.0, 2.0, 2.0, 2.0]
+        assert embedder.calls == [["a", "b"]] * 5
+
+    async def test_retry_after_from_the_server_is_honoured(self) -> None:
+        """A throttled error's Retry-After is the wait before the next call."""
+        sleeps: list[float] = []
+        embedder = ScriptedEmbedder(RetriableEmbeddingError("429", retry_after=7.0))
+        await stage(embedder, sleeps).embed(comments("a"))
+        assert sleeps == [7.0]
+
+    async def test_a_fatal_error_is_raised_at_once(self) -> None:
+        """A non-retriable error is not retried."""
+        sleeps: list[float] = []
+        with pytest.raises(FatalEmbeddingError):
+            await stage(ScriptedEmbedder(FatalEmbeddingError("bad key")), sleeps).embed(
+                comments("a"))
+        assert sleeps == []
+
+    async def test_a_retriable_error_is_raised_once_shutdown_began(self) -> None:
+        """While stopping, a retriable error is raised instead of retried."""
+        sleeps: list[float] = []
+        with pytest.raises(RetriableEmbeddingError):
+            await stage(ScriptedEmbedder(RetriableEmbeddingError("503")), sleeps,
+                        stopping=True).embed(comments("a"))
+        assert sleeps == []
