@@ -94,8 +94,10 @@ class TestRemotePipeline:
     ) -> None:
         """a long run of 429s pauses the partitions; batches in flight stay <= concurrency."""
         topic = await new_topic()
+        # a reorder window of 4 batches (40 texts) fills well before the 300 are read
         settings = remote_settings(kafka_bootstrap, topic, api,
-                                   embedding={"concurrency": 2, "retry_deadline_s": 30.0})
+                                   embedding={"concurrency": 2, "retry_deadline_s": 30.0,
+                                              "reorder_window": 4})
         api.inject("429", count=60)  # 60 x Retry-After 0.2 s = about 6 s of throttling
         embedder = build_embedder(settings)
         async with running_detector(settings, embedder) as det:
@@ -119,7 +121,8 @@ class TestRemotePipeline:
     ) -> None:
         """Arrearage: input stops, readiness goes false, nothing past it is committed."""
         topic = await new_topic()
-        settings = remote_settings(kafka_bootstrap, topic, api)
+        # the second 50 comments repeat the first 50: without the cache they reach the API
+        settings = remote_settings(kafka_bootstrap, topic, api, {"cache_entries": 0})
         await produce_comments(kafka_bootstrap, topic, 50)
         embedder = build_embedder(settings)
         stop = asyncio.Event()
