@@ -67,7 +67,6 @@ class BatchEmbedder:
         this level: nothing is dropped; the input stays paused behind us)."""
         attempt = 0
         while True:
-            started = time.monotonic()
             try:
                 matrix = await self._call(texts)
             except EmbeddingError as exc:
@@ -79,7 +78,6 @@ class BatchEmbedder:
                             attempt=attempt, retry_in_s=round(delay, 2))
                 await self.sleep(delay)
                 continue
-            self.metrics.embed_seconds.observe(time.monotonic() - started)
             return matrix
 
     async def _call(self, texts: list[str]) -> Matrix:
@@ -98,13 +96,17 @@ class BatchEmbedder:
             return await self._timed(texts)
 
     async def _timed(self, texts: list[str]) -> Matrix:
+        """The call itself, timed from when it holds a slot (waiting for one is not
+        latency of the API)."""
         self.metrics.inflight.inc()
         started = time.monotonic()
         try:
             matrix = await self.embedder.embed(texts)
         finally:
             self.metrics.inflight.dec()
-        self.latency.observe(time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.latency.observe(seconds)
+        self.metrics.embed_seconds.observe(seconds)
         return matrix
 
     def _hedge_used(self, hedge: bool) -> None:
