@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -75,9 +77,41 @@ async def produce_comments(broker: Broker, topic: str, n: int) -> None:
         await producer.stop()
 
 
+async def produce_repeating(broker: Broker, topic: str, n: int, fraction: float, pool: int,
+                            *, seed: int = 23) -> None:
+    """Comments where `fraction` of them repeat a text from a pool of `pool` texts (spam
+    campaigns, copy-paste), the rest fresh."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=20)
+    await producer.start()
+    try:
+        texts = [c.text for c in stream(n + pool, anomaly_rate=0.05, seed=seed)]
+        repeats, fresh = texts[:pool], texts[pool:]
+        rng = random.Random(seed)
+        for i in range(n):
+            text = rng.choice(repeats) if rng.random() < fraction else fresh[i]
+            await producer.send(topic, value=orjson.dumps({"id": i, "text": text}),
+                                key=str(i).encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def passthrough(broker: Broker, topic: str, n: int) -> float:
+    """Raw aiokafka passthrough msg/s (see `passthrough_detail`)."""
+    return (await passthrough_detail(broker, topic, n))["msg_s"]
+
+
+async def passthrough_detail(broker: Broker, topic: str, n: int) -> dict[str, float]:
     """Raw aiokafka: consume, produce each record to another topic (acks=all, idempotent),
-    commit; msg/s from the first record to the last acknowledged."""
+    commit; msg/s from the first record to the last acknowledged, and this process's CPU
+    seconds per 1,000 records over the same span."""
     out = await make_topic(broker, 3)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap,
                                 group_id=unique("raw"), enable_auto_commit=False,
@@ -87,7 +121,7 @@ async def passthrough(broker: Broker, topic: str, n: int) -> float:
     await consumer.start()
     await producer.start()
     done = 0
-    started = 0.0
+    started = cpu = 0.0
     try:
         while done < n:
             fetched = await consumer.getmany(timeout_ms=500)
@@ -95,23 +129,24 @@ async def passthrough(broker: Broker, topic: str, n: int) -> float:
             for records in fetched.values():
                 for r in records:
                     if not started:
-                        started = time.monotonic()
+                        started, cpu = time.monotonic(), time.process_time()
                     futures.append(await producer.send(out, value=r.value, key=r.key))
             if futures:
                 await asyncio.gather(*futures)
                 await consumer.commit()
                 done += len(futures)
-        return n / (time.monotonic() - started)
+        return {"msg_s": n / (time.monotonic() - started),
+                "cpu_s_per_1000": 1000 * (time.process_time() - cpu) / n}
     finally:
         await consumer.stop()
         await producer.stop()
 
 
-def embedding_section(api: FakeEmbeddingServer, concurrency: int, linger_ms: int = 50
-                      ) -> dict[str, Any]:
+def embedding_section(api: FakeEmbeddingServer, concurrency: int, linger_ms: int = 50,
+                      **extra: Any) -> dict[str, Any]:
     return {"backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
             "base_url": api.base_url, "api_key": "sk-bench", "concurrency": concurrency,
-            "linger_ms": linger_ms}
+            "linger_ms": linger_ms, **{k: v for k, v in extra.items() if v is not None}}
 
 
 class DetectorRun:
@@ -153,6 +188,28 @@ class DetectorRun:
         """msg/s between the first and the n-th scored record (start-up excluded)."""
         async with self:
             return await scored_rate([self], n)
+
+    async def measure_detail(self, n: int, metrics: tuple[str, ...] = ()) -> dict[str, float]:
+        """msg/s as `measure`, the detector's CPU seconds per 1,000 records over the same
+        span, and the final value of each metric named in `metrics`."""
+        async with self:
+            assert self.proc.proc is not None
+            pid = self.proc.proc.pid
+            first_t = first_n = cpu = 0.0
+            while True:
+                scored = await asyncio.to_thread(self.proc.metric,
+                                                 "detector_records_scored_total")
+                now = time.monotonic()
+                if scored > 0 and not first_t:
+                    first_t, first_n, cpu = now, scored, cpu_seconds(pid)
+                if scored >= n:
+                    break
+                await asyncio.sleep(0.02)
+            out = {"msg_s": (n - first_n) / max(1e-9, now - first_t),
+                   "cpu_s_per_1000": 1000 * (cpu_seconds(pid) - cpu) / max(1.0, n - first_n)}
+            for name in metrics:
+                out[name] = await asyncio.to_thread(self.proc.metric, name)
+            return out
 
 
 async def scored_rate(runs: list[DetectorRun], n: int) -> float:

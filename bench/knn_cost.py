@@ -1,4 +1,4 @@
-"""Cost of kNN scoring and explanations (issue 13): `python -m bench.run --part knn-cost`.
+"""Cost of kNN scoring and explanations (issue 13): `python -m bench.run --parts 11`.
 
 Detector throughput with the zero-latency fake API and with the local model, for
 `scoring.method: centroid` and `knn` with reservoirs of 2,000 and 10,000 exemplars,
@@ -105,7 +105,3 @@ async def bench_knn_cost(broker: Broker, api: FakeEmbeddingServer, n: int,
               for d in (256, 512)]
     return {"throughput": rows, "memory": memory}
 
-
-async def smoke(broker: Broker, api: FakeEmbeddingServer) -> dict[str, list[dict[str, Any]]]:
-    """A short run for checking the part works (not for figures)."""
-    return await bench_knn_cost(broker, api, 2_000, sizes=(2_000,))

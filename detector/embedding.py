@@ -6,6 +6,10 @@ until the offending text is alone, so only that one is dead-lettered. A retriabl
 failure that outlived the embedder's own retries keeps its batch: it is tried again
 after the `RetryPolicy` backoff (or the server's `Retry-After`), with no deadline at this
 level, until it succeeds, fails non-retriably, or shutdown begins (`stopping()`).
+
+At most `concurrency` calls run at once, however many batches wait (the pipeline's
+reorder window decides that); a batch backing off holds no call slot. With
+`hedge_after_p99` > 0 a call far past the recent p99 is sent once more (`detector.hedge`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from detector import records as rec
 from detector.embedders.base import Embedder, Matrix
 from detector.embedders.retry import RetryPolicy
 from detector.errors import BatchRejectedError, EmbeddingError
+from detector.hedge import MIN_HEDGE_S, LatencyTracker, hedged
 from detector.metrics import Metrics
 from detector.scorer import Vector
 
@@ -33,13 +38,18 @@ class BatchEmbedder:
 
     def __init__(self, embedder: Embedder, retry: RetryPolicy, metrics: Metrics, *,
                  stopping: Callable[[], bool],
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """`stopping` says shutdown began: a retriable failure is then raised, not retried."""
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 concurrency: int = 1, hedge_after_p99: float = 0.0) -> None:
+        """`stopping` says shutdown began: a retriable failure is then raised, not retried.
+        `concurrency` bounds the calls in flight; `hedge_after_p99` (0: off) hedges."""
         self.embedder = embedder
         self.retry = retry
         self.metrics = metrics
         self.stopping = stopping
         self.sleep = sleep
+        self.hedge_after_p99 = hedge_after_p99
+        self.latency = LatencyTracker()
+        self._calls = asyncio.Semaphore(concurrency)
 
     async def embed(self, comments: Sequence[rec.Comment]) -> list[Outcome]:
         """Vectors for the comments, in order; a text the API refuses becomes a dead letter."""
@@ -57,9 +67,8 @@ class BatchEmbedder:
         this level: nothing is dropped; the input stays paused behind us)."""
         attempt = 0
         while True:
-            started = time.monotonic()
             try:
-                matrix = await self.embedder.embed(texts)
+                matrix = await self._call(texts)
             except EmbeddingError as exc:
                 if not exc.retriable or self.stopping():
                     raise
@@ -69,5 +78,36 @@ class BatchEmbedder:
                             attempt=attempt, retry_in_s=round(delay, 2))
                 await self.sleep(delay)
                 continue
-            self.metrics.embed_seconds.observe(time.monotonic() - started)
             return matrix
+
+    async def _call(self, texts: list[str]) -> Matrix:
+        """One call within the concurrency limit, hedged when configured: the hedge's
+        clock starts once the call holds a slot, and the hedge takes a free slot."""
+        async with self._calls:
+            p99 = self.latency.p99
+            after = (max(self.hedge_after_p99 * p99, MIN_HEDGE_S)
+                     if self.hedge_after_p99 and p99 is not None else None)
+            return await hedged(lambda: self._timed(texts), after,
+                                lambda: not self._calls.locked(), self._hedge_used,
+                                again=lambda: self._extra(texts))
+
+    async def _extra(self, texts: list[str]) -> Matrix:
+        async with self._calls:
+            return await self._timed(texts)
+
+    async def _timed(self, texts: list[str]) -> Matrix:
+        """The call itself, timed from when it holds a slot (waiting for one is not
+        latency of the API)."""
+        self.metrics.inflight.inc()
+        started = time.monotonic()
+        try:
+            matrix = await self.embedder.embed(texts)
+        finally:
+            self.metrics.inflight.dec()
+        seconds = time.monotonic() - started
+        self.latency.observe(seconds)
+        self.metrics.embed_seconds.observe(seconds)
+        return matrix
+
+    def _hedge_used(self, hedge: bool) -> None:
+        self.metrics.hedges.labels(used="hedge" if hedge else "original").inc()

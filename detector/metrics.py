@@ -48,6 +48,22 @@ class Metrics:
         self.cost = Counter(
             "detector_embedding_cost_usd", "Estimated embedding cost in USD", registry=r
         )
+        self.cache_hits = Counter(
+            "detector_embedding_cache_hits",
+            "Texts answered by the embedding cache or repeated within a batch", registry=r)
+        self.cache_misses = Counter(
+            "detector_embedding_cache_misses", "Texts the embedding cache sent on", registry=r)
+        self.cache_evictions = Counter(
+            "detector_embedding_cache_evictions", "Entries evicted from the embedding cache",
+            registry=r)
+        self.cache_entries = Gauge(
+            "detector_embedding_cache_entries", "Texts held by the embedding cache", registry=r)
+        self.tokens_saved = Counter(
+            "detector_embedding_tokens_saved",
+            "Tokens not sent thanks to the embedding cache (estimated)", registry=r)
+        self.cost_saved = Counter(
+            "detector_embedding_cost_saved_usd",
+            "Estimated embedding cost in USD avoided by the cache", registry=r)
         self.end_to_end = Histogram(
             "detector_end_to_end_seconds",
             "Record timestamp to alert acknowledgement",
@@ -71,6 +87,14 @@ class Metrics:
             "Outputs (alerts, scores, dead letters) sent again after a failed send",
             registry=r)
         self.inflight = Gauge("detector_inflight_batches", "Batches being embedded", registry=r)
+        self.queued = Gauge(
+            "detector_queued_batches",
+            "Batches in the reorder window: submitted, not yet scored (embedding or waiting "
+            "for their turn)", registry=r)
+        self.hedges = Counter(
+            "detector_embedding_hedges",
+            "Second calls sent for a call past the hedge threshold, by which answer was used "
+            "(hedge, original)", ["used"], registry=r)
         self.paused = Gauge(
             "detector_paused_partitions", "Partitions paused for backpressure", registry=r
         )

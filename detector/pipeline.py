@@ -4,11 +4,14 @@ One `Pipeline` drives one consumer; its collaborators do the rest: the `Scorer`
 (scorer.py) judges embedded comments and encodes outputs, the `Outbox` (delivery.py)
 publishes them, tracks done records and commits. The fetch loop decodes records and cuts
 batches of at most `embedding.batch_size` (smaller once `linger_ms` has passed). Each
-batch starts an embedding task at once; up to `concurrency` batches are in flight, held
-in a FIFO so the scorer takes them in submission order whatever order the calls finish
-in. When the FIFO is full the input partitions are paused (the consumer keeps polling, so
-it keeps its group membership) instead of buffering without bound: memory holds at most
-``concurrency × batch_size`` texts in flight plus one poll of records. The `BatchEmbedder`
+batch starts an embedding task at once, held in a FIFO, the reorder window, so the scorer
+takes them in submission order whatever order the calls finish in. The window holds up
+to `embedding.reorder_window` batches (default 16 × concurrency) while the `BatchEmbedder`
+lets at most `concurrency` calls run, so one slow call at the head does not stop new
+calls while finished batches wait behind it for their turn. When the window is full the
+input partitions are paused (the consumer keeps polling, so it keeps its group
+membership) instead of buffering without bound: memory and uncommitted records hold at
+most ``reorder_window × batch_size`` texts plus one poll of records. The `BatchEmbedder`
 (embedding.py) embeds a batch without losing a text: refused texts become dead letters,
 retriable failures keep the batch under the `RetryPolicy` with the input paused behind it.
 
@@ -90,7 +93,8 @@ class Pipeline:
         self.metrics = metrics
         self.embedding = BatchEmbedder(
             embedder, retry or RetryPolicy.from_settings(settings.embedding), metrics,
-            stopping=lambda: self._stopping)
+            stopping=lambda: self._stopping, concurrency=settings.embedding.concurrency,
+            hedge_after_p99=settings.embedding.hedge_after_p99)
         self.bounds = bounds
         self.start_offsets = dict(start_offsets or {})
         self.on_revoked = on_revoked
@@ -106,8 +110,8 @@ class Pipeline:
         self._owned: set[TopicPartition] = set()
         self._pending: list[Item] = []
         self._pending_since = 0.0
-        # Batches being embedded or waiting to be scored, in submission order; at most
-        # `concurrency` of them, so at most concurrency x batch_size texts are in flight.
+        # Batches being embedded or waiting to be scored, in submission order: the reorder
+        # window, at most `embedding.window` of them (calls in flight: `concurrency`).
         self._inflight: deque[Batch] = deque()
         self._space = asyncio.Event()  # a batch left the FIFO
         self._submitted = asyncio.Event()  # a batch entered the FIFO
@@ -279,7 +283,7 @@ class Pipeline:
         return self._full() and len(self._pending) >= self.settings.embedding.batch_size
 
     def _full(self) -> bool:
-        return len(self._inflight) >= self.settings.embedding.concurrency
+        return len(self._inflight) >= self.settings.embedding.window
 
     def _set_paused(self, paused: bool) -> None:
         assigned = self.consumer.assignment()
@@ -294,7 +298,7 @@ class Pipeline:
         log.debug("input paused" if paused else "input resumed", partitions=len(assigned))
 
     async def _submit_pending(self, *, force: bool) -> None:
-        """Cut full batches (and a lingered or forced partial one) while the FIFO has room."""
+        """Cut full batches (and a lingered or forced partial one) while the window has room."""
         size = self.settings.embedding.batch_size
         linger = self.settings.embedding.linger_ms / 1000
         while self._pending:
@@ -312,7 +316,7 @@ class Pipeline:
             self._seq += 1
             embedding = self.embedding.embed([c for c, _ in chunk])
             batch = Batch(self._seq, chunk, asyncio.create_task(embedding))
-            self.metrics.inflight.inc()
+            self.metrics.queued.inc()
             self.metrics.batch_size.observe(len(chunk))
             self._inflight.append(batch)
             self._submitted.set()
@@ -333,7 +337,7 @@ class Pipeline:
                 log.warning("batch left unscored at shutdown", error=str(exc))
                 return
             self._inflight.popleft()
-            self.metrics.inflight.dec()
+            self.metrics.queued.dec()
             self._score(batch, outcomes)
             self._space.set()
 
@@ -345,7 +349,7 @@ class Pipeline:
                   error=str(exc), code=exc.code)
         for batch in self._inflight:  # this batch and later ones stay uncommitted
             batch.task.cancel()
-        self.metrics.inflight.dec(len(self._inflight))
+        self.metrics.queued.dec(len(self._inflight))
         self._inflight.clear()
         self._space.set()
 

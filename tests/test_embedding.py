@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import numpy as np
@@ -98,3 +99,51 @@ class TestBatchEmbedder:
             await stage(ScriptedEmbedder(RetriableEmbeddingError("503")), sleeps,
                         stopping=True).embed(comments("a"))
         assert sleeps == []
+
+
+class Gated:
+    """Every call waits for `open`, set once the second call has started and every call
+    already scheduled has had its turn: without a bound all six are running by then;
+    with concurrency 2 the other four wait for a slot."""
+
+    name = "gated"
+    dimension = 2
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.open = asyncio.Event()
+        self.metrics = metrics
+        self.running = self.peak = self.started = 0
+        self.gauge_peak = 0.0
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        self.started += 1
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        gauge = self.metrics.registry.get_sample_value("detector_inflight_batches") or 0.0
+        self.gauge_peak = max(self.gauge_peak, gauge)
+        if self.started == 2:  # after the calls already scheduled have started
+            asyncio.get_running_loop().call_soon(self.open.set)
+        try:
+            await self.open.wait()
+        finally:
+            self.running -= 1
+        return np.tile(np.array([1.0, 0.0], dtype=np.float32), (len(texts), 1))
+
+    async def aclose(self) -> None:
+        return None
+
+
+class TestConcurrency:
+    async def test_at_most_concurrency_calls_run_however_many_batches_wait(self) -> None:
+        """6 batches submitted at once, concurrency 2: never more than two calls run (and
+        the in-flight gauge says so); all six finish."""
+        metrics = Metrics()
+        embedder = Gated(metrics)
+        stage = BatchEmbedder(embedder, RetryPolicy(), metrics, stopping=lambda: False,
+                              concurrency=2)
+        outs = await asyncio.gather(*(stage.embed(comments(f"t{i}")) for i in range(6)))
+        assert [len(o) for o in outs] == [1] * 6
+        assert embedder.started == 6
+        assert embedder.peak == 2
+        assert embedder.gauge_peak == 2
+        assert metrics.registry.get_sample_value("detector_inflight_batches") == 0

@@ -55,6 +55,13 @@ async def create_topic(bootstrap: str, name: str) -> None:
         await admin.close()
 
 
+@pytest.fixture(params=["aiohttp", "httpx"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The tests of the HTTP API run on both values of embedding.http_transport."""
+    value: str = request.param
+    return value
+
+
 @pytest.fixture
 def api() -> Iterator[FakeEmbeddingServer]:
     with FakeEmbeddingServer(api_key=SECRET, hang_s=2.0) as srv:
@@ -86,7 +93,7 @@ class TestBrokerRestart:
 
 class TestEmbeddingOutage:
     async def test_thirty_second_outage_pauses_keeps_membership_and_resumes(
-        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer
+        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer, transport: str
     ) -> None:
         """500s and hangs for 30 s: input pauses, in-flight stays bounded, the group is not
         rebalanced, and every comment is scored once the API is back."""
@@ -95,7 +102,7 @@ class TestEmbeddingOutage:
             "backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
             "base_url": api.base_url, "api_key": SECRET, "timeout_s": 1.0,
             "retry_base_s": 0.1, "retry_max_s": 1.0, "retry_deadline_s": 5.0,
-            "concurrency": 4}, scoring={"threshold": 0.05})
+            "concurrency": 4, "http_transport": transport}, scoring={"threshold": 0.05})
         assert settings.alerts.scores_topic is not None
         embedder = build_embedder(settings)
         async with running_detector(settings, embedder) as det:
@@ -129,15 +136,16 @@ class TestEmbeddingOutage:
 
 
 def dashscope_process(bootstrap: str, topic: str, api: FakeEmbeddingServer, log_path: Path,
-                      *, embedding: dict[str, object] | None = None, **more: object
-                      ) -> DetectorProcess:
+                      transport: str, *, embedding: dict[str, object] | None = None,
+                      **more: object) -> DetectorProcess:
     """A started `detector run` child embedding through the fake DashScope API with the
     test key, in its own group, without state sync."""
     return DetectorProcess({
         "kafka": {"bootstrap_servers": bootstrap, "group_id": unique("g")},
         "input": {"topic": topic},
         "embedding": {"backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,
-                      "base_url": api.base_url, "api_key": SECRET, **(embedding or {})},
+                      "base_url": api.base_url, "api_key": SECRET, "http_transport": transport,
+                      **(embedding or {})},
         "state": {"enabled": False}, **more,
     }, log_path).start()
 
@@ -178,14 +186,14 @@ class TestPublishFailure:
 
 class TestSecrets:
     def test_api_key_never_in_logs_or_errors(
-        self, kafka_bootstrap: str, tmp_path: Path, api: FakeEmbeddingServer
+        self, kafka_bootstrap: str, tmp_path: Path, api: FakeEmbeddingServer, transport: str
     ) -> None:
         """a detector failing auth with a wrong key, and `detector config`, never print it."""
         api.api_key = "sk-server-expects-another"
         topic = unique("secret-topic")
         asyncio.run(create_topic(kafka_bootstrap, topic))
         proc = dashscope_process(kafka_bootstrap, topic, api, tmp_path / "detector.log",
-                                 log={"level": "debug"})
+                                 transport, log={"level": "debug"})
         try:
             end = time.monotonic() + 60
             while "InvalidApiKey" not in proc.tail(200) and time.monotonic() < end:
@@ -203,14 +211,15 @@ class TestSecrets:
 
 class TestSignals:
     def test_sigterm_drains_and_a_second_signal_exits_at_once(
-        self, kafka_bootstrap: str, tmp_path: Path, api: FakeEmbeddingServer
+        self, kafka_bootstrap: str, tmp_path: Path, api: FakeEmbeddingServer, transport: str
     ) -> None:
         """with embedding stuck, SIGTERM starts a drain; a second SIGTERM ends it now."""
         api.hang_s = 120.0
         topic = unique("signals")
         asyncio.run(create_topic(kafka_bootstrap, topic))
         proc = dashscope_process(kafka_bootstrap, topic, api, tmp_path / "detector.log",
-                                 embedding={"timeout_s": 100.0}, shutdown_timeout_s=60,
+                                 transport, embedding={"timeout_s": 100.0},
+                                 shutdown_timeout_s=60,
                                  alerts={"topic": unique("a"), "dead_letter_topic": unique("d")})
         try:
             proc.wait_ready()

@@ -141,7 +141,8 @@ class TestRestart:
         comments = stream(600, anomaly_rate=0.1, seed=3)
         await produce(kafka_bootstrap, topic, [
             (f"k{i}".encode(), comment_value(i, c.text)) for i, c in enumerate(comments)])
-        settings = detector_settings(kafka_bootstrap, topic)
+        # a reorder window of 4 batches, so the drain at the stop leaves most of the 600
+        settings = detector_settings(kafka_bootstrap, topic, embedding={"reorder_window": 4})
         scores_topic = settings.alerts.scores_topic
         assert scores_topic is not None
         async with running_detector(settings, RecordingEmbedder(local_embedder)) as det:

@@ -58,13 +58,14 @@ async def produce_comments(bootstrap: str, topic: str, n: int, marker_at: int | 
 
 
 class TestRemotePipeline:
+    @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
     async def test_faults_lose_nothing_and_score_nothing_twice(
-        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer
+        self, kafka_bootstrap: str, new_topic: NewTopic, api: FakeEmbeddingServer, transport: str
     ) -> None:
         """with every transient fault injected mid-stream, each comment is scored once and
-        the one rejected text alone is dead-lettered."""
+        the one rejected text alone is dead-lettered (on both HTTP transports)."""
         topic = await new_topic(partitions=2)
-        settings = remote_settings(kafka_bootstrap, topic, api)
+        settings = remote_settings(kafka_bootstrap, topic, api, {"http_transport": transport})
         embedder = build_embedder(settings)
         async with running_detector(settings, embedder) as det:
             await wait_for(lambda: metric(det.metrics, "detector_ready") == 1, what="ready")
@@ -93,8 +94,10 @@ class TestRemotePipeline:
     ) -> None:
         """a long run of 429s pauses the partitions; batches in flight stay <= concurrency."""
         topic = await new_topic()
+        # a reorder window of 4 batches (40 texts) fills well before the 300 are read
         settings = remote_settings(kafka_bootstrap, topic, api,
-                                   embedding={"concurrency": 2, "retry_deadline_s": 30.0})
+                                   embedding={"concurrency": 2, "retry_deadline_s": 30.0,
+                                              "reorder_window": 4})
         api.inject("429", count=60)  # 60 x Retry-After 0.2 s = about 6 s of throttling
         embedder = build_embedder(settings)
         async with running_detector(settings, embedder) as det:
@@ -118,7 +121,8 @@ class TestRemotePipeline:
     ) -> None:
         """Arrearage: input stops, readiness goes false, nothing past it is committed."""
         topic = await new_topic()
-        settings = remote_settings(kafka_bootstrap, topic, api)
+        # the second 50 comments repeat the first 50: without the cache they reach the API
+        settings = remote_settings(kafka_bootstrap, topic, api, {"cache_entries": 0})
         await produce_comments(kafka_bootstrap, topic, 50)
         embedder = build_embedder(settings)
         stop = asyncio.Event()

@@ -3,18 +3,22 @@ Retry-After, deadlines, the rate limiter, and that the key never leaks."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
+import httpcore
 import httpx
+import numpy as np
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from detector.config import EmbeddingSettings
-from detector.embedders.http import RateLimiter, retry_after
-from detector.embedders.remote import DashScopeEmbedder, OpenAIEmbedder
+from detector.embedders.http import RateLimiter, _transport_error, retry_after
+from detector.embedders.remote import DashScopeEmbedder, OpenAIEmbedder, decode_base64_rows
 from detector.errors import (
     BatchRejectedError,
     FatalEmbeddingError,
@@ -87,7 +91,8 @@ class TestRequestShapes:
         assert out.shape == (2, 4)
 
     async def test_openai_request(self) -> None:
-        """/embeddings with input, dimensions and encoding_format float; ordered by index."""
+        """/embeddings with input, dimensions and encoding_format (float once a server
+        refused base64); float rows ordered by index."""
         seen: list[httpx.Request] = []
 
         def handler(request: httpx.Request) -> httpx.Response:
@@ -97,6 +102,7 @@ class TestRequestShapes:
                 "usage": {"total_tokens": 3}})
 
         emb = OpenAIEmbedder(OPENAI, SecretStr(KEY), transport=httpx.MockTransport(handler))
+        emb.encoding = "float"
         out = await emb.embed(["x", "y"])
         await emb.aclose()
         assert str(seen[0].url) == "http://oa.local/v1/embeddings"
@@ -105,6 +111,57 @@ class TestRequestShapes:
                                                "encoding_format": "float"}
         assert out[0].tolist() == [1, 0, 0, 0]
         assert out[1].tolist() == [0, 1, 0, 0]
+
+    async def test_openai_asks_base64_and_decodes_little_endian_float32(self) -> None:
+        """the default request asks base64; rows decode by index into float32."""
+        seen: list[httpx.Request] = []
+        rows = np.array([[3, 4, 0, 0], [0, 0, 1, 0]], dtype="<f4")
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200, json={"data": [
+                {"index": i, "embedding": base64.b64encode(rows[i].tobytes()).decode()}
+                for i in (1, 0)], "usage": {"total_tokens": 3}})
+
+        async with OpenAIEmbedder(OPENAI, SecretStr(KEY),
+                                  transport=httpx.MockTransport(handler)) as emb:
+            out = await emb.embed(["x", "y"])
+        assert json.loads(seen[0].content)["encoding_format"] == "base64"
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, np.array([[0.6, 0.8, 0, 0], [0, 0, 1, 0]]), atol=1e-7)
+
+    async def test_a_400_naming_encoding_format_switches_to_float_once(self) -> None:
+        """the refusal is retried at once with float, and float stays; a 400 about
+        something else is still a rejected batch."""
+        seen: list[str] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            encoding = json.loads(request.content)["encoding_format"]
+            seen.append(encoding)
+            if encoding == "base64":
+                return httpx.Response(400, json={"error": {
+                    "message": "unsupported value", "param": "encoding_format",
+                    "type": "invalid_request_error"}})
+            if len(seen) == 4:
+                return httpx.Response(400, json={"error": {"message": "input too long",
+                                                           "type": "invalid_request_error"}})
+            return httpx.Response(200, json={"data": [{"index": 0, "embedding": [1, 0, 0, 0]}]})
+
+        clock = FakeClock()
+        async with OpenAIEmbedder(OPENAI, SecretStr(KEY), transport=httpx.MockTransport(handler),
+                                  sleep=clock.sleep, clock=clock) as emb:
+            await emb.embed(["x"])
+            await emb.embed(["y"])
+            with pytest.raises(BatchRejectedError):
+                await emb.embed(["z"])
+        assert seen == ["base64", "float", "float", "float"]
+        assert clock.sleeps == [0.0]
+
+    def test_base64_rows_of_unequal_length_are_malformed(self) -> None:
+        good = base64.b64encode(np.zeros(4, "<f4").tobytes()).decode()
+        short = base64.b64encode(np.zeros(3, "<f4").tobytes()).decode()
+        with pytest.raises(ValueError, match="unequal"):
+            decode_base64_rows([good, short])
 
     async def test_results_follow_text_index_not_position(self) -> None:
         """a shuffled text_index is put back in input order; rows are unit length."""
@@ -205,6 +262,20 @@ class TestErrors:
         async with dashscope(handler) as emb:
             with pytest.raises(FatalEmbeddingError, match="2-dimensional"):
                 await emb.embed(["a"])
+
+    def test_wire_errors_are_named_by_their_cause(self) -> None:
+        """httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: only a
+        real timeout (either transport's) reads as one."""
+        def mapped(outer: Exception, cause: BaseException) -> str:
+            outer.__cause__ = cause
+            return str(_transport_error("http://x", outer))
+
+        assert "timed out" in str(_transport_error("http://x", httpx.ReadTimeout("t")))
+        assert "timed out" in mapped(httpx.ReadTimeout("t"), httpcore.ReadTimeout("t"))
+        assert "timed out" in mapped(httpx.ReadTimeout("t"), aiohttp.SocketTimeoutError("t"))
+        reset = mapped(httpx.ConnectTimeout("x"), aiohttp.ServerDisconnectedError())
+        assert "failed: ServerDisconnectedError" in reset
+        assert "failed: ConnectError" in str(_transport_error("http://x", httpx.ConnectError("x")))
 
     def test_retry_after_parses_seconds_and_dates(self) -> None:
         """Retry-After in seconds or as an HTTP date."""

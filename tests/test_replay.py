@@ -125,7 +125,8 @@ class TestReplay:
         """an interrupted replay resumed with --resume writes what one full run writes."""
         topic = await new_topic(partitions=2)
         await produce_timed(kafka_bootstrap, topic, 300, 2)
-        settings = detector_settings(kafka_bootstrap, topic)
+        # a reorder window of 4 batches, so the drain at the interrupt leaves most of 300
+        settings = detector_settings(kafka_bootstrap, topic, embedding={"reorder_window": 4})
         full = tmp_path / "full.jsonl"
         await replay(settings, ReplayOptions(topic=topic, output=full, state="evolving",
                                              progress_file=tmp_path / "full.json",

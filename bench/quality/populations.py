@@ -207,7 +207,7 @@ NOTE = (
     "sentences, so a 1 % FPR cut keeps only the far part; only the drug key, whose "
     "anomalies are all off-population, reaches 90 %. kNN over a per-key "
     "reservoir adds most where a population is itself varied (politics); a larger "
-    "reservoir helps further at a memory cost (`python -m bench.run --part knn-cost`).")
+    "reservoir helps further at a memory cost (`python -m bench.run --parts 11`).")
 
 
 def _goals(result: dict[str, Any]) -> list[str]:

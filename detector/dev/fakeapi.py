@@ -9,17 +9,29 @@ truncated or non-JSON bodies, shuffled `text_index`, `Arrearage`, `InvalidApiKey
 `DataInspectionFailed` for texts containing a marker. Steer it from Python
 (`server.inject(...)`) or over HTTP (``POST /_control``); read ``GET /_stats``.
 
-    python -m detector.dev.fakeapi --port 8000 --latency-ms 100 --api-key sk-test
+Each call's latency is drawn from `Latency`: fixed, lognormal (median, sigma), and a
+fraction of stragglers at a fixed latency. A per-second quota (requests and tokens per
+second, each second metered on its own as DashScope does) answers 429
+``Throttling.RateQuota`` with Retry-After until the next second. The OpenAI shape
+answers ``encoding_format: base64`` (little-endian float32), or refuses it with a 400
+naming the field (``refuse_base64``), as some compatible servers do. Give it an
+`ssl.SSLContext` to serve HTTPS.
+
+    python -m detector.dev.fakeapi --port 8000 --latency-ms 100 --sigma 0.5 --api-key sk-test
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import functools
+import math
 import random
+import ssl
 import sys
 import threading
+import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,8 +49,10 @@ FAULTS = ("429", "429_no_retry_after", "rate_quota_400", "500", "hang", "reset",
           "truncated", "not_json", "shuffle", "arrearage", "invalid_key", "wrong_dimension")
 
 
+@functools.lru_cache(maxsize=8192)
 def fake_embedding(text: str, dimension: int, common: float = 0.0) -> npt.NDArray[np.float32]:
-    """A deterministic unit vector: signed hashes of the text's character trigrams.
+    """A deterministic unit vector: signed hashes of the text's character trigrams (cached:
+    the server's own CPU shares the machine with what it measures; never mutate it).
 
     `common` > 0 adds that multiple of one direction shared by every text before
     normalising, like models whose vectors all lie in a narrow cone (multilingual-e5:
@@ -69,6 +83,56 @@ def _shared_direction(dimension: int) -> npt.NDArray[np.float32]:
 
 
 @dataclass
+class Latency:
+    """How long a call takes: `median_s`, times exp(sigma x N(0, 1)) when `sigma` > 0
+    (lognormal), except a `straggler_fraction` of calls that take `straggler_s`."""
+
+    median_s: float = 0.0
+    sigma: float = 0.0
+    straggler_fraction: float = 0.0
+    straggler_s: float = 0.0
+
+    def draw(self, rng: random.Random) -> float:
+        if self.straggler_fraction and rng.random() < self.straggler_fraction:
+            return self.straggler_s
+        if self.sigma:
+            return self.median_s * math.exp(self.sigma * rng.gauss(0.0, 1.0))
+        return self.median_s
+
+    def mean_s(self) -> float:
+        """The expected latency, for ceilings such as 10 x N / mean latency."""
+        body = self.median_s * math.exp(self.sigma**2 / 2)
+        return (1 - self.straggler_fraction) * body + self.straggler_fraction * self.straggler_s
+
+
+class Quota:
+    """Requests and tokens per second, each wall-clock second metered on its own."""
+
+    def __init__(self, requests_per_s: float | None = None, tokens_per_s: float | None = None
+                 ) -> None:
+        self.requests_per_s = requests_per_s
+        self.tokens_per_s = tokens_per_s
+        self._second = -1
+        self._requests = 0
+        self._tokens = 0
+
+    def admit(self, tokens: int, now: float) -> float | None:
+        """None when the call fits this second's quota (and counts it), else seconds until
+        the next second starts."""
+        second = int(now)
+        if second != self._second:
+            self._second, self._requests, self._tokens = second, 0, 0
+        over = ((self.requests_per_s is not None and self._requests + 1 > self.requests_per_s)
+                or (self.tokens_per_s is not None and self._tokens
+                    and self._tokens + tokens > self.tokens_per_s))
+        if over:
+            return second + 1 - now
+        self._requests += 1
+        self._tokens += tokens
+        return None
+
+
+@dataclass
 class Stats:
     requests: int = 0
     ok: int = 0
@@ -77,28 +141,38 @@ class Stats:
     inflight: int = 0
     peak_inflight: int = 0
     texts: int = 0
+    tokens: int = 0
+    throttled: int = 0
+    base64: int = 0
+    response_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "ok": self.ok, "faults": self.faults,
                 "max_batch": self.max_batch, "peak_inflight": self.peak_inflight,
-                "texts": self.texts}
+                "texts": self.texts, "tokens": self.tokens, "throttled": self.throttled,
+                "base64": self.base64, "response_bytes": self.response_bytes}
 
 
 class FakeEmbeddingServer:
     """The server, on its own event loop in a background thread; a context manager."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_key: str = "sk-test",
-                 latency_s: float = 0.0, hang_s: float = 60.0, *, common: float = 0.0) -> None:
+                 latency_s: float = 0.0, hang_s: float = 60.0, *, common: float = 0.0,
+                 ssl_context: ssl.SSLContext | None = None, seed: int = 0) -> None:
         self.host = host
         self.port = port
         self.api_key = api_key
-        self.latency_s = latency_s
+        self.latency = Latency(median_s=latency_s)
+        self.quota = Quota()
+        self.refuse_base64 = False
         self.hang_s = hang_s
+        self.ssl_context = ssl_context
         self.reject_marker: str | None = None
         # The `model` OpenAI-shaped responses name (None: echo the request's, as OpenAI
         # does); servers such as vLLM answer with the name they serve under.
         self.served_model: str | None = None
         self.common = common  # shared component of every vector (see fake_embedding)
+        self._rng = random.Random(seed)
         self.stats = Stats()
         self._faults: deque[str] = deque()
         self._lock = threading.Lock()
@@ -108,8 +182,18 @@ class FakeEmbeddingServer:
         self._ready = threading.Event()
 
     @property
+    def latency_s(self) -> float:
+        """The fixed (or median) latency; setting it keeps sigma and stragglers."""
+        return self.latency.median_s
+
+    @latency_s.setter
+    def latency_s(self, value: float) -> None:
+        self.latency.median_s = value
+
+    @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def openai_base_url(self) -> str:
@@ -146,7 +230,8 @@ class FakeEmbeddingServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._server = loop.run_until_complete(
-            asyncio.start_server(self._handle, self.host, self.port, backlog=256))
+            asyncio.start_server(self._handle, self.host, self.port, backlog=256,
+                                 ssl=self.ssl_context))
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         loop.run_forever()
@@ -191,7 +276,7 @@ class FakeEmbeddingServer:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 if not await self._respond(writer, method, path, headers, body):
                     return
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, ssl.SSLError):
             return
         finally:
             writer.close()
@@ -209,8 +294,9 @@ class FakeEmbeddingServer:
         self.stats.inflight += 1
         self.stats.peak_inflight = max(self.stats.peak_inflight, self.stats.inflight)
         try:
-            if self.latency_s:
-                await asyncio.sleep(self.latency_s)
+            delay = self.latency.draw(self._rng)
+            if delay > 0:
+                await asyncio.sleep(delay)
             return await self._embed(writer, path == OPENAI_PATH, headers, body)
         finally:
             self.stats.inflight -= 1
@@ -218,6 +304,15 @@ class FakeEmbeddingServer:
     def _control(self, command: dict[str, Any]) -> dict[str, Any]:
         if "latency_ms" in command:
             self.latency_s = float(command["latency_ms"]) / 1000
+        if "sigma" in command:
+            self.latency.sigma = float(command["sigma"])
+        if "straggler_fraction" in command:
+            self.latency.straggler_fraction = float(command["straggler_fraction"])
+            self.latency.straggler_s = float(command.get("straggler_ms", 0)) / 1000
+        if "requests_per_s" in command or "tokens_per_s" in command:
+            self.quota = Quota(command.get("requests_per_s"), command.get("tokens_per_s"))
+        if "refuse_base64" in command:
+            self.refuse_base64 = bool(command["refuse_base64"])
         if "fault" in command:
             self.inject(str(command["fault"]), int(command.get("count", 1)))
         if "reject_marker" in command:
@@ -247,34 +342,52 @@ class FakeEmbeddingServer:
             params = {} if openai else request.get("parameters", {})
             dimension = int(request.get("dimensions", 1024) if openai
                             else params.get("dimension", 1024))
+            encoding = request.get("encoding_format", "float") if openai else "float"
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return await _error(writer, openai, 400, "InvalidParameter", "malformed request")
         problem = self._invalid(model, texts, params, dimension)
+        if problem is None and encoding not in ("float", "base64"):
+            problem = f"encoding_format must be float or base64, got {encoding!r}"
+        if problem is None and encoding == "base64" and self.refuse_base64:
+            problem = "encoding_format base64 is not supported by this server"
         if problem is not None:
             return await _error(writer, openai, 400, "InvalidParameter", problem)
         if self.reject_marker and any(self.reject_marker in t for t in texts):
             return await _error(writer, openai, 400, "DataInspectionFailed",
                                 "Input data may contain inappropriate content.")
+        tokens = sum(max(1, len(t) // 3) for t in texts)
+        wait = self.quota.admit(tokens, time.time())
+        if wait is not None:
+            self.stats.throttled += 1
+            return await _error(writer, openai, 429, "Throttling.RateQuota",
+                                "Requests rate limit exceeded, please try again later.",
+                                headers={"Retry-After": f"{wait:.3f}"})
         self.stats.ok += 1
         self.stats.texts += len(texts)
+        self.stats.tokens += tokens
         self.stats.max_batch = max(self.stats.max_batch, len(texts))
         out_dim = dimension + 1 if fault == "wrong_dimension" else dimension
-        vectors = [fake_embedding(t, out_dim, self.common).tolist() for t in texts]
+        vectors = [fake_embedding(t, out_dim, self.common) for t in texts]
         order = list(range(len(texts)))
         if fault == "shuffle":
             random.Random(len(texts)).shuffle(order)
-        tokens = sum(max(1, len(t) // 3) for t in texts)
         if openai:
+            rows: list[Any] = vectors
+            if encoding == "base64":
+                self.stats.base64 += 1
+                rows = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
             payload: dict[str, Any] = {
                 "object": "list", "model": self.served_model or model,
-                "data": [{"object": "embedding", "index": i, "embedding": vectors[i]}
+                "data": [{"object": "embedding", "index": i, "embedding": rows[i]}
                          for i in order],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
         else:
             payload = {"output": {"embeddings": [{"text_index": i, "embedding": vectors[i]}
                                                  for i in order]},
                        "usage": {"total_tokens": tokens}, "request_id": "fake"}
-        return await _send(writer, 200, payload)
+        encoded = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        self.stats.response_bytes += len(encoded)
+        return await _send_raw(writer, 200, encoded, "application/json")
 
     def _invalid(self, model: str, texts: object, params: dict[str, Any], dimension: int
                  ) -> str | None:
@@ -359,7 +472,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="fixed, or the median")
+    parser.add_argument("--sigma", type=float, default=0.0, help="lognormal sigma (0: fixed)")
+    parser.add_argument("--straggler-fraction", type=float, default=0.0)
+    parser.add_argument("--straggler-ms", type=float, default=0.0)
+    parser.add_argument("--requests-per-s", type=float, default=None)
+    parser.add_argument("--tokens-per-s", type=float, default=None)
+    parser.add_argument("--refuse-base64", action="store_true")
     parser.add_argument("--api-key", default="sk-test")
     parser.add_argument("--common", type=float, default=0.0,
                         help="shared component of every vector: 2 puts all similarities "
@@ -367,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server = FakeEmbeddingServer(args.host, args.port, args.api_key, args.latency_ms / 1000,
                                  common=args.common)
+    server.latency = Latency(args.latency_ms / 1000, args.sigma, args.straggler_fraction,
+                             args.straggler_ms / 1000)
+    server.quota = Quota(args.requests_per_s, args.tokens_per_s)
+    server.refuse_base64 = args.refuse_base64
     with server:
         print(f"URL={server.base_url}", flush=True)
         threading.Event().wait()

@@ -41,7 +41,7 @@ def normalise_rows(rows: npt.ArrayLike, dimension: int) -> Matrix:
         msg = f"embedding has shape {matrix.shape}, expected (n, {dimension})"
         raise RetriableEmbeddingError(msg)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+    if not np.isfinite(norms).all() or not norms.all():  # methods: no np.all dispatch
         msg = "embedding contains a zero or non-finite row"
         raise RetriableEmbeddingError(msg)
     normalised: Matrix = (matrix / norms).astype(np.float32, copy=False)

@@ -41,10 +41,19 @@ class PrefixedEmbedder:
 
 def build_embedder(settings: Settings, metrics: Metrics | None = None) -> Embedder:
     """The embedder the configuration names (remote ones share one pooled HTTP client),
-    with `embedding.text_prefix` prepended to every text when one is set."""
+    with `embedding.text_prefix` prepended to every text when one is set, behind the
+    embedding cache unless `embedding.cache_entries` is 0 (the cache key includes the
+    prefix)."""
     embedder = _backend(settings, metrics)
     prefix = settings.embedding.text_prefix
-    return PrefixedEmbedder(embedder, prefix) if prefix else embedder
+    if prefix:
+        embedder = PrefixedEmbedder(embedder, prefix)
+    entries = settings.embedding.cache_entries
+    if not entries:
+        return embedder
+    from detector.embedders.cache import CachingEmbedder
+
+    return CachingEmbedder(embedder, settings.embedding, entries, metrics)
 
 
 def _backend(settings: Settings, metrics: Metrics | None) -> Embedder:

@@ -16,8 +16,9 @@ import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Self
 
+import aiohttp
 import httpx
 import orjson
 import structlog
@@ -25,6 +26,7 @@ from pydantic import SecretStr
 
 from detector.config import EmbeddingSettings
 from detector.embedders.base import Matrix, normalise_rows
+from detector.embedders.client import DirectPoster, build_client
 from detector.embedders.retry import RetryPolicy
 from detector.errors import (
     BatchRejectedError,
@@ -39,6 +41,7 @@ from detector.records import estimate_tokens
 log = structlog.get_logger("detector.embedders")
 
 Sleep = Callable[[float], Awaitable[None]]
+Rows = list[list[float]] | Matrix  # JSON float lists, or rows already decoded by numpy
 Clock = Callable[[], float]
 
 
@@ -83,6 +86,8 @@ class RateLimiter:
         self._lock = asyncio.Lock()
 
     async def acquire(self, tokens: int) -> None:
+        if self.requests is None and self.tokens is None:
+            return
         async with self._lock:  # first come, first served
             for bucket, amount in ((self.requests, 1.0), (self.tokens, float(tokens))):
                 while bucket is not None:
@@ -136,15 +141,12 @@ class HttpEmbedder:
         self.sleep = sleep
         self.clock = clock
         self.url = (settings.base_url or self.default_base_url).rstrip("/") + self.path
-        verify: Any = str(settings.ca_bundle) if settings.ca_bundle else settings.verify_tls
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(max_connections=settings.concurrency,
-                                max_keepalive_connections=settings.concurrency),
-            headers={"Authorization": f"Bearer {api_key.get_secret_value()}",
-                     "Content-Type": "application/json"},
-            verify=verify, trust_env=True, transport=transport,
-        )
+        self._client = build_client(
+            settings, {"Authorization": f"Bearer {api_key.get_secret_value()}",
+                       "Content-Type": "application/json"}, transport)
+        self._poster = DirectPoster(self._client, self.url, settings.timeout_s,
+                                    settings.connect_timeout_s)
+        self._outcomes: dict[str, Any] = {}
         self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute,
                                    clock, sleep)
         self.retry = RetryPolicy.from_settings(settings)
@@ -165,7 +167,7 @@ class HttpEmbedder:
     def body(self, texts: Sequence[str]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def rows(self, payload: dict[str, Any], count: int) -> tuple[list[list[float]], int]:
+    def rows(self, payload: dict[str, Any], count: int) -> tuple[Rows, int]:
         """Vectors in input order, and the billed tokens (0 when not reported)."""
         raise NotImplementedError
 
@@ -184,7 +186,8 @@ class HttpEmbedder:
         if len(texts) > self.settings.batch_size:
             msg = f"{len(texts)} texts exceed embedding.batch_size {self.settings.batch_size}"
             raise ValueError(msg)
-        estimated = sum(estimate_tokens(t) for t in texts)
+        # Only a tokens-per-minute limit needs the estimate (it costs a regex per text).
+        estimated = sum(estimate_tokens(t) for t in texts) if self.limiter.tokens else 0
         started = self.clock()
         attempt = 0
         while True:
@@ -208,24 +211,19 @@ class HttpEmbedder:
             if self.metrics is not None and tokens:
                 self.metrics.tokens.inc(tokens)
                 self.metrics.cost.inc(tokens * self.settings.price_per_million_tokens / 1e6)
-            matrix = normalise_rows(vectors, self.dimension) if vectors and len(
-                vectors[0]) == self.dimension else None
+            got = len(vectors[0]) if len(vectors) else 0
+            matrix = normalise_rows(vectors, self.dimension) if got == self.dimension else None
             if matrix is None:
-                got = len(vectors[0]) if vectors else 0
                 msg = (f"{self.name} returned {got}-dimensional embeddings, configured "
                        f"embedding.dimension is {self.dimension}")
                 raise FatalEmbeddingError(msg)
             return matrix
 
-    async def _request(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+    async def _request(self, texts: Sequence[str]) -> tuple[Rows, int]:
         try:
-            response = await self._client.post(self.url, content=orjson.dumps(self.body(texts)))
-        except httpx.TimeoutException:
-            msg = f"request to {self.url} timed out"
-            raise RetriableEmbeddingError(msg) from None
-        except httpx.TransportError as exc:
-            msg = f"connection to {self.url} failed: {type(exc).__name__}"
-            raise RetriableEmbeddingError(msg) from None
+            response = await self._poster.post(orjson.dumps(self.body(texts)))
+        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
+            raise _transport_error(self.url, exc) from None
         payload: dict[str, Any] | None
         try:
             parsed = orjson.loads(response.content)
@@ -245,7 +243,11 @@ class HttpEmbedder:
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.embed_requests.labels(outcome=outcome).inc()
+            counter = self._outcomes.get(outcome)
+            if counter is None:  # labels() takes a lock and builds a key on every call
+                counter = self._outcomes[outcome] = self.metrics.embed_requests.labels(
+                    outcome=outcome)
+            counter.inc()
 
     def scrub(self, text: str) -> str:
         """Never let the key through, even if a server echoes it back."""
@@ -256,11 +258,22 @@ class HttpEmbedder:
             self.state = ClientState.CLOSED
             await self._client.aclose()
 
-    async def __aenter__(self) -> HttpEmbedder:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _transport_error(url: str, exc: BaseException) -> RetriableEmbeddingError:
+    """A retriable error naming what failed on the wire. httpx-aiohttp maps any aiohttp
+    connection error to `httpx.ConnectTimeout`, so the cause decides what is a timeout."""
+    cause = exc.__cause__ or exc
+    timed_out = isinstance(cause, TimeoutError) or (
+        isinstance(exc, httpx.TimeoutException) and not isinstance(cause, aiohttp.ClientError))
+    if timed_out:
+        return RetriableEmbeddingError(f"request to {url} timed out")
+    return RetriableEmbeddingError(f"connection to {url} failed: {type(cause).__name__}")
 
 
 def _outcome(exc: EmbeddingError) -> str:

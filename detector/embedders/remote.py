@@ -8,20 +8,26 @@ decides more than the HTTP status does (``Throttling.RateQuota`` can come with 4
 
 OpenAI-compatible (OpenAI, DashScope compatible-mode, vLLM, TEI, Ollama):
 ``POST {base_url}/embeddings`` with ``{"model", "input", "dimensions",
-"encoding_format": "float"}``; results carry `index`; errors are
-``{"error": {"message", "type", "code"}}``.
+"encoding_format": "base64"}``; results carry `index` and each embedding as base64 of
+little-endian float32 (a quarter of the bytes of decimal floats, decoded by numpy
+instead of parsed digit by digit); errors are ``{"error": {"message", "type", "code"}}``.
+A server that refuses base64 answers 400 naming the field: that is noticed once, the
+same call is resent at once with ``"float"``, and float is used from then on.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import numpy as np
+import structlog
 
 from detector.config import Settings
 from detector.embedders.base import Embedder
-from detector.embedders.http import HttpEmbedder, log, retry_after
+from detector.embedders.http import HttpEmbedder, Rows, retry_after
 from detector.errors import (
     BatchRejectedError,
     ConfigError,
@@ -31,6 +37,8 @@ from detector.errors import (
     ThrottledError,
 )
 from detector.metrics import Metrics
+
+log = structlog.get_logger("detector.embedders")
 
 DASHSCOPE_INTL = "https://dashscope-intl.aliyuncs.com"
 OPENAI_DEFAULT = "https://api.openai.com/v1"
@@ -56,7 +64,7 @@ class DashScopeEmbedder(HttpEmbedder):
         return {"model": self.settings.model, "input": {"texts": list(texts)},
                 "parameters": parameters}
 
-    def rows(self, payload: dict[str, Any], count: int) -> tuple[list[list[float]], int]:
+    def rows(self, payload: dict[str, Any], count: int) -> tuple[Rows, int]:
         items = payload["output"]["embeddings"]
         by_index = {int(item["text_index"]): item["embedding"] for item in items}
         if sorted(by_index) != list(range(count)):
@@ -79,12 +87,14 @@ class OpenAIEmbedder(HttpEmbedder):
     path = "/embeddings"
     default_base_url = OPENAI_DEFAULT
     _served_model_checked = False  # warn about a differing served model once
+    # base64 until the server refuses it; then float for the life of this embedder.
+    encoding: Literal["base64", "float"] = "base64"
 
     def body(self, texts: Sequence[str]) -> dict[str, Any]:
         return {"model": self.settings.model, "input": list(texts),
-                "dimensions": self.settings.dimension, "encoding_format": "float"}
+                "dimensions": self.settings.dimension, "encoding_format": self.encoding}
 
-    def rows(self, payload: dict[str, Any], count: int) -> tuple[list[list[float]], int]:
+    def rows(self, payload: dict[str, Any], count: int) -> tuple[Rows, int]:
         if not self._served_model_checked:
             self._check_served_model(payload.get("model"))
         by_index = {int(item["index"]): item["embedding"] for item in payload["data"]}
@@ -92,7 +102,10 @@ class OpenAIEmbedder(HttpEmbedder):
             msg = f"expected index 0..{count - 1}, got {sorted(by_index)}"
             raise ValueError(msg)
         tokens = int((payload.get("usage") or {}).get("total_tokens", 0))
-        return [by_index[i] for i in range(count)], tokens
+        ordered = [by_index[i] for i in range(count)]
+        if isinstance(ordered[0], str):  # base64 (a server may answer float regardless)
+            return decode_base64_rows(ordered), tokens
+        return ordered, tokens
 
     def _check_served_model(self, served: object) -> None:
         """Warn (once) when the server says it used another model than the configured one:
@@ -113,10 +126,33 @@ class OpenAIEmbedder(HttpEmbedder):
         code = str(error.get("code") or error.get("type") or "")
         message = self.scrub(str(error.get("message", "")))
         text = f"embeddings API {status} {code or 'error'}: {message or 'no message'}"
+        if status == 400 and self.encoding == "base64" and _names_encoding(error):
+            self.encoding = "float"
+            log.warning("the embeddings API refuses encoding_format base64; using float",
+                        url=self.url, error=text)
+            return RetriableEmbeddingError(text, code=code, status=status, retry_after=0.0)
         if status == 429:
             return ThrottledError(text, code=code, status=status,
                                   retry_after=retry_after(headers))
         return _classify(status, code, text, retry_after(headers))
+
+
+def decode_base64_rows(rows: Sequence[str]) -> Rows:
+    """Rows of base64 little-endian float32, as one (len(rows), d) float32 array."""
+    decoded = [base64.b64decode(r) for r in rows]
+    sizes = {len(d) for d in decoded}
+    if len(sizes) != 1 or next(iter(sizes)) % 4:
+        msg = f"base64 embeddings of unequal or partial lengths: {sorted(sizes)} bytes"
+        raise ValueError(msg)
+    matrix: Rows = np.frombuffer(b"".join(decoded), dtype="<f4").reshape(
+        len(rows), -1).astype(np.float32, copy=False)
+    return matrix
+
+
+def _names_encoding(error: dict[str, Any]) -> bool:
+    """Whether a 400 is about encoding_format (OpenAI puts the field in `param`)."""
+    said = " ".join(str(error.get(k) or "") for k in ("param", "message", "code")).lower()
+    return "encoding_format" in said or "base64" in said
 
 
 def _classify(status: int, code: str, text: str, after: float | None) -> EmbeddingError:
