@@ -316,3 +316,17 @@ class TestRateLimiter:
         await limiter.acquire(10)
         await limiter.acquire(10)
         assert clock.now == pytest.approx(2.0)
+
+    async def test_a_throttled_call_gives_its_tokens_back(self) -> None:
+        """a call refused for quota (429 Throttling.RateQuota) was not billed: its retry
+        finds the tokens it took still there instead of waiting another second for them."""
+        clock = FakeClock()
+        handler, seen = sequence(
+            httpx.Response(429, json={"code": "Throttling.RateQuota"},
+                           headers={"Retry-After": "0"}),
+            httpx.Response(200, json=dash_ok(["a"])))
+        settings = DASH.model_copy(update={"tokens_per_minute": 600})  # 10 per second
+        async with dashscope(handler, clock, settings=settings) as emb:
+            await emb.embed(["word " * 40])  # estimated at more than a second's 10 tokens
+        assert len(seen) == 2
+        assert clock.now < 0.5  # without the refund the retry waits 1 s for the bucket

@@ -96,6 +96,12 @@ class RateLimiter:
                         break
                     await self.sleep(delay)
 
+    def refund(self, tokens: int) -> None:
+        """Give back the tokens of a call the provider refused for quota: it billed none,
+        and the retry takes them again."""
+        if self.tokens is not None:
+            self.tokens.give_back(tokens)
+
     def settle(self, estimated: int, actual: int) -> None:
         """Correct the token bucket with what the provider actually billed."""
         if self.tokens is not None and actual < estimated:
@@ -196,6 +202,8 @@ class HttpEmbedder:
                 vectors, tokens = await self._request(texts)
             except EmbeddingError as exc:
                 self._count(_outcome(exc))
+                if isinstance(exc, ThrottledError):
+                    self.limiter.refund(estimated)
                 if not exc.retriable:
                     raise
                 attempt += 1
