@@ -169,7 +169,9 @@ class Reservoir:
     def similarities(self, rows: npt.ArrayLike) -> Floats:
         """Cosine of each row to every exemplar, shape (n, len(self))."""
         queries = np.asarray(rows, dtype=np.float32).reshape(-1, self.dimension)
-        return (queries @ self.vectors.T).astype(np.float64)
+        # exemplars @ queries walks the stored rows in memory order: about 5x faster than
+        # queries @ exemplars.T for one query (bench part 11, alert explanations)
+        return (self.vectors @ queries.T).T.astype(np.float64)
 
     def knn(self, rows: npt.ArrayLike, k: int) -> Floats:
         """Mean cosine to the k nearest exemplars (all of them when fewer); NaN if empty."""
@@ -185,7 +187,11 @@ class Reservoir:
     def nearest(self, row: npt.ArrayLike, n: int = 3) -> list[Neighbour]:
         """The n nearest exemplars of one row, most similar first."""
         sims = self.similarities(row)[0]
-        order = np.argsort(-sims, kind="stable")[:n]
+        candidates = np.arange(len(sims))
+        if len(sims) > n > 0:  # the n largest and their ties, in index order, not a full sort
+            kth = np.partition(sims, len(sims) - n)[len(sims) - n]
+            candidates = np.flatnonzero(sims >= kth)
+        order = candidates[np.argsort(-sims[candidates], kind="stable")][:n]
         return [Neighbour(float(sims[i]), self._refs[i]) for i in order]
 
     def nbytes(self) -> int:

@@ -98,6 +98,16 @@ class TestReservoir:
         assert near[0].similarity == pytest.approx(1.0, abs=1e-5)
         assert [n.similarity for n in near] == sorted((n.similarity for n in near), reverse=True)
 
+    def test_nearest_breaks_ties_like_a_full_stable_sort(self) -> None:
+        """equally similar exemplars at the cut come in storage order, as a full stable
+        sort of every similarity would give them (explanations are reproducible)."""
+        r = Reservoir(100, 16)
+        data = rows(6)
+        twins = [data[0], data[1], data[1], data[1], data[2], data[1]]  # four ties
+        for v, ref in zip(twins, refs(6), strict=True):
+            r.offer(v, ref)
+        assert [n.ref.offset for n in r.nearest(data[1], 3)] == [1, 2, 3]
+
     def test_serialised_round_trip_keeps_refs_and_cosines(self) -> None:
         """int8 encoding keeps cosines within 0.01, references, priorities and origins;
         text only when asked."""
