@@ -24,11 +24,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from detector import __version__, startup
 from detector import records as rec
+from detector.adoption import Adopter
 from detector.baselines import Baselines
 from detector.calibration import CalibrationArtifact
 from detector.centroid import Centroid
 from detector.config import Settings
 from detector.delivery import Committer, Gate, GroupCommitter, Outbox, TransactionCommitter
+from detector.drifting import DriftStage
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
 from detector.errors import ConfigError
@@ -43,13 +45,14 @@ from detector.kafka import (
 )
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
+from detector.published import Published, in_force
 from detector.reservoir import Ref
 from detector.scorer import Scorer
 from detector.seed import ThresholdSource, seed_start
 from detector.server import HealthServer
 from detector.sharing import Scope, SharedBaselines
 from detector.signals import install_stop_handlers
-from detector.state import SharedCentroid, StateStore, StateSync
+from detector.state import ReplicaRecord, SharedCentroid, StateStore, StateSync
 
 log = structlog.get_logger("detector.app")
 _Client = TypeVar("_Client", AIOKafkaProducer, AIOKafkaConsumer)
@@ -65,6 +68,7 @@ class InitialState:
     source: ThresholdSource = "fixed"  # calibration | seed (derived) | fixed (configured)
     artifact: CalibrationArtifact | None = None
     seed: tuple[Matrix, list[Ref]] | None = None  # embedded seed rows and their references
+    version: str | None = None  # the artifact's version (detector.published)
 
     def baselines(self, settings: Settings, replica: str) -> Baselines:
         """The global baseline around `centroid`, with the artifact's or seed's exemplars,
@@ -73,14 +77,17 @@ class InitialState:
                              artifact=self.artifact, seed=self.seed, replica=replica)
 
 
-async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
-    """Calibration artifact if configured, else the seed file embedded now."""
+async def initial_state(settings: Settings, embedder: Embedder,
+                        published: Published | None = None) -> InitialState:
+    """The calibration artifact in force (the published one unless the configured file is
+    newer; detector.published), else the seed file embedded now."""
     scoring = settings.scoring
     prefix = settings.embedding.text_prefix
-    if scoring.calibration_file is not None:
-        from detector.calibration import check_compatible, load_artifact
+    if scoring.calibration_file is not None or published is not None:
+        from detector.calibration import check_compatible
 
-        artifact = load_artifact(scoring.calibration_file)
+        artifact, version = in_force(settings, published)
+        assert artifact is not None
         check_compatible(artifact, embedder.name, embedder.dimension, prefix)
         startup.check_artifact(artifact, scoring)
         centroid = Centroid.from_dict(artifact.centroid)
@@ -88,9 +95,13 @@ async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
         if scoring.threshold != "auto":
             log.warning("scoring.threshold is ignored: the calibration artifact's threshold "
                         "is used", configured=scoring.threshold, used=artifact.threshold)
-        return InitialState(centroid, artifact.threshold,
-                            f"calibration:{_digest(scoring.calibration_file)}", "calibration",
-                            artifact)
+        if published is not None and artifact is published.artifact:
+            origin = published.origin
+        else:
+            assert scoring.calibration_file is not None
+            origin = f"calibration:{_digest(scoring.calibration_file)}"
+        return InitialState(centroid, artifact.threshold, origin, "calibration", artifact,
+                            version=version)
     if scoring.seed_file is None:
         msg = "set scoring.calibration_file or scoring.seed_file: the detector needs a centroid"
         raise ConfigError(msg)
@@ -133,6 +144,8 @@ def output_topics(settings: Settings) -> dict[str, dict[str, str]]:
     }
     if settings.alerts.scores_topic:
         topics[settings.alerts.scores_topic] = {}
+    if settings.drift.enabled:
+        topics[settings.alerts.drift_topic] = {}
     return topics
 
 
@@ -183,22 +196,27 @@ async def _starting_point(settings: Settings, embedder: Embedder
         msg = (f"input topic {settings.input.topic!r} does not exist on "
                f"{settings.kafka.bootstrap_servers}; create it or fix input.topic")
         raise ConfigError(msg)
-    state = await initial_state(settings, embedder)
     outputs = list(output_topics(settings))
     created: list[str] = []
     if settings.kafka.create_topics:
         created = await ensure_topics(settings.kafka, output_topics(settings))
-    shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
-    baselines = SharedBaselines(
-        state.baselines(settings, shared.replica),
-        Scope(shared.replica, state.origin, embedder.name, embedder.dimension),
-        keep_text=settings.scoring.keep_exemplar_text)
     store = StateStore(settings) if settings.state.enabled else None
+    records: dict[str, ReplicaRecord] = {}
+    published = None
     if store is not None:
         outputs.append(settings.state.topic)
         if settings.kafka.create_topics:
             created += await store.ensure_topic()
         records = await store.load()
+        published = _published(settings, embedder, store.calibration)
+    state = await initial_state(settings, embedder, published)
+    shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
+    baselines = SharedBaselines(
+        state.baselines(settings, shared.replica),
+        Scope(shared.replica, state.origin, embedder.name, embedder.dimension),
+        keep_text=settings.scoring.keep_exemplar_text)
+    baselines.baselines.calibration = state.version
+    if store is not None:
         ignored = shared.restore(records)
         if ignored:
             log.warning("state of other bases or models ignored; starting from the base",
@@ -206,7 +224,8 @@ async def _starting_point(settings: Settings, embedder: Embedder
         store.restore_shared(baselines)
     await check_durability(settings.kafka, [t for t in outputs if t not in created])
     log.info("detector starting", version=__version__, origin=state.origin,
-             threshold=state.threshold, threshold_source=state.source, model=embedder.name,
+             threshold=state.threshold, threshold_source=state.source,
+             calibration=state.version, model=embedder.name,
              dimension=embedder.dimension,
              replica=shared.replica, centroid_version=shared.centroid.version,
              centroid_weight=shared.centroid.weight, input=settings.input.topic,
@@ -215,6 +234,27 @@ async def _starting_point(settings: Settings, embedder: Embedder
              key_baselines=len(baselines.baselines.keys),
              exemplars=len(baselines.baselines.global_.reservoir))
     return state, shared, baselines, store
+
+
+def _published(settings: Settings, embedder: Embedder, raw: bytes | None
+               ) -> Published | None:
+    """The artifact published on the state topic, if there is one this detector can use;
+    one it cannot is logged and left out (the configured artifact or seed is used)."""
+    if raw is None:
+        return None
+    from detector.calibration import check_compatible
+    from detector.published import parse
+
+    try:
+        published = parse(raw)
+        check_compatible(published.artifact, embedder.name, embedder.dimension,
+                         settings.embedding.text_prefix)
+        startup.check_artifact(published.artifact, settings.scoring)
+    except ConfigError as exc:
+        log.error("published calibration artifact refused at start; using the configured "
+                  "one", reason=str(exc))
+        return None
+    return published
 
 
 async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, *,
@@ -252,9 +292,45 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
     metrics.exemplars.set_function(lambda: sum(len(b.reservoir) for b in held.all()))
     outbox = Outbox(producer, committer, metrics, alerts_topic=settings.alerts.topic,
                     assigned=consumer.assignment, gate=gate)
+    drift = await _drift_stage(stack, settings, state, outbox, metrics)
+    if state.version is not None:
+        metrics.calibration.labels(state.version).set(1)
+    if store is not None:
+        adopter = Adopter(settings, held, metrics, model=embedder.name, version=state.version,
+                          shared=shared, shared_baselines=baselines, sync=sync, drift=drift)
+        store.on_calibration = adopter.offer
     return Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
                     outbox=outbox, metrics=metrics,
-                    on_revoked=sync.publish if sync is not None else None)
+                    on_revoked=sync.publish if sync is not None else None,
+                    on_scored=drift.observe if drift is not None else None)
+
+
+async def _drift_stage(stack: contextlib.AsyncExitStack, settings: Settings,
+                       state: InitialState, outbox: Outbox, metrics: Metrics
+                       ) -> DriftStage | None:
+    """The drift stage and its timer when `drift.enabled`; it needs a calibration artifact
+    with a similarity profile to compare with."""
+    if not settings.drift.enabled:
+        return None
+    if state.artifact is None:
+        msg = ("drift.enabled needs a calibration artifact (scoring.calibration_file or one "
+               "published on the state topic): a seed file has no reference to test against")
+        raise ConfigError(msg)
+    try:
+        drift = DriftStage.from_artifact(settings.drift, state.artifact,
+                                         topic=settings.alerts.drift_topic, emit=outbox.emit,
+                                         metrics=metrics)
+    except (ValueError, KeyError) as exc:
+        msg = f"drift.enabled cannot use the calibration artifact: {exc}"
+        raise ConfigError(msg) from None
+    ticks = asyncio.create_task(drift.run_ticks(), name="drift-ticks")
+
+    async def stop_ticks() -> None:
+        ticks.cancel()
+        await asyncio.gather(ticks, return_exceptions=True)
+
+    stack.push_async_callback(stop_ticks)
+    return drift
 
 
 async def _started(stack: contextlib.AsyncExitStack, client: _Client) -> _Client:

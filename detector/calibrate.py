@@ -257,6 +257,8 @@ def add_parser(subparsers: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--normal", type=Path, help="JSONL file of normal comments")
     src.add_argument("--topic", help="read normal comments from this topic (no group)")
+    src.add_argument("--artifact", type=Path,
+                     help="with --publish: publish this existing artifact, calibrate nothing")
     p.add_argument("--from", dest="time_from", help="with --topic: start time")
     p.add_argument("--to", dest="time_to", help="with --topic: end time (exclusive)")
     p.add_argument("--anomalies", type=Path, help="JSONL file of labelled anomalies")
@@ -274,6 +276,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--report-dir", type=Path, default=None,
                    help="write report.md, report.json and PNG plots here")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
+    p.add_argument("--publish", action="store_true",
+                   help="put the artifact on the state topic: running replicas adopt it "
+                        "without a restart")
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -284,10 +289,46 @@ def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     if args.topic is None and (args.time_from or args.time_to):
         sys.stderr.write("detector: error: --from and --to need --topic\n")
         return EXIT_USAGE
+    if args.artifact is not None and not args.publish:
+        sys.stderr.write("detector: error: --artifact is for --publish of an existing "
+                         "artifact\n")
+        return EXIT_USAGE
     # errors (DetectorError and its fatal embedding case, Kafka) are reported by the CLI
-    result, calls = asyncio.run(run_calibration(settings, args))
-    sys.stdout.write(summary_table(result, args.out, calls))
+    out = args.artifact
+    if out is None:
+        result, calls = asyncio.run(run_calibration(settings, args))
+        sys.stdout.write(summary_table(result, args.out, calls))
+        out = args.out
+    if args.publish:
+        version = asyncio.run(publish(settings, out))
+        sys.stdout.write(f"published {out} as calibration {version} on "
+                         f"{settings.state.topic!r} (detector {settings.name!r})\n")
     return EXIT_OK
+
+
+async def publish(settings: Settings, path: Path) -> str:
+    """Write the artifact at `path` to the state topic (detector.published); returns its
+    version."""
+    from detector import published
+    from detector.kafka import make_producer
+    from detector.state import StateStore
+
+    if not settings.state.enabled:
+        msg = "state.enabled is false: there is no state topic to publish the artifact on"
+        raise CalibrationError(msg)
+    artifact = cal.load_artifact(path)
+    store = StateStore(settings)
+    if settings.kafka.create_topics:
+        await store.ensure_topic()
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.state.topic,
+                                     key=published.record_key(settings.name),
+                                     value=published.encode(settings.name, artifact))
+    finally:
+        await producer.stop()
+    return published.version_of(artifact)
 
 
 def load_lines(path: Path) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from aiokafka.structs import TopicPartition
 from detector.centroid import Centroid
 from detector.config import Settings
 from detector.kafka import ensure_topics, reader_consumer, topic_partitions
+from detector.published import is_published
 from detector.records import utc_now
 from detector.sharing import ExemplarChunk, KeyRecord, SharedBaselines
 from detector.sharing import parse as parse_shared
@@ -175,6 +177,9 @@ class StateStore:
         self._ends: dict[TopicPartition, int] = {}
         # per-key and exemplar records read by `load`, newest per record key
         self.shared: dict[bytes, KeyRecord | ExemplarChunk] = {}
+        # the newest published calibration artifact (detector.published), raw
+        self.calibration: bytes | None = None
+        self.on_calibration: Callable[[bytes], object] | None = None  # told of new ones
 
     async def ensure_topic(self) -> list[str]:
         """Create the compacted state topic when missing; return it if it was created."""
@@ -213,6 +218,11 @@ class StateStore:
     def _keep(self, key: bytes | None, value: bytes | None,
               latest: dict[str, ReplicaRecord]) -> ReplicaRecord | None:
         if key is None or value is None or not key.startswith(self.prefix):
+            return None
+        if is_published(value):
+            self.calibration = value
+            if self.on_calibration is not None:
+                self.on_calibration(value)
             return None
         try:
             shared = parse_shared(value)
@@ -323,6 +333,12 @@ class StateSync:
             log.warning("state publish failed; will retry", error=repr(exc))
             return
         self._published = record.contribution.updates
+
+    def rebase(self, threshold: float) -> None:
+        """A new calibration was adopted: publish the (zeroed) contribution on the new base
+        with its threshold at the next publish."""
+        self.threshold = threshold
+        self._published = -1
 
     async def _every(self) -> None:
         while True:
