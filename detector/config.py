@@ -230,7 +230,8 @@ class StateSettings(Section):
 
 
 class DriftSettings(Section):
-    """Windowed drift tests (detector.drift); not yet run by `detector run`."""
+    """Windowed drift tests (detector.drift, run by detector.drifting): events go to
+    `alerts.drift_topic`. Needs a calibration artifact with a similarity profile."""
 
     enabled: bool = False
     # A window closes after this many records or this many seconds, whichever comes first;

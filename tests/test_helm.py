@@ -468,6 +468,24 @@ class TestDurableTopics:
         assert alerts["config"]["retention.ms"] == "604800000"
         assert "retention.ms" not in state["config"]
 
+    def test_strimzi_topic_for_drift_events_when_drift_is_enabled(self, tmp_path: Path
+                                                                  ) -> None:
+        """With config.drift.enabled the drift topic is a KafkaTopic too, named as the
+        daemon's settings name it; without it there is none."""
+        args = ("--set", "topics.strimzi.enabled=true", "--set",
+                "topics.strimzi.clusterName=my-cluster")
+        docs = render(*args, "--set", "config.drift.enabled=true", "--set",
+                      "config.alerts.drift_topic=ops-drift")
+        settings = loaded_config(docs, tmp_path)
+        assert settings.drift.enabled
+        topics = {d["spec"]["topicName"]: d for d in docs if d["kind"] == "KafkaTopic"}
+        assert settings.alerts.drift_topic == "ops-drift"
+        assert topics["ops-drift"]["metadata"]["name"].endswith("-drift")
+        assert int(topics["ops-drift"]["spec"]["config"]["min.insync.replicas"]) == 2
+        plain = render(*args)
+        assert not [d for d in plain if d["kind"] == "KafkaTopic"
+                    and d["spec"]["topicName"] == "detector-drift"]
+
     def test_strimzi_needs_the_cluster_name(self) -> None:
         """KafkaTopics without strimzi.io/cluster are never reconciled: refused."""
         result = run_helm("template", "rel", str(CHART), "--set", "topics.strimzi.enabled=true")

@@ -1,0 +1,191 @@
+"""Operating over time on a real broker: a calibration published on the state topic is
+adopted by a running replica (and by the next start) while a broken one is refused; drift
+events appear for a population shift and not for a stationary stream; `replay --compare`
+reports the alerts a candidate artifact removes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from detector import calibration as cal
+from detector.calibrate import publish
+from detector.centroid import Centroid
+from detector.compare import NO_KEY, compare
+from detector.config import Settings
+from detector.embedders.local import LocalEmbedder
+from detector.published import version_of
+from detector.replay import ReplayOptions
+from tests.helpers import (
+    detector_settings,
+    metric,
+    produce,
+    read_topic,
+    running_detector,
+    unique,
+    values,
+    wait_for,
+)
+from tests.test_baselines_pipeline import drug_comments, shop_comments
+
+pytestmark = pytest.mark.kafka
+NewTopic = Callable[..., Awaitable[str]]
+
+
+async def artifact(embedder: LocalEmbedder, path: Path, texts: list[str], *,
+                   model: str | None = None) -> Path:
+    """Calibrated on `texts` (70 % train, 30 % held out) at a 1 % target FPR."""
+    vectors = (await embedder.embed(texts)).astype(np.float64)
+    order = np.random.default_rng(0).permutation(len(texts))
+    cut = int(len(texts) * 0.7)
+    result = cal.calibrate(vectors[order[:cut]], vectors[order[cut:]], None,
+                           model=model or embedder.name, dimension=embedder.dimension,
+                           target_fpr=0.01, bootstrap=20)
+    cal.save_artifact(result.artifact, path)
+    return path
+
+
+async def shop_and_mixed(embedder: LocalEmbedder, tmp_path: Path) -> tuple[Path, Path]:
+    """The artifact of a shop-only stream, and the recalibration after drug reviews
+    joined it (which no longer alerts them)."""
+    shop = await artifact(embedder, tmp_path / "shop.json", shop_comments(1000, 1))
+    mixed = await artifact(embedder, tmp_path / "mixed.json",
+                           shop_comments(600, 2) + drug_comments(400, 3))
+    return shop, mixed
+
+
+def message(text: str, i: int) -> tuple[None, bytes]:
+    return None, orjson.dumps({"id": f"c{i}", "text": text})
+
+
+async def alert_share(embedder: LocalEmbedder, path: Path, texts: list[str]) -> float:
+    art = cal.load_artifact(path)
+    sims = (await embedder.embed(texts)).astype(np.float64) @ np.asarray(
+        Centroid.from_dict(art.centroid).vector)
+    return float((sims < art.threshold).mean())
+
+
+class TestPublishedCalibration:
+    async def test_a_published_artifact_is_adopted_live_and_a_broken_one_refused(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """Drug reviews alert under the shop artifact. An artifact of another model is
+        published first and refused (the shop artifact stays in force); then the mixed
+        artifact is published and the running replica adopts it: later drug reviews pass,
+        alerts name the new version, and the next start begins from it."""
+        shop, mixed = await shop_and_mixed(local_embedder, tmp_path)
+        drugs = drug_comments(60, 21)
+        assert await alert_share(local_embedder, shop, drugs[:30]) >= 0.8
+        assert await alert_share(local_embedder, mixed, drugs[30:]) <= 0.2
+        other = await artifact(local_embedder, tmp_path / "other.json",
+                               shop_comments(300, 4), model="another-model")
+        topic = await new_topic()
+        settings = detector_settings(
+            kafka_bootstrap, topic, name=unique("det"),
+            scoring={"calibration_file": shop},
+            state={"enabled": True, "topic": unique("state"), "snapshot_interval_s": 0.5,
+                   "replica_id": "r1"})
+        old, new = version_of(cal.load_artifact(shop)), version_of(cal.load_artifact(mixed))
+        first = [message(t, i) for i, t in enumerate(drugs[:30])]
+        second = [message(t, 100 + i) for i, t in enumerate(drugs[30:])]
+        async with running_detector(settings, local_embedder) as det:
+            await produce(kafka_bootstrap, topic, first)
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") == 30,
+                           what="first batch scored")
+            assert await publish(settings, other) != old
+            await wait_for(lambda: metric(det.metrics, "detector_calibrations_published_total",
+                                          {"outcome": "refused"}) == 1, what="refusal")
+            assert metric(det.metrics, "detector_calibration_info", {"version": old}) == 1
+            assert await publish(settings, mixed) == new
+            await wait_for(lambda: metric(det.metrics, "detector_calibrations_published_total",
+                                          {"outcome": "adopted"}) == 1, what="adoption")
+            assert metric(det.metrics, "detector_calibration_info", {"version": new}) == 1
+            assert metric(det.metrics, "detector_threshold") == cal.load_artifact(
+                mixed).threshold
+            await produce(kafka_bootstrap, topic, second)
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") == 60,
+                           what="second batch scored")
+        alerts = values(await read_topic(kafka_bootstrap, settings.alerts.topic,
+                                         at_least=24))
+        before = [a for a in alerts if int(a["id"][1:]) < 100]
+        after = [a for a in alerts if int(a["id"][1:]) >= 100]
+        assert len(before) >= 24
+        assert {a["calibration"] for a in before} == {old}
+        assert len(after) <= 6, f"{len(after)} drug reviews alerted after the adoption"
+        assert {a["calibration"] for a in after} <= {new}
+
+        async with running_detector(settings, local_embedder) as det:  # the next start
+            await wait_for(lambda: det.task.done() or metric(
+                det.metrics, "detector_calibration_info", {"version": new}) == 1,
+                what="restart from the published artifact")
+            assert not det.task.done()
+            assert metric(det.metrics, "detector_threshold") == cal.load_artifact(
+                mixed).threshold
+
+
+class TestDriftEvents:
+    async def test_a_shift_raises_drift_events_and_a_stationary_stream_none(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """Six windows of shop comments like the calibration's raise no event; a window of
+        drug reviews raises a global drift event on the drift topic."""
+        shop, _ = await shop_and_mixed(local_embedder, tmp_path)
+        topic = await new_topic()
+        settings = detector_settings(
+            kafka_bootstrap, topic, scoring={"calibration_file": shop},
+            alerts={"drift_topic": unique("drift")},
+            drift={"enabled": True, "window_records": 100, "window_s": 3600})
+        stationary = [message(t, i) for i, t in enumerate(shop_comments(600, 31))]
+        shifted = [message(t, 1000 + i) for i, t in enumerate(drug_comments(100, 32))]
+        async with running_detector(settings, local_embedder) as det:
+            await produce(kafka_bootstrap, topic, stationary)
+            await wait_for(lambda: metric(det.metrics, "detector_drift_windows_closed_total")
+                           == 6, what="six stationary windows")
+            assert sum(s.value for m in det.metrics.drift_events.collect()
+                       for s in m.samples if s.name.endswith("_total")) == 0
+            await produce(kafka_bootstrap, topic, shifted)
+            await wait_for(lambda: metric(det.metrics, "detector_drift_windows_closed_total")
+                           == 7, what="the shifted window")
+        events = values(await read_topic(kafka_bootstrap, settings.alerts.drift_topic,
+                                         at_least=1, deadline_s=30))
+        assert len(events) == 1
+        (event,) = events
+        assert event["schema"] == "detector.drift/v1"
+        assert event["scope"] == "global"
+        assert event["window"]["index"] == 6
+        assert event["window"]["records"] == 100
+        assert "alert_rate" in event["moved"]
+        assert event["alert_rate"]["observed"] > 0.5
+
+
+class TestCompare:
+    async def test_compare_reports_the_alerts_a_candidate_removes(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """Against the shop artifact in force, the mixed candidate removes the drug
+        reviews' alerts and adds (almost) none; examples name the removed comments."""
+        shop, mixed = await shop_and_mixed(local_embedder, tmp_path)
+        topic = await new_topic()
+        items = ([message(t, i) for i, t in enumerate(shop_comments(40, 41))]
+                 + [message(t, 100 + i) for i, t in enumerate(drug_comments(30, 42))])
+        await produce(kafka_bootstrap, topic, items)
+        settings: Settings = detector_settings(kafka_bootstrap, topic,
+                                               scoring={"calibration_file": shop})
+        report = await compare(settings, ReplayOptions(topic=topic, show_progress=False),
+                               mixed, embedder=local_embedder)
+        assert report["range"]["records"] == 70
+        assert report["in_force"]["version"] == version_of(cal.load_artifact(shop))
+        assert report["candidate"]["version"] == version_of(cal.load_artifact(mixed))
+        assert report["in_force"]["alerts"] >= 24
+        assert report["removed"]["count"] >= 20
+        assert report["removed"]["by_key"] == {NO_KEY: report["removed"]["count"]}
+        assert report["added"]["count"] <= 3
+        assert all(int(e["id"][1:]) >= 100 for e in report["removed"]["examples"])
+        assert len(report["removed"]["examples"]) == 5
