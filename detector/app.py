@@ -43,11 +43,12 @@ from detector.kafka import (
     topic_partitions,
     wait_for_kafka,
 )
+from detector.labelling import FeedbackStage
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.published import Published, in_force
 from detector.reservoir import Ref
-from detector.scorer import Scorer
+from detector.scorer import Embedded, Scorer, Verdict
 from detector.seed import ThresholdSource, seed_start
 from detector.server import HealthServer
 from detector.sharing import Scope, SharedBaselines
@@ -146,6 +147,8 @@ def output_topics(settings: Settings) -> dict[str, dict[str, str]]:
         topics[settings.alerts.scores_topic] = {}
     if settings.drift.enabled:
         topics[settings.alerts.drift_topic] = {}
+    if settings.feedback.enabled:  # written by operators; created so replicas can read it
+        topics[settings.feedback.topic] = {}
     return topics
 
 
@@ -293,16 +296,36 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
     outbox = Outbox(producer, committer, metrics, alerts_topic=settings.alerts.topic,
                     assigned=consumer.assignment, gate=gate)
     drift = await _drift_stage(stack, settings, state, outbox, metrics)
+    labels = None
+    if settings.feedback.enabled:
+        labels = FeedbackStage(settings, held, metrics, embedder=embedder, emit=outbox.emit,
+                               context=context, shared=shared if sync is not None else None)
     if state.version is not None:
         metrics.calibration.labels(state.version).set(1)
     if store is not None:
         adopter = Adopter(settings, held, metrics, model=embedder.name, version=state.version,
                           shared=shared, shared_baselines=baselines, sync=sync, drift=drift)
         store.on_calibration = adopter.offer
-    return Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
-                    outbox=outbox, metrics=metrics,
-                    on_revoked=sync.publish if sync is not None else None,
-                    on_scored=drift.observe if drift is not None else None)
+    observers = [stage.observe for stage in (drift, labels) if stage is not None]
+
+    def on_scored(items: list[Embedded], verdicts: list[Verdict]) -> None:
+        for observe in observers:
+            observe(items, verdicts)
+
+    pipeline = Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
+                        outbox=outbox, metrics=metrics,
+                        on_revoked=sync.publish if sync is not None else None,
+                        on_scored=on_scored if observers else None)
+    if labels is not None:
+        labels.owned = lambda: pipeline.owned
+        reader = asyncio.create_task(labels.run(), name="feedback")
+
+        async def stop_reader() -> None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+        stack.push_async_callback(stop_reader)
+    return pipeline
 
 
 async def _drift_stage(stack: contextlib.AsyncExitStack, settings: Settings,

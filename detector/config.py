@@ -254,7 +254,8 @@ class DriftSettings(Section):
 
 
 class FeedbackSettings(Section):
-    """Operator labels (detector.feedback); not yet read by `detector run`."""
+    """Operator labels (detector.feedback, read by detector.labelling): every replica
+    reads `topic` and applies the labels of the alerts it scored."""
 
     enabled: bool = False
     topic: str = "detector-feedback"

@@ -114,6 +114,16 @@ class Metrics:
         self.drift_keys_evicted = Counter(
             "detector_drift_keys_evicted", "Per-key drift streams evicted (drift.max_keys)",
             registry=r)
+        self.feedback_labels = Counter(
+            "detector_feedback_labels", "Operator labels read, by outcome: taught, untaught, "
+            "excluded, unchanged, unresolved, skipped (another replica's), refused",
+            ["outcome"], registry=r)
+        self.feedback_true = Gauge(
+            "detector_feedback_true_alerts", "Alerts of this replica labelled anomaly",
+            registry=r)
+        self.feedback_false = Gauge(
+            "detector_feedback_false_alerts", "Alerts of this replica labelled normal",
+            registry=r)
         self.ready = Gauge("detector_ready",
                            "1 once the consumer joined its group and the embedder is ok",
                            registry=r)

@@ -79,10 +79,15 @@ class ReplicaRecord:
     threshold: float
     contribution: Contribution
     saved_at: str
+    # next offset per feedback-topic partition, of the labels this contribution includes
+    feedback: dict[int, int] = field(default_factory=dict)
 
     def to_bytes(self, name: str) -> bytes:
         c = self.contribution
-        return orjson.dumps({
+        extra: dict[str, Any] = {}
+        if self.feedback:
+            extra["feedback"] = {str(p): o for p, o in sorted(self.feedback.items())}
+        return orjson.dumps({**extra,
             "schema": STATE_SCHEMA, "name": name, "replica": self.replica, "base": self.base,
             "model": {"name": self.model, "dimension": self.dimension},
             "threshold": self.threshold,
@@ -101,7 +106,8 @@ class ReplicaRecord:
         return cls(str(body["replica"]), str(body["base"]), str(body["model"]["name"]),
                    int(body["model"]["dimension"]), float(body["threshold"]),
                    Contribution(np.asarray(c["sum"], dtype=np.float64), float(c["weight"]),
-                                int(c["updates"])), str(body["saved_at"]))
+                                int(c["updates"])), str(body["saved_at"]),
+                   {int(p): int(o) for p, o in body.get("feedback", {}).items()})
 
 
 @dataclass
@@ -114,6 +120,7 @@ class SharedCentroid:
     model: str
     own: Contribution = field(init=False)
     applied: dict[str, Contribution] = field(default_factory=dict)
+    feedback: dict[int, int] = field(default_factory=dict)  # label positions (labelling)
 
     def __post_init__(self) -> None:
         self.own = Contribution.zero(self.centroid.dimension)
@@ -157,6 +164,7 @@ class SharedCentroid:
             self.centroid.merge(c.sum, c.weight, c.updates)
             if replica == self.replica:
                 self.own = Contribution(c.sum.copy(), c.weight, c.updates)
+                self.feedback.update(record.feedback)
             else:
                 self.applied[replica] = c
         return ignored
@@ -164,7 +172,7 @@ class SharedCentroid:
     def record(self, threshold: float) -> ReplicaRecord:
         own = Contribution(self.own.sum.copy(), self.own.weight, self.own.updates)
         return ReplicaRecord(self.replica, self.base, self.model, self.centroid.dimension,
-                             threshold, own, utc_now())
+                             threshold, own, utc_now(), dict(self.feedback))
 
 
 class StateStore:
