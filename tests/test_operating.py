@@ -21,6 +21,7 @@ from detector.embedders.local import LocalEmbedder
 from detector.published import version_of
 from detector.replay import ReplayOptions
 from tests.helpers import (
+    RunningDetector,
     detector_settings,
     metric,
     produce,
@@ -189,3 +190,87 @@ class TestCompare:
         assert report["added"]["count"] <= 3
         assert all(int(e["id"][1:]) >= 100 for e in report["removed"]["examples"])
         assert len(report["removed"]["examples"]) == 5
+
+
+class TestFeedback:
+    async def test_normal_labels_change_the_next_scores_on_both_replicas(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """Two replicas, one partition each, alert on drug reviews; an operator labels
+        every alert normal. Each replica applies the labels of its own alerts (and skips
+        the other's), the increments reach the other replica through the state topic, and
+        the next drug reviews score higher on both partitions."""
+        shop, _ = await shop_and_mixed(local_embedder, tmp_path)
+        topic = await new_topic(partitions=2)
+        name, group = unique("det"), unique("g")
+        outputs = {"topic": unique("alerts"), "dead_letter_topic": unique("dlq"),
+                   "scores_topic": unique("scores")}
+        feedback_topic, state_topic = unique("feedback"), unique("state")
+
+        def replica(rid: str) -> Settings:
+            return detector_settings(
+                kafka_bootstrap, topic, name=name, alerts=outputs,
+                kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group,
+                       "commit_interval_ms": 200},
+                scoring={"calibration_file": shop},
+                feedback={"enabled": True, "topic": feedback_topic, "weight": 50},
+                state={"enabled": True, "topic": state_topic, "snapshot_interval_s": 0.5,
+                       "replica_id": rid})
+
+        a, b = replica("a"), replica("b")
+        async with running_detector(a, local_embedder) as da, \
+                running_detector(b, local_embedder) as db:
+            await wait_for(lambda: metric(da.metrics, "detector_assigned_partitions") == 1
+                           and metric(db.metrics, "detector_assigned_partitions") == 1,
+                           deadline_s=120, what="one partition each")
+            start = [metric(d.metrics, "detector_centroid_version") for d in (da, db)]
+            for partition in (0, 1):
+                await produce(kafka_bootstrap, topic, [
+                    message(t, 1000 * partition + i)
+                    for i, t in enumerate(drug_comments(10, 50 + partition))],
+                    partition=partition)
+            await wait_for(lambda: metric(da.metrics, "detector_records_scored_total") == 10
+                           and metric(db.metrics, "detector_records_scored_total") == 10,
+                           what="both partitions scored")
+            alerts = values(await read_topic(kafka_bootstrap, a.alerts.topic, at_least=20))
+            assert len(alerts) == 20
+            await produce(kafka_bootstrap, feedback_topic, [
+                (None, orjson.dumps({"schema": "detector.feedback/v1", "label": "normal",
+                                     "source": {k: alert["source"][k] for k in
+                                                ("topic", "partition", "offset")}}))
+                for alert in alerts] + [(None, b"not a label")])
+
+            def taught(d: RunningDetector) -> float:
+                return metric(d.metrics, "detector_feedback_labels_total", {"outcome": "taught"})
+
+            await wait_for(lambda: taught(da) == 10 and taught(db) == 10,
+                           what="each replica taught its own alerts' labels")
+            for d in (da, db):
+                assert metric(d.metrics, "detector_feedback_labels_total",
+                              {"outcome": "skipped"}) == 10
+                assert metric(d.metrics, "detector_feedback_false_alerts") == 10
+            await wait_for(lambda: all(metric(d.metrics, "detector_centroid_version")
+                                       >= v + 20 for d, v in zip((da, db), start, strict=True)),
+                           what="both replicas hold both replicas' labels")
+            for partition in (0, 1):
+                await produce(kafka_bootstrap, topic, [
+                    message(t, 5000 + 1000 * partition + i)
+                    for i, t in enumerate(drug_comments(10, 60 + partition))],
+                    partition=partition)
+            await wait_for(lambda: metric(da.metrics, "detector_records_scored_total") == 20
+                           and metric(db.metrics, "detector_records_scored_total") == 20,
+                           what="later drug reviews scored")
+        scores = values(await read_topic(kafka_bootstrap, a.alerts.scores_topic or "",
+                                         at_least=40))
+        dead = values(await read_topic(kafka_bootstrap, a.alerts.dead_letter_topic,
+                                       at_least=1, deadline_s=20))
+        assert [d["reason"] for d in dead] == ["invalid_json"]
+        for partition in (0, 1):
+            before = [s["similarity"] for s in scores
+                      if 1000 * partition <= int(s["id"][1:]) < 1000 * partition + 10]
+            after = [s["similarity"] for s in scores
+                     if 5000 + 1000 * partition <= int(s["id"][1:])
+                     < 5000 + 1000 * partition + 10]
+            assert len(before) == len(after) == 10
+            assert np.mean(after) > np.mean(before) + 0.05, (partition, before, after)
