@@ -2,11 +2,12 @@
 
 Start-up order: health server (/healthz answers at once, /readyz only once the consumer
 joined its group, so a slow broker cannot get the pod killed by its liveness probe
-while `kafka.connect_deadline_s` bounds the wait) → embedder → base centroid
-(calibration artifact, else seed file) plus the replicas' contributions from the state
-topic → output topics → producer → consumer (subscribed with the rebalance listener) →
-state sync → pipeline. Shutdown runs it backwards after the pipeline has drained and
-committed.
+while `kafka.connect_deadline_s` bounds the wait) → embedder → output topics → the
+state topic (replicas' contributions and the published calibration artifact) → base
+centroid (the artifact in force, detector.published, else the seed file) → producer →
+consumer (subscribed with the rebalance listener) → state sync (which hands newly
+published artifacts to the `Adopter`) → drift stage and feedback reader when enabled →
+pipeline. Shutdown runs it backwards after the pipeline has drained and committed.
 """
 
 from __future__ import annotations
