@@ -23,15 +23,13 @@ from typing import TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from detector import __version__, startup
+from detector import __version__, operating, startup
 from detector import records as rec
-from detector.adoption import Adopter
 from detector.baselines import Baselines
 from detector.calibration import CalibrationArtifact
 from detector.centroid import Centroid
 from detector.config import Settings
 from detector.delivery import Committer, Gate, GroupCommitter, Outbox, TransactionCommitter
-from detector.drifting import DriftStage
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
 from detector.errors import ConfigError
@@ -44,12 +42,11 @@ from detector.kafka import (
     topic_partitions,
     wait_for_kafka,
 )
-from detector.labelling import FeedbackStage
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
 from detector.published import Published, in_force
 from detector.reservoir import Ref
-from detector.scorer import Embedded, Scorer, Verdict
+from detector.scorer import Scorer
 from detector.seed import ThresholdSource, seed_start
 from detector.server import HealthServer
 from detector.sharing import Scope, SharedBaselines
@@ -212,7 +209,7 @@ async def _starting_point(settings: Settings, embedder: Embedder
         if settings.kafka.create_topics:
             created += await store.ensure_topic()
         records = await store.load()
-        published = _published(settings, embedder, store.calibration)
+        published = operating.published_at_start(settings, embedder, store.calibration)
     state = await initial_state(settings, embedder, published)
     shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
     baselines = SharedBaselines(
@@ -238,27 +235,6 @@ async def _starting_point(settings: Settings, embedder: Embedder
              key_baselines=len(baselines.baselines.keys),
              exemplars=len(baselines.baselines.global_.reservoir))
     return state, shared, baselines, store
-
-
-def _published(settings: Settings, embedder: Embedder, raw: bytes | None
-               ) -> Published | None:
-    """The artifact published on the state topic, if there is one this detector can use;
-    one it cannot is logged and left out (the configured artifact or seed is used)."""
-    if raw is None:
-        return None
-    from detector.calibration import check_compatible
-    from detector.published import parse
-
-    try:
-        published = parse(raw)
-        check_compatible(published.artifact, embedder.name, embedder.dimension,
-                         settings.embedding.text_prefix)
-        startup.check_artifact(published.artifact, settings.scoring)
-    except ConfigError as exc:
-        log.error("published calibration artifact refused at start; using the configured "
-                  "one", reason=str(exc))
-        return None
-    return published
 
 
 async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, *,
@@ -296,65 +272,16 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
     metrics.exemplars.set_function(lambda: sum(len(b.reservoir) for b in held.all()))
     outbox = Outbox(producer, committer, metrics, alerts_topic=settings.alerts.topic,
                     assigned=consumer.assignment, gate=gate)
-    drift = await _drift_stage(stack, settings, state, outbox, metrics)
-    labels = None
-    if settings.feedback.enabled:
-        labels = FeedbackStage(settings, held, metrics, embedder=embedder, emit=outbox.emit,
-                               context=context, shared=shared if sync is not None else None)
-    if state.version is not None:
-        metrics.calibration.labels(state.version).set(1)
-    if store is not None:
-        adopter = Adopter(settings, held, metrics, model=embedder.name, version=state.version,
-                          shared=shared, shared_baselines=baselines, sync=sync, drift=drift)
-        store.on_calibration = adopter.offer
-    observers = [stage.observe for stage in (drift, labels) if stage is not None]
-
-    def on_scored(items: list[Embedded], verdicts: list[Verdict]) -> None:
-        for observe in observers:
-            observe(items, verdicts)
-
+    stages = operating.build(settings, artifact=state.artifact, version=state.version,
+                             held=held, metrics=metrics, embedder=embedder, outbox=outbox,
+                             context=context, shared=shared, baselines=baselines, sync=sync,
+                             store=store)
     pipeline = Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
                         outbox=outbox, metrics=metrics,
                         on_revoked=sync.publish if sync is not None else None,
-                        on_scored=on_scored if observers else None)
-    if labels is not None:
-        labels.owned = lambda: pipeline.owned
-        reader = asyncio.create_task(labels.run(), name="feedback")
-
-        async def stop_reader() -> None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-
-        stack.push_async_callback(stop_reader)
+                        on_scored=stages.on_scored)
+    await stack.enter_async_context(stages.attach(pipeline))
     return pipeline
-
-
-async def _drift_stage(stack: contextlib.AsyncExitStack, settings: Settings,
-                       state: InitialState, outbox: Outbox, metrics: Metrics
-                       ) -> DriftStage | None:
-    """The drift stage and its timer when `drift.enabled`; it needs a calibration artifact
-    with a similarity profile to compare with."""
-    if not settings.drift.enabled:
-        return None
-    if state.artifact is None:
-        msg = ("drift.enabled needs a calibration artifact (scoring.calibration_file or one "
-               "published on the state topic): a seed file has no reference to test against")
-        raise ConfigError(msg)
-    try:
-        drift = DriftStage.from_artifact(settings.drift, state.artifact,
-                                         topic=settings.alerts.drift_topic, emit=outbox.emit,
-                                         metrics=metrics)
-    except (ValueError, KeyError) as exc:
-        msg = f"drift.enabled cannot use the calibration artifact: {exc}"
-        raise ConfigError(msg) from None
-    ticks = asyncio.create_task(drift.run_ticks(), name="drift-ticks")
-
-    async def stop_ticks() -> None:
-        ticks.cancel()
-        await asyncio.gather(ticks, return_exceptions=True)
-
-    stack.push_async_callback(stop_ticks)
-    return drift
 
 
 async def _started(stack: contextlib.AsyncExitStack, client: _Client) -> _Client:
