@@ -84,7 +84,7 @@ class TestPublishedCalibration:
         assert await alert_share(local_embedder, shop, drugs[:30]) >= 0.8
         assert await alert_share(local_embedder, mixed, drugs[30:]) <= 0.2
         other = await artifact(local_embedder, tmp_path / "other.json",
-                               shop_comments(300, 4), model="another-model")
+                               shop_comments(1000, 4), model="another-model")
         topic = await new_topic()
         settings = detector_settings(
             kafka_bootstrap, topic, name=unique("det"),
