@@ -315,8 +315,8 @@ def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     if args.topic is None and (args.time_from or args.time_to or args.last_hours
                                or args.exclude_alerted or args.exclude_labelled):
-        sys.stderr.write("detector: error: --from, --to, --last-hours and --exclude-* "
-                         "need --topic\n")
+        sys.stderr.write("detector: error: --from and --to need --topic (so do "
+                         "--last-hours, --exclude-alerted and --exclude-labelled)\n")
         return EXIT_USAGE
     if args.last_hours is not None and (args.time_from or args.time_to
                                         or args.last_hours <= 0):

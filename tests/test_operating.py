@@ -5,6 +5,8 @@ reports the alerts a candidate artifact removes."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -274,3 +276,68 @@ class TestFeedback:
                      < 5000 + 1000 * partition + 10]
             assert len(before) == len(after) == 10
             assert np.mean(after) > np.mean(before) + 0.05, (partition, before, after)
+
+
+class TestRecalibration:
+    async def test_last_hours_without_alerted_and_labelled_comments_is_published(
+        self, kafka_bootstrap: str, new_topic: NewTopic, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """What the chart's CronJob runs: the last hours of the input topic, without the
+        comments the alerts topic names and those whose latest label is anomaly (a later
+        normal label takes one back), calibrated and published on the state topic."""
+        from aiokafka import AIOKafkaProducer
+
+        from detector.cli import main
+        from detector.state import StateStore
+
+        topic, alerts_topic, feedback_topic = (await new_topic(), await new_topic(),
+                                               await new_topic())
+        state_topic, name = unique("state"), unique("det")
+        old = int((time.time() - 3 * 3600) * 1000)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i, text in enumerate(shop_comments(20, 70)):  # older than the range
+                await producer.send_and_wait(topic, orjson.dumps({"id": f"old{i}",
+                                                                  "text": text}),
+                                             timestamp_ms=old)
+        finally:
+            await producer.stop()
+        shop, drugs = shop_comments(400, 71), drug_comments(30, 72)
+        metas = await produce(kafka_bootstrap, topic, [message(t, i) for i, t in
+                                                        enumerate(shop + drugs)])
+        drug_sources = [{"topic": topic, "partition": p, "offset": o} for p, o in metas[400:]]
+        await produce(kafka_bootstrap, alerts_topic, [
+            (None, orjson.dumps({"source": s})) for s in drug_sources[:15]])
+        labels = [{"source": s, "label": "anomaly"} for s in drug_sources[15:]]
+        labels += [{"id": "c0", "label": "anomaly"}, {"id": "c1", "label": "anomaly"},
+                   {"id": "c1", "label": "normal"}]
+        await produce(kafka_bootstrap, feedback_topic, [
+            (None, orjson.dumps({"schema": "detector.feedback/v1", **body}))
+            for body in labels])
+        monkeypatch.setenv("DETECTOR_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
+        monkeypatch.setenv("DETECTOR_NAME", name)
+        monkeypatch.setenv("DETECTOR_ALERTS__TOPIC", alerts_topic)
+        monkeypatch.setenv("DETECTOR_FEEDBACK__TOPIC", feedback_topic)
+        monkeypatch.setenv("DETECTOR_STATE__TOPIC", state_topic)
+        out = tmp_path / "recal.json"
+
+        def run() -> int:
+            return main(["--config", "config/detector.yaml", "calibrate", "--topic", topic,
+                         "--last-hours", "1", "--exclude-alerted", "--exclude-labelled",
+                         "--target-fpr", "0.05", "--bootstrap", "50", "--cache-dir",
+                         str(tmp_path / "cache"), "--out", str(out), "--publish"])
+
+        code = await asyncio.wait_for(asyncio.to_thread(run), 120)
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert f"left out 31 alerted or anomaly-labelled comments of {topic}" in captured.err
+        artifact = cal.load_artifact(out)
+        assert artifact.counts["train"] + artifact.counts["holdout"] == 399
+        settings = detector_settings(kafka_bootstrap, topic, name=name,
+                                     state={"enabled": True, "topic": state_topic})
+        store = StateStore(settings)
+        await store.load()
+        assert store.calibration is not None
+        assert f"published {out} as calibration {version_of(artifact)}" in captured.out
