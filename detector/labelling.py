@@ -7,10 +7,11 @@ in the `AlertCache` (`feedback.alert_cache_size`). A label is applied by exactly
 replica in the steady state: the one whose cache holds the labelled alert (the replica
 that scored it) or, for a label whose alert is not cached but that carries `text`, the
 replica owning the labelled source partition, which embeds the text. Other replicas
-skip it. A `normal` label teaches the global baseline (centroid with `feedback.weight`,
-and its exemplar reservoir); an `anomaly` label never teaches, undoes an earlier `normal`
-label of the same comment, and counts as a true alert. Per-key baselines are not taught
-by labels.
+skip it. A `normal` label teaches the global baseline and, when the alert's key has a
+baseline held (`scoring.key_field`), that key's too (centroid with `feedback.weight`, and
+the exemplar reservoir); an `anomaly` label never teaches, undoes an earlier `normal`
+label of the same comment (in both baselines), and counts as a true alert. A text label
+whose alert is no longer cached has no known key: it teaches the global baseline only.
 
 The increment goes into this replica's contribution to the shared centroid, so it
 reaches the other replicas through the state topic and survives restarts. The read
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,6 +76,9 @@ class FeedbackStage:
         self.input_partitions = 1
         # next offset per feedback partition; the shared record's dict when sharing
         self.positions: dict[int, int] = shared.feedback if shared is not None else {}
+        # key-baseline teachings that an anomaly label can undo: comment -> (key, increment)
+        self._key_taught: OrderedDict[tuple[object, ...], tuple[str, np.ndarray[
+            Any, np.dtype[np.float64]]]] = OrderedDict()
         book = self.book
         metrics.feedback_true.set_function(lambda: book.precision.true_alerts)
         metrics.feedback_false.set_function(lambda: book.precision.false_alerts)
@@ -175,10 +180,45 @@ class FeedbackStage:
                                  Ref(source.topic, source.partition, source.offset,
                                      alert.id if alert is not None else label.id),
                                  origin=self.baselines.replica)
+        self._teach_key(label, alert, outcome)
         log.info("label applied", label=label.label, outcome=outcome,
                  source=None if label.source is None else list(label.source), id=label.id,
                  labeller=label.labeller)
         return outcome
+
+    def _teach_key(self, label: Label, alert: CachedAlert | None, outcome: str) -> None:
+        """Apply a (un)teaching to the alert's key baseline too, when it is held."""
+        comment = ("source", *alert.source) if alert is not None else None
+        if comment is None:
+            return
+        if outcome == "untaught":
+            taught = self._key_taught.pop(comment, None)
+            if taught is not None and taught[0] in self.baselines.keys:
+                self._merge(taught[0], -taught[1], -self.book.weight)
+            return
+        if outcome != "taught" or alert is None or alert.key is None \
+                or alert.key not in self.baselines.keys:
+            return
+        vector = np.asarray(alert.embedding, dtype=np.float64)
+        increment = self.book.weight * vector / np.linalg.norm(vector)
+        self._merge(alert.key, increment, self.book.weight)
+        self.baselines.keys[alert.key].reservoir.offer(
+            vector / np.linalg.norm(vector),
+            Ref(alert.source.topic, alert.source.partition, alert.source.offset, alert.id),
+            origin=self.baselines.replica)
+        self._key_taught[comment] = (alert.key, increment)
+        while len(self._key_taught) > self.book.undo_capacity:
+            self._key_taught.popitem(last=False)
+
+    def _merge(self, key: str, increment: np.ndarray[Any, np.dtype[np.float64]],
+               weight: float) -> None:
+        """Add an increment to a key baseline as this replica's contribution (shared
+        through the state topic like its accepted comments)."""
+        baseline = self.baselines.keys[key]
+        baseline.centroid.merge(increment, weight)
+        baseline.own.sum += increment
+        baseline.own.weight += weight
+        baseline.own.updates += 1
 
     def _owns(self, topic: str, partition: int) -> bool:
         return TopicPartition(topic, partition) in self.owned()

@@ -98,6 +98,27 @@ async def test_a_normal_label_of_a_cached_alert_teaches_the_global_baseline() ->
         "detector_feedback_labels_total", {"outcome": "taught"}) == 1
 
 
+async def test_a_label_teaches_and_unteaches_the_alerts_key_baseline_too() -> None:
+    r = Replica()
+    held = r.baselines.key("site")
+    rows = unit(r.other * 2.0 + np.random.default_rng(4).normal(size=(3, DIM)) * 0.3)
+    items = [(rec.Comment(rec.Source("comments", 0, i, 0, None), "t", f"k{i}", "site"), row)
+             for i, row in enumerate(rows)]
+    verdicts = r.scorer.score(items)
+    assert all(v.alert for v in verdicts)
+    r.stage.observe(items, verdicts)
+    src = {"topic": "comments", "partition": 0, "offset": 1}
+    assert await r.stage.handle(0, 0, 0, None, label(source=src, label="normal")) == "taught"
+    assert held.centroid.weight == 50
+    assert held.own.updates == 1
+    assert float(held.centroid.vector @ rows[1]) > 0.99
+    assert len(held.reservoir) == 1
+    assert await r.stage.handle(0, 1, 0, None, label(source=src, label="anomaly")) == (
+        "untaught")
+    assert abs(held.centroid.weight) < 1e-9
+    assert held.own.updates == 2
+
+
 async def test_an_uncached_label_is_skipped_unless_its_text_is_ours_to_embed() -> None:
     r = Replica()
     other = label(source={"topic": "comments", "partition": 1, "offset": 5}, label="normal",
