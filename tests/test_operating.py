@@ -341,3 +341,50 @@ class TestRecalibration:
         await store.load()
         assert store.calibration is not None
         assert f"published {out} as calibration {version_of(artifact)}" in captured.out
+
+    async def test_labels_are_neither_lost_nor_applied_twice_across_a_restart(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """A replica applies labels and stops; labels (with text) arrive while it is down.
+        Restarted under the same id it resumes after the labels it had applied: it applies
+        exactly the new ones, on top of the contribution it had published."""
+        shop, _ = await shop_and_mixed(local_embedder, tmp_path)
+        topic, feedback_topic = await new_topic(), await new_topic()
+        settings = detector_settings(
+            kafka_bootstrap, topic, name=unique("det"), scoring={"calibration_file": shop},
+            feedback={"enabled": True, "topic": feedback_topic, "weight": 50},
+            state={"enabled": True, "topic": unique("state"), "snapshot_interval_s": 0.5,
+                   "replica_id": "r1"})
+        drugs = drug_comments(16, 80)
+
+        def labels(offsets: range) -> list[tuple[None, bytes]]:
+            return [(None, orjson.dumps({
+                "schema": "detector.feedback/v1", "label": "normal", "text": drugs[i],
+                "source": {"topic": topic, "partition": 0, "offset": i}})) for i in offsets]
+
+        def taught(d: RunningDetector) -> float:
+            return metric(d.metrics, "detector_feedback_labels_total", {"outcome": "taught"})
+
+        async with running_detector(settings, local_embedder) as det:
+            await wait_for(lambda: metric(det.metrics, "detector_assigned_partitions") == 1,
+                           deadline_s=120, what="partition assigned")
+            start = metric(det.metrics, "detector_centroid_version")
+            await produce(kafka_bootstrap, topic, [message(t, i) for i, t in
+                                                   enumerate(drugs[:8])])
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") == 8,
+                           what="scored")
+            await produce(kafka_bootstrap, feedback_topic, labels(range(8)))
+            await wait_for(lambda: taught(det) == 8, what="first labels taught")
+        await produce(kafka_bootstrap, feedback_topic, labels(range(8, 12)))
+        sentinel = (None, orjson.dumps({"schema": "detector.feedback/v1", "label": "normal",
+                                         "source": {"topic": topic, "partition": 0,
+                                                    "offset": 999}}))
+        async with running_detector(settings, local_embedder) as det:
+            # read in order: once the sentinel (not cached, no text) is skipped, every
+            # label before it has been read
+            await produce(kafka_bootstrap, feedback_topic, [sentinel])
+            await wait_for(lambda: metric(det.metrics, "detector_feedback_labels_total",
+                                          {"outcome": "skipped"}) == 1, what="sentinel read")
+            assert taught(det) == 4, "exactly the labels sent while down were applied"
+            assert metric(det.metrics, "detector_centroid_version") == start + 12
