@@ -22,8 +22,9 @@ ALERT_SCHEMA = "detector.alert/v2"
 
 
 def encode_alert(comment: Comment, verdict: Verdict, *, method: str, ctx: Context,
-                 detected_at: str | None = None) -> bytes:
-    """The JSON value of an alert for `comment`, judged as `verdict`."""
+                 detected_at: str | None = None, calibration: str | None = None) -> bytes:
+    """The JSON value of an alert for `comment`, judged as `verdict`; `calibration` is the
+    version of the calibration artifact in force (None: started from a seed file)."""
     nearest: list[dict[str, Any]] = []
     for n in verdict.nearest:
         item: dict[str, Any] = {"similarity": n.similarity, "source": {
@@ -49,6 +50,7 @@ def encode_alert(comment: Comment, verdict: Verdict, *, method: str, ctx: Contex
             "centroid": {"version": verdict.centroid_version,
                          "count": verdict.centroid_count},
         },
+        "calibration": calibration,
         "nearest": nearest,
         "source": comment.source.to_json(),
         "centroid": {"version": verdict.centroid_version, "count": verdict.centroid_count},

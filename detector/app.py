@@ -2,11 +2,12 @@
 
 Start-up order: health server (/healthz answers at once, /readyz only once the consumer
 joined its group, so a slow broker cannot get the pod killed by its liveness probe
-while `kafka.connect_deadline_s` bounds the wait) → embedder → base centroid
-(calibration artifact, else seed file) plus the replicas' contributions from the state
-topic → output topics → producer → consumer (subscribed with the rebalance listener) →
-state sync → pipeline. Shutdown runs it backwards after the pipeline has drained and
-committed.
+while `kafka.connect_deadline_s` bounds the wait) → embedder → output topics → the
+state topic (replicas' contributions and the published calibration artifact) → base
+centroid (the artifact in force, detector.published, else the seed file) → producer →
+consumer (subscribed with the rebalance listener) → state sync (which hands newly
+published artifacts to the `Adopter`) → drift stage and feedback reader when enabled →
+pipeline. Shutdown runs it backwards after the pipeline has drained and committed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from detector import __version__, startup
+from detector import __version__, operating, startup
 from detector import records as rec
 from detector.baselines import Baselines
 from detector.calibration import CalibrationArtifact
@@ -43,13 +44,14 @@ from detector.kafka import (
 )
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline
+from detector.published import Published, in_force
 from detector.reservoir import Ref
 from detector.scorer import Scorer
 from detector.seed import ThresholdSource, seed_start
 from detector.server import HealthServer
 from detector.sharing import Scope, SharedBaselines
 from detector.signals import install_stop_handlers
-from detector.state import SharedCentroid, StateStore, StateSync
+from detector.state import ReplicaRecord, SharedCentroid, StateStore, StateSync
 
 log = structlog.get_logger("detector.app")
 _Client = TypeVar("_Client", AIOKafkaProducer, AIOKafkaConsumer)
@@ -65,6 +67,7 @@ class InitialState:
     source: ThresholdSource = "fixed"  # calibration | seed (derived) | fixed (configured)
     artifact: CalibrationArtifact | None = None
     seed: tuple[Matrix, list[Ref]] | None = None  # embedded seed rows and their references
+    version: str | None = None  # the artifact's version (detector.published)
 
     def baselines(self, settings: Settings, replica: str) -> Baselines:
         """The global baseline around `centroid`, with the artifact's or seed's exemplars,
@@ -73,14 +76,17 @@ class InitialState:
                              artifact=self.artifact, seed=self.seed, replica=replica)
 
 
-async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
-    """Calibration artifact if configured, else the seed file embedded now."""
+async def initial_state(settings: Settings, embedder: Embedder,
+                        published: Published | None = None) -> InitialState:
+    """The calibration artifact in force (the published one unless the configured file is
+    newer; detector.published), else the seed file embedded now."""
     scoring = settings.scoring
     prefix = settings.embedding.text_prefix
-    if scoring.calibration_file is not None:
-        from detector.calibration import check_compatible, load_artifact
+    if scoring.calibration_file is not None or published is not None:
+        from detector.calibration import check_compatible
 
-        artifact = load_artifact(scoring.calibration_file)
+        artifact, version = in_force(settings, published)
+        assert artifact is not None
         check_compatible(artifact, embedder.name, embedder.dimension, prefix)
         startup.check_artifact(artifact, scoring)
         centroid = Centroid.from_dict(artifact.centroid)
@@ -88,9 +94,13 @@ async def initial_state(settings: Settings, embedder: Embedder) -> InitialState:
         if scoring.threshold != "auto":
             log.warning("scoring.threshold is ignored: the calibration artifact's threshold "
                         "is used", configured=scoring.threshold, used=artifact.threshold)
-        return InitialState(centroid, artifact.threshold,
-                            f"calibration:{_digest(scoring.calibration_file)}", "calibration",
-                            artifact)
+        if published is not None and artifact is published.artifact:
+            origin = published.origin
+        else:
+            assert scoring.calibration_file is not None
+            origin = f"calibration:{_digest(scoring.calibration_file)}"
+        return InitialState(centroid, artifact.threshold, origin, "calibration", artifact,
+                            version=version)
     if scoring.seed_file is None:
         msg = "set scoring.calibration_file or scoring.seed_file: the detector needs a centroid"
         raise ConfigError(msg)
@@ -133,6 +143,10 @@ def output_topics(settings: Settings) -> dict[str, dict[str, str]]:
     }
     if settings.alerts.scores_topic:
         topics[settings.alerts.scores_topic] = {}
+    if settings.drift.enabled:
+        topics[settings.alerts.drift_topic] = {}
+    if settings.feedback.enabled:  # written by operators; created so replicas can read it
+        topics[settings.feedback.topic] = {}
     return topics
 
 
@@ -183,22 +197,27 @@ async def _starting_point(settings: Settings, embedder: Embedder
         msg = (f"input topic {settings.input.topic!r} does not exist on "
                f"{settings.kafka.bootstrap_servers}; create it or fix input.topic")
         raise ConfigError(msg)
-    state = await initial_state(settings, embedder)
     outputs = list(output_topics(settings))
     created: list[str] = []
     if settings.kafka.create_topics:
         created = await ensure_topics(settings.kafka, output_topics(settings))
-    shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
-    baselines = SharedBaselines(
-        state.baselines(settings, shared.replica),
-        Scope(shared.replica, state.origin, embedder.name, embedder.dimension),
-        keep_text=settings.scoring.keep_exemplar_text)
     store = StateStore(settings) if settings.state.enabled else None
+    records: dict[str, ReplicaRecord] = {}
+    published = None
     if store is not None:
         outputs.append(settings.state.topic)
         if settings.kafka.create_topics:
             created += await store.ensure_topic()
         records = await store.load()
+        published = operating.published_at_start(settings, embedder, store.calibration)
+    state = await initial_state(settings, embedder, published)
+    shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
+    baselines = SharedBaselines(
+        state.baselines(settings, shared.replica),
+        Scope(shared.replica, state.origin, embedder.name, embedder.dimension),
+        keep_text=settings.scoring.keep_exemplar_text)
+    baselines.baselines.calibration = state.version
+    if store is not None:
         ignored = shared.restore(records)
         if ignored:
             log.warning("state of other bases or models ignored; starting from the base",
@@ -206,7 +225,8 @@ async def _starting_point(settings: Settings, embedder: Embedder
         store.restore_shared(baselines)
     await check_durability(settings.kafka, [t for t in outputs if t not in created])
     log.info("detector starting", version=__version__, origin=state.origin,
-             threshold=state.threshold, threshold_source=state.source, model=embedder.name,
+             threshold=state.threshold, threshold_source=state.source,
+             calibration=state.version, model=embedder.name,
              dimension=embedder.dimension,
              replica=shared.replica, centroid_version=shared.centroid.version,
              centroid_weight=shared.centroid.weight, input=settings.input.topic,
@@ -252,9 +272,16 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
     metrics.exemplars.set_function(lambda: sum(len(b.reservoir) for b in held.all()))
     outbox = Outbox(producer, committer, metrics, alerts_topic=settings.alerts.topic,
                     assigned=consumer.assignment, gate=gate)
-    return Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
-                    outbox=outbox, metrics=metrics,
-                    on_revoked=sync.publish if sync is not None else None)
+    stages = operating.build(settings, artifact=state.artifact, version=state.version,
+                             held=held, metrics=metrics, embedder=embedder, outbox=outbox,
+                             context=context, shared=shared, baselines=baselines, sync=sync,
+                             store=store)
+    pipeline = Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
+                        outbox=outbox, metrics=metrics,
+                        on_revoked=sync.publish if sync is not None else None,
+                        on_scored=stages.on_scored)
+    await stack.enter_async_context(stages.attach(pipeline))
+    return pipeline
 
 
 async def _started(stack: contextlib.AsyncExitStack, client: _Client) -> _Client:

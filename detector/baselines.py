@@ -147,6 +147,7 @@ class Baselines:
         self.bases = bases or {}
         self.keys: OrderedDict[str, Baseline] = OrderedDict()
         self.evictions = 0
+        self.calibration: str | None = None  # version of the artifact in force (alerts)
         self.on_evict: Callable[[Baseline], None] | None = None
 
     @property

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,28 @@ def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs:
                       result.anomaly_sims)
 
 
+async def _topic_comments(settings: Settings, args: argparse.Namespace
+                          ) -> tuple[list[rec.Comment], int]:
+    """The comments of `--topic` over the range, without the excluded ones."""
+    time_from = parse_time(args.time_from) if args.time_from else None
+    time_to = parse_time(args.time_to) if args.time_to else None
+    if getattr(args, "last_hours", None):
+        time_to = int(time.time() * 1000)
+        time_from = time_to - int(args.last_hours * 3_600_000)
+    comments, skipped = await read_topic_texts(settings, args.topic, time_from, time_to)
+    if getattr(args, "exclude_alerted", False) or getattr(args, "exclude_labelled", False):
+        from detector.exclusions import exclusions
+
+        left_out = await exclusions(settings, args.topic, time_from,
+                                    alerted=args.exclude_alerted,
+                                    labelled=args.exclude_labelled)
+        kept = [c for c in comments if not left_out.excludes(c)]
+        sys.stderr.write(f"left out {len(comments) - len(kept)} alerted or "
+                         f"anomaly-labelled comments of {args.topic}\n")
+        comments = kept
+    return comments, skipped
+
+
 async def run_calibration(settings: Settings, args: argparse.Namespace,
                           embedder: Embedder | None = None) -> tuple[cal.Result, int]:
     """Gather inputs, embed (cached), calibrate, write artifact and report."""
@@ -173,9 +196,7 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
         if skipped:
             sys.stderr.write(f"skipped {skipped} unusable lines of {args.normal}\n")
     else:
-        comments, skipped = await read_topic_texts(
-            settings, args.topic, parse_time(args.time_from) if args.time_from else None,
-            parse_time(args.time_to) if args.time_to else None)
+        comments, skipped = await _topic_comments(settings, args)
         normal = [c.text for c in comments]
         keys = [c.key for c in comments]
         refs = [Ref(c.source.topic, c.source.partition, c.source.offset, c.id)
@@ -257,8 +278,16 @@ def add_parser(subparsers: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--normal", type=Path, help="JSONL file of normal comments")
     src.add_argument("--topic", help="read normal comments from this topic (no group)")
+    src.add_argument("--artifact", type=Path,
+                     help="with --publish: publish this existing artifact, calibrate nothing")
     p.add_argument("--from", dest="time_from", help="with --topic: start time")
     p.add_argument("--to", dest="time_to", help="with --topic: end time (exclusive)")
+    p.add_argument("--last-hours", type=float, metavar="H",
+                   help="with --topic: the last H hours (instead of --from/--to)")
+    p.add_argument("--exclude-alerted", action="store_true",
+                   help="with --topic: leave out comments alerts.topic alerted on")
+    p.add_argument("--exclude-labelled", action="store_true",
+                   help="with --topic: leave out comments labelled anomaly on feedback.topic")
     p.add_argument("--anomalies", type=Path, help="JSONL file of labelled anomalies")
     p.add_argument("--label-field", help="field marking anomalies (truthy) in --normal")
     p.add_argument("--target-fpr", type=float, default=0.01,
@@ -274,6 +303,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--report-dir", type=Path, default=None,
                    help="write report.md, report.json and PNG plots here")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
+    p.add_argument("--publish", action="store_true",
+                   help="put the artifact on the state topic: running replicas adopt it "
+                        "without a restart")
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -281,13 +313,56 @@ def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     if not 0 < args.target_fpr < 1 or not 0 < args.holdout < 1:
         sys.stderr.write("detector: error: --target-fpr and --holdout must be in (0, 1)\n")
         return EXIT_USAGE
-    if args.topic is None and (args.time_from or args.time_to):
-        sys.stderr.write("detector: error: --from and --to need --topic\n")
+    if args.topic is None and (args.time_from or args.time_to or args.last_hours
+                               or args.exclude_alerted or args.exclude_labelled):
+        sys.stderr.write("detector: error: --from and --to need --topic (so do "
+                         "--last-hours, --exclude-alerted and --exclude-labelled)\n")
+        return EXIT_USAGE
+    if args.last_hours is not None and (args.time_from or args.time_to
+                                        or args.last_hours <= 0):
+        sys.stderr.write("detector: error: --last-hours takes a positive number and "
+                         "replaces --from/--to\n")
+        return EXIT_USAGE
+    if args.artifact is not None and not args.publish:
+        sys.stderr.write("detector: error: --artifact is for --publish of an existing "
+                         "artifact\n")
         return EXIT_USAGE
     # errors (DetectorError and its fatal embedding case, Kafka) are reported by the CLI
-    result, calls = asyncio.run(run_calibration(settings, args))
-    sys.stdout.write(summary_table(result, args.out, calls))
+    out = args.artifact
+    if out is None:
+        result, calls = asyncio.run(run_calibration(settings, args))
+        sys.stdout.write(summary_table(result, args.out, calls))
+        out = args.out
+    if args.publish:
+        version = asyncio.run(publish(settings, out))
+        sys.stdout.write(f"published {out} as calibration {version} on "
+                         f"{settings.state.topic!r} (detector {settings.name!r})\n")
     return EXIT_OK
+
+
+async def publish(settings: Settings, path: Path) -> str:
+    """Write the artifact at `path` to the state topic (detector.published); returns its
+    version."""
+    from detector import published
+    from detector.kafka import make_producer
+    from detector.state import StateStore
+
+    if not settings.state.enabled:
+        msg = "state.enabled is false: there is no state topic to publish the artifact on"
+        raise CalibrationError(msg)
+    artifact = cal.load_artifact(path)
+    store = StateStore(settings)
+    if settings.kafka.create_topics:
+        await store.ensure_topic()
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.state.topic,
+                                     key=published.record_key(settings.name),
+                                     value=published.encode(settings.name, artifact))
+    finally:
+        await producer.stop()
+    return published.version_of(artifact)
 
 
 def load_lines(path: Path) -> list[dict[str, Any]]:

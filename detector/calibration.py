@@ -323,9 +323,16 @@ def load_artifact(path: Path) -> CalibrationArtifact:
     except (OSError, orjson.JSONDecodeError) as exc:
         msg = f"cannot read calibration artifact {path}: {exc}"
         raise ConfigError(msg) from None
+    return parse_artifact(body, str(path))
+
+
+def parse_artifact(body: Any, name: str) -> CalibrationArtifact:
+    """An artifact from its JSON body; an invalid one is a `ConfigError` naming `name`."""
+    path = name
     if not isinstance(body, dict) or body.get("schema") not in READABLE_SCHEMAS:
         msg = f"{path} is not a {ARTIFACT_SCHEMA} (or v1) calibration artifact"
         raise ConfigError(msg)
+    body = dict(body)
     body["schema_"] = body.pop("schema")
     try:
         artifact = CalibrationArtifact(**body)

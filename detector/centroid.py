@@ -119,6 +119,14 @@ class Centroid:
         self.version += updates
         self._refresh()
 
+    def assign(self, other: Centroid) -> None:
+        """Become a copy of `other` in place (its holders see the new state); the decay
+        stays this centroid's."""
+        self.sum = other.sum.copy()
+        self.weight = other.weight
+        self.version = other.version
+        self._refresh()
+
     def copy(self) -> Centroid:
         return Centroid(self.sum.copy(), self.weight, self.version, self.decay)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import orjson
 from aiokafka.errors import KafkaError
 
-from detector import __version__, app, calibrate, replay
+from detector import __version__, app, calibrate, compare, replay
 from detector.config import Settings, load_settings
 from detector.errors import DetectorError, FatalEmbeddingError
 from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_INTERRUPTED, EXIT_KAFKA, EXIT_USAGE
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     show.set_defaults(func=_cmd_config)
 
-    replay.add_parser(sub)
+    replay.add_parser(sub, compare=compare.command)
     calibrate.add_parser(sub)
     return parser
 

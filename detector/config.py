@@ -250,7 +250,8 @@ class StateSettings(Section):
 
 
 class DriftSettings(Section):
-    """Windowed drift tests (detector.drift); not yet run by `detector run`."""
+    """Windowed drift tests (detector.drift, run by detector.drifting): events go to
+    `alerts.drift_topic`. Needs a calibration artifact with a similarity profile."""
 
     enabled: bool = False
     # A window closes after this many records or this many seconds, whichever comes first;
@@ -273,7 +274,8 @@ class DriftSettings(Section):
 
 
 class FeedbackSettings(Section):
-    """Operator labels (detector.feedback); not yet read by `detector run`."""
+    """Operator labels (detector.feedback, read by detector.labelling): every replica
+    reads `topic` and applies the labels of the alerts it scored."""
 
     enabled: bool = False
     topic: str = "detector-feedback"

@@ -182,6 +182,16 @@ class Outbox:
             task.add_done_callback(self._deliveries.discard)
         self._progress.set()
 
+    def emit(self, messages: list[rec.Message]) -> None:
+        """Publish outputs tied to no input record (drift events): acknowledged and resent
+        like alerts, inside the transaction in exactly-once mode, but holding back no
+        offset. `drain` waits for them too."""
+        if not messages:
+            return
+        task = asyncio.create_task(self._publish([], messages))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
     def pending(self) -> list[asyncio.Task[None]]:
         """Publishes still waiting for acknowledgements."""
         return list(self._deliveries)
@@ -191,20 +201,24 @@ class Outbox:
         while self._deliveries:
             await asyncio.gather(*self._deliveries, return_exceptions=True)
 
-    async def _publish(self, work: list[Work]) -> None:
-        """Send every message, wait for the broker's acks, then mark the records done.
+    async def _publish(self, work: list[Work], loose: list[rec.Message] | None = None
+                       ) -> None:
+        """Send every message (of `work`, and the `loose` ones tied to no record), wait for
+        the broker's acks, then mark the records done.
 
         A send that fails after the producer's own retries is sent again (at-least-once)
         until it is acknowledged or the outbox's task is cancelled at shutdown.
         """
         if self.gate is None:
-            await self._publish_now(work)
+            await self._publish_now(work, loose or [])
             return
         async with self.gate.shared():
-            await self._publish_now(work)
+            await self._publish_now(work, loose or [])
 
-    async def _publish_now(self, work: list[Work]) -> None:
-        sends = [(source, msg) for source, _, messages in work for msg in messages]
+    async def _publish_now(self, work: list[Work], loose: list[rec.Message]) -> None:
+        sends: list[tuple[rec.Source | None, rec.Message]] = [
+            (source, msg) for source, _, messages in work for msg in messages]
+        sends += [(None, msg) for msg in loose]
         attempt = 0
         while sends:
             futures = []
@@ -219,7 +233,8 @@ class Outbox:
             failed = [s for s, r in zip(sends, results, strict=True) if isinstance(r, Exception)]
             now = time.time()
             for (source, (topic, _, _)), result in zip(sends, results, strict=True):
-                if not isinstance(result, Exception) and topic == self.alerts_topic:
+                if source is not None and not isinstance(result, Exception) \
+                        and topic == self.alerts_topic:
                     self.metrics.alerts.inc()
                     self.metrics.end_to_end.observe(max(0.0, now - source.timestamp / 1000))
             if failed:

@@ -123,6 +123,31 @@ class Metrics:
         self.threshold_source = Gauge(
             "detector_threshold_source", "1 for where the threshold in force came from",
             ["source"], registry=r)
+        self.calibration = Gauge(
+            "detector_calibration_info", "1 for the version of the calibration artifact in "
+            "force (detector.published)", ["version"], registry=r)
+        self.calibrations = Counter(
+            "detector_calibrations_published", "Published calibration artifacts seen, by "
+            "outcome (adopted, refused)", ["outcome"], registry=r)
+        self.drift_windows = Counter(
+            "detector_drift_windows_closed", "Drift windows tested (global and per key)",
+            registry=r)
+        self.drift_events = Counter(
+            "detector_drift_events", "Drift events published", ["scope", "moved",
+                                                                "classification"], registry=r)
+        self.drift_keys_evicted = Counter(
+            "detector_drift_keys_evicted", "Per-key drift streams evicted (drift.max_keys)",
+            registry=r)
+        self.feedback_labels = Counter(
+            "detector_feedback_labels", "Operator labels read, by outcome: taught, untaught, "
+            "excluded, unchanged, unresolved, skipped (another replica's), refused",
+            ["outcome"], registry=r)
+        self.feedback_true = Gauge(
+            "detector_feedback_true_alerts", "Alerts of this replica labelled anomaly",
+            registry=r)
+        self.feedback_false = Gauge(
+            "detector_feedback_false_alerts", "Alerts of this replica labelled normal",
+            registry=r)
         self.ready = Gauge("detector_ready",
                            "1 once the consumer joined its group and the embedder is ok",
                            registry=r)

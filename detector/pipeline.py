@@ -78,13 +78,15 @@ class Pipeline:
         start_offsets: dict[TopicPartition, int] | None = None,
         on_revoked: Callable[[], Awaitable[None]] | None = None,
         quiet_alerts: bool = False,
+        on_scored: Callable[[list[scoring.Embedded], list[scoring.Verdict]], None] | None = None,
     ) -> None:
         """`bounds` (exclusive end offsets) turn the pipeline into a bounded replay that
         starts at `start_offsets` and stops by itself once every partition reached its
         bound. `retry` defaults to the policy of `settings.embedding`. `on_revoked` is
         awaited after revoked partitions were finished and committed (e.g. publish state).
         `quiet_alerts` logs each alert at debug instead of info (a dry-run replay prints
-        only its summary)."""
+        only its summary). `on_scored` sees every scored batch (the scorer's input and its
+        verdicts) before its outputs are handed to the outbox (the drift stage)."""
         self.settings = settings
         self._quiet_alerts = quiet_alerts
         self.consumer = consumer
@@ -98,6 +100,7 @@ class Pipeline:
         self.bounds = bounds
         self.start_offsets = dict(start_offsets or {})
         self.on_revoked = on_revoked
+        self.on_scored = on_scored
         self.finished: set[TopicPartition] = set()
         self._replayed = False  # a bounded replay reached every bound
         self._failure: TransactionFailedError | None = None
@@ -355,8 +358,11 @@ class Pipeline:
 
     def _score(self, batch: Batch, outcomes: list[Outcome]) -> None:
         """Score the batch in order, account for it, and hand its outputs to the outbox."""
-        verdicts = self.scorer.score([(comment, outcome) for (comment, _), outcome
-                                      in zip(batch.items, outcomes, strict=True)])
+        items = [(comment, outcome) for (comment, _), outcome
+                 in zip(batch.items, outcomes, strict=True)]
+        verdicts = self.scorer.score(items)
+        if self.on_scored is not None:
+            self.on_scored(items, verdicts)
         work: list[Work] = []
         for (comment, generation), verdict in zip(batch.items, verdicts, strict=True):
             scoring.record(self.metrics, verdict, quiet=self._quiet_alerts)

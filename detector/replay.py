@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +28,7 @@ from aiokafka.structs import TopicPartition
 
 from detector import __version__, startup
 from detector import records as rec
-from detector.app import initial_state
+from detector.app import InitialState, initial_state
 from detector.baselines import Baselines
 from detector.centroid import Centroid
 from detector.config import Settings
@@ -157,8 +158,10 @@ async def replay(settings: Settings, opts: ReplayOptions, *, stop: asyncio.Event
 
 
 async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embedder: Embedder,
-                    stop: asyncio.Event, out: IO[bytes] | None) -> Summary:
-    base = await initial_state(settings, embedder)
+                    stop: asyncio.Event, out: IO[bytes] | None,
+                    base: InitialState | None = None) -> Summary:
+    """Replay `plan` from `base` (default: the configured artifact or seed)."""
+    base = base or await initial_state(settings, embedder)
     centroid = base.centroid
     if opts.snapshot:
         records = await StateStore(settings.model_copy(update={"name": opts.snapshot})).load()
@@ -181,6 +184,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
     })
     baselines = startup.build(replay_settings.scoring, centroid, base.threshold,
                               artifact=base.artifact, seed=base.seed, replica="replay")
+    baselines.calibration = base.version
     if opts.resume and plan.exemplars is not None:
         baselines.global_.reservoir.merge(decode_exemplars(plan.exemplars, centroid.dimension))
     metrics = Metrics()
@@ -285,8 +289,9 @@ def _sample(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register `detector replay`."""
+def add_parser(subparsers: Any, compare: Callable[[argparse.Namespace, Settings], int]
+               | None = None) -> None:
+    """Register `detector replay`; `compare` runs `--compare` (detector.compare)."""
     p = subparsers.add_parser(
         "replay", help="re-score a range of a topic without touching the live group",
         description="Re-score a bounded range of a topic with the live pipeline code. "
@@ -318,20 +323,23 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the replay saved in --progress-file")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(func=_cmd_replay)
+    p.add_argument("--artifact", type=Path,
+                   help="score with this calibration artifact (instead of "
+                        "scoring.calibration_file)")
+    p.add_argument("--compare", action="store_true",
+                   help="with --artifact: report which alerts it adds and removes against "
+                        "the artifact in force (JSON to --output or stdout; frozen)")
+    p.set_defaults(func=_cmd_replay, compare_command=compare)
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    opts = ReplayOptions(
-        topic=args.topic or settings.input.topic,
-        time_from=parse_time(args.time_from) if args.time_from else None,
-        time_to=parse_time(args.time_to) if args.time_to else None,
-        starts=parse_bounds(args.start), ends=parse_bounds(args.end),
-        partitions=[int(p) for p in args.partitions.split(",")] if args.partitions else None,
-        alerts_topic=args.alerts_topic, output=args.output, scores_file=args.scores_file,
-        dry_run=args.dry_run, state=args.state, snapshot=args.snapshot, force=args.force,
-        progress_file=args.progress_file, resume=args.resume, show_progress=not args.quiet,
-    )
+    if args.compare:  # detector.compare, registered by the CLI (it builds on this module)
+        code: int = args.compare_command(args, settings)
+        return code
+    if args.artifact is not None:
+        settings = settings.model_copy(update={"scoring": settings.scoring.model_copy(
+            update={"calibration_file": args.artifact})})
+    opts = options(args, settings)
 
     async def main() -> Summary:
         stop = asyncio.Event()
@@ -348,6 +356,19 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                          f"{opts.progress_file}. Resume with the same options plus --resume.\n")
         return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def options(args: argparse.Namespace, settings: Settings) -> ReplayOptions:
+    return ReplayOptions(
+        topic=args.topic or settings.input.topic,
+        time_from=parse_time(args.time_from) if args.time_from else None,
+        time_to=parse_time(args.time_to) if args.time_to else None,
+        starts=parse_bounds(args.start), ends=parse_bounds(args.end),
+        partitions=[int(p) for p in args.partitions.split(",")] if args.partitions else None,
+        alerts_topic=args.alerts_topic, output=args.output, scores_file=args.scores_file,
+        dry_run=args.dry_run, state=args.state, snapshot=args.snapshot, force=args.force,
+        progress_file=args.progress_file, resume=args.resume, show_progress=not args.quiet,
+    )
 
 
 def _announce_stop(_signum: int) -> None:

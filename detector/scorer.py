@@ -158,7 +158,7 @@ class Scorer:
         if judged.anomaly:
             messages.append((self.encoding.alerts_topic, key, encode_alert(
                 comment, judged, method=self.baselines.policy.method,
-                ctx=self.encoding.context)))
+                ctx=self.encoding.context, calibration=self.baselines.calibration)))
         if self.encoding.scores_topic:
             messages.append((self.encoding.scores_topic, key, rec.encode_score(
                 comment, similarity=judged.score, threshold=judged.threshold,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from aiokafka.structs import TopicPartition
 from detector.centroid import Centroid
 from detector.config import Settings
 from detector.kafka import ensure_topics, reader_consumer, topic_partitions
+from detector.published import is_published
 from detector.records import utc_now
 from detector.sharing import ExemplarChunk, KeyRecord, SharedBaselines
 from detector.sharing import parse as parse_shared
@@ -77,10 +79,15 @@ class ReplicaRecord:
     threshold: float
     contribution: Contribution
     saved_at: str
+    # next offset per feedback-topic partition, of the labels this contribution includes
+    feedback: dict[int, int] = field(default_factory=dict)
 
     def to_bytes(self, name: str) -> bytes:
         c = self.contribution
-        return orjson.dumps({
+        extra: dict[str, Any] = {}
+        if self.feedback:
+            extra["feedback"] = {str(p): o for p, o in sorted(self.feedback.items())}
+        return orjson.dumps({**extra,
             "schema": STATE_SCHEMA, "name": name, "replica": self.replica, "base": self.base,
             "model": {"name": self.model, "dimension": self.dimension},
             "threshold": self.threshold,
@@ -99,7 +106,8 @@ class ReplicaRecord:
         return cls(str(body["replica"]), str(body["base"]), str(body["model"]["name"]),
                    int(body["model"]["dimension"]), float(body["threshold"]),
                    Contribution(np.asarray(c["sum"], dtype=np.float64), float(c["weight"]),
-                                int(c["updates"])), str(body["saved_at"]))
+                                int(c["updates"])), str(body["saved_at"]),
+                   {int(p): int(o) for p, o in body.get("feedback", {}).items()})
 
 
 @dataclass
@@ -112,6 +120,7 @@ class SharedCentroid:
     model: str
     own: Contribution = field(init=False)
     applied: dict[str, Contribution] = field(default_factory=dict)
+    feedback: dict[int, int] = field(default_factory=dict)  # label positions (labelling)
 
     def __post_init__(self) -> None:
         self.own = Contribution.zero(self.centroid.dimension)
@@ -155,6 +164,7 @@ class SharedCentroid:
             self.centroid.merge(c.sum, c.weight, c.updates)
             if replica == self.replica:
                 self.own = Contribution(c.sum.copy(), c.weight, c.updates)
+                self.feedback.update(record.feedback)
             else:
                 self.applied[replica] = c
         return ignored
@@ -162,7 +172,7 @@ class SharedCentroid:
     def record(self, threshold: float) -> ReplicaRecord:
         own = Contribution(self.own.sum.copy(), self.own.weight, self.own.updates)
         return ReplicaRecord(self.replica, self.base, self.model, self.centroid.dimension,
-                             threshold, own, utc_now())
+                             threshold, own, utc_now(), dict(self.feedback))
 
 
 class StateStore:
@@ -175,6 +185,9 @@ class StateStore:
         self._ends: dict[TopicPartition, int] = {}
         # per-key and exemplar records read by `load`, newest per record key
         self.shared: dict[bytes, KeyRecord | ExemplarChunk] = {}
+        # the newest published calibration artifact (detector.published), raw
+        self.calibration: bytes | None = None
+        self.on_calibration: Callable[[bytes], object] | None = None  # told of new ones
 
     async def ensure_topic(self) -> list[str]:
         """Create the compacted state topic when missing; return it if it was created."""
@@ -213,6 +226,11 @@ class StateStore:
     def _keep(self, key: bytes | None, value: bytes | None,
               latest: dict[str, ReplicaRecord]) -> ReplicaRecord | None:
         if key is None or value is None or not key.startswith(self.prefix):
+            return None
+        if is_published(value):
+            self.calibration = value
+            if self.on_calibration is not None:
+                self.on_calibration(value)
             return None
         try:
             shared = parse_shared(value)
@@ -323,6 +341,12 @@ class StateSync:
             log.warning("state publish failed; will retry", error=repr(exc))
             return
         self._published = record.contribution.updates
+
+    def rebase(self, threshold: float) -> None:
+        """A new calibration was adopted: publish the (zeroed) contribution on the new base
+        with its threshold at the next publish."""
+        self.threshold = threshold
+        self._published = -1
 
     async def _every(self) -> None:
         while True:

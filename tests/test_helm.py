@@ -140,7 +140,7 @@ class TestObjects:
         kinds = sorted(d["kind"] for d in render(*VARIANTS["all-enabled"]))
         for kind in ("ServiceMonitor", "ScaledObject", "Job", "PodDisruptionBudget",
                      "ServiceAccount", "StatefulSet", "Service", "PrometheusRule",
-                     "NetworkPolicy", "KafkaTopic"):
+                     "NetworkPolicy", "KafkaTopic", "CronJob"):
             assert kind in kinds
         assert kinds.count("ConfigMap") == 2
         assert "HorizontalPodAutoscaler" not in kinds
@@ -256,6 +256,31 @@ class TestWorkload:
         assert "/work" in {m["mountPath"] for m in job["volumeMounts"]}
         default_job = pod_spec(render("--set", "job.enabled=true"), "Job")["containers"][0]
         assert parser.parse_args(default_job["args"]).func.__module__ == replay.__name__
+
+
+    def test_recalibration_cronjob_calibrates_the_last_hours_and_publishes(self) -> None:
+        """The CronJob runs `detector calibrate` on the input topic's last `hours` hours,
+        without alerted and anomaly-labelled comments, and publishes the artifact; one
+        run at a time, as the daemon's pods are configured (env, volumes, security)."""
+        docs = render(*VARIANTS["all-enabled"])
+        cron = one(docs, "CronJob")
+        assert cron["spec"]["schedule"] == "30 2 * * *"
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        assert cron["metadata"]["labels"]["app.kubernetes.io/component"] == "recalibrate"
+        pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        parsed = build_parser().parse_args(container["args"])
+        assert parsed.func.__module__ == calibrate.__name__
+        assert parsed.config == "/etc/detector/detector.yaml"
+        assert (parsed.topic, parsed.last_hours, parsed.holdout) == ("comments", 12.0, 0.3)
+        assert (parsed.exclude_alerted, parsed.exclude_labelled, parsed.publish) == (
+            True, True, True)
+        assert (parsed.time_from, parsed.time_to) == (None, None)
+        job = pod_spec(docs, "Job")["containers"][0]  # configured as the one-off Job
+        assert container["env"] == job["env"]
+        assert container["securityContext"] == job["securityContext"]
+        assert pod["automountServiceAccountToken"] is False
+        assert not [d for d in render() if d["kind"] == "CronJob"]
 
 
 class TestSecrets:
@@ -467,6 +492,24 @@ class TestDurableTopics:
         assert alerts["partitions"] == 6
         assert alerts["config"]["retention.ms"] == "604800000"
         assert "retention.ms" not in state["config"]
+
+    def test_strimzi_topic_for_drift_events_when_drift_is_enabled(self, tmp_path: Path
+                                                                  ) -> None:
+        """With config.drift.enabled the drift topic is a KafkaTopic too, named as the
+        daemon's settings name it; without it there is none."""
+        args = ("--set", "topics.strimzi.enabled=true", "--set",
+                "topics.strimzi.clusterName=my-cluster")
+        docs = render(*args, "--set", "config.drift.enabled=true", "--set",
+                      "config.alerts.drift_topic=ops-drift")
+        settings = loaded_config(docs, tmp_path)
+        assert settings.drift.enabled
+        topics = {d["spec"]["topicName"]: d for d in docs if d["kind"] == "KafkaTopic"}
+        assert settings.alerts.drift_topic == "ops-drift"
+        assert topics["ops-drift"]["metadata"]["name"].endswith("-drift")
+        assert int(topics["ops-drift"]["spec"]["config"]["min.insync.replicas"]) == 2
+        plain = render(*args)
+        assert not [d for d in plain if d["kind"] == "KafkaTopic"
+                    and d["spec"]["topicName"] == "detector-drift"]
 
     def test_strimzi_needs_the_cluster_name(self) -> None:
         """KafkaTopics without strimzi.io/cluster are never reconciled: refused."""

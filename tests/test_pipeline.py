@@ -100,7 +100,8 @@ class TestCleanRun:
             assert body["similarity"] < body["threshold"] == threshold
             assert set(body) == {"schema", "id", "text", "similarity", "threshold", "source",
                                  "centroid", "model", "detector", "detected_at", "method",
-                                 "centroid_similarity", "baseline", "nearest"}
+                                 "centroid_similarity", "baseline", "nearest", "calibration"}
+            assert body["calibration"] is None  # started from the seed file
             assert body["centroid_similarity"] == body["similarity"]  # method centroid
             assert len(body["nearest"]) == 3
             assert body["model"] == {"name": "use-multilingual-v3", "dimension": 512}
