@@ -32,7 +32,6 @@ from detector.errors import ConfigError
 from detector.metrics import Metrics
 from detector.published import Published, parse
 from detector.sharing import SharedBaselines
-from detector.state import Contribution as StateContribution
 from detector.state import SharedCentroid, StateSync
 
 log = structlog.get_logger("detector.adoption")
@@ -101,7 +100,7 @@ class Adopter:
         origin = published.origin
         if self.shared is not None:
             self.shared.base = origin
-            self.shared.own = StateContribution.zero(held.dimension)
+            self.shared.own = Contribution.zero(held.dimension)
             self.shared.applied = {}
         if self.shared_baselines is not None:
             sb = self.shared_baselines

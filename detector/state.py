@@ -36,6 +36,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from detector.baselines import Contribution
 from detector.centroid import Centroid
 from detector.config import Settings
 from detector.kafka import ensure_topics, reader_consumer, topic_partitions
@@ -49,23 +50,6 @@ log = structlog.get_logger("detector.state")
 STATE_SCHEMA = "detector.state/v2"
 COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
              "segment.ms": "3600000"}
-
-
-@dataclass(slots=True)
-class Contribution:
-    """What one replica's updates added to S and w, and how many updates that was."""
-
-    sum: npt.NDArray[np.float64]
-    weight: float = 0.0
-    updates: int = 0
-
-    @classmethod
-    def zero(cls, dimension: int) -> Contribution:
-        return cls(np.zeros(dimension))
-
-    def minus(self, other: Contribution) -> Contribution:
-        return Contribution(self.sum - other.sum, self.weight - other.weight,
-                            self.updates - other.updates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,14 +147,14 @@ class SharedCentroid:
             c = record.contribution
             self.centroid.merge(c.sum, c.weight, c.updates)
             if replica == self.replica:
-                self.own = Contribution(c.sum.copy(), c.weight, c.updates)
+                self.own = c.copy()
                 self.feedback.update(record.feedback)
             else:
                 self.applied[replica] = c
         return ignored
 
     def record(self, threshold: float) -> ReplicaRecord:
-        own = Contribution(self.own.sum.copy(), self.own.weight, self.own.updates)
+        own = self.own.copy()
         return ReplicaRecord(self.replica, self.base, self.model, self.centroid.dimension,
                              threshold, own, utc_now(), dict(self.feedback))
 
