@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from aiokafka.structs import TopicPartition
 
 from detector import calibration as cal
 from detector import keycal
@@ -30,9 +29,8 @@ from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
 from detector.errors import CalibrationError
 from detector.exits import EXIT_OK, EXIT_USAGE
-from detector.kafka import reader_consumer
 from detector.progress import Progress
-from detector.ranges import parse_time, resolve_plan
+from detector.ranges import parse_time, read_plan, resolve_plan
 from detector.reservoir import Ref, encode_exemplars
 from detector.samples import read_samples
 
@@ -99,31 +97,14 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
     key from scoring.key_field); also the number of records skipped as unusable (what the
     daemon would dead-letter)."""
     plan = await resolve_plan(settings, topic, time_from=time_from, time_to=time_to)
-    consumer = reader_consumer(settings.kafka)
-    await consumer.start()
     texts: list[rec.Comment] = []
     skipped = 0
-    try:
-        for partition, (start, end) in plan.ranges.items():
-            if start >= end:
-                continue
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            # the consumer's position, not the last record's offset + 1, so that
-            # transaction markers and compacted gaps before `end` cannot stall the loop
-            while await consumer.position(tp) < end:
-                fetched = await consumer.getmany(tp, timeout_ms=1000)
-                for record in fetched.get(tp, []):
-                    if record.offset >= end:
-                        break
-                    decoded = rec.decode(record, settings.input, settings.scoring.key_field)
-                    if isinstance(decoded, rec.Comment):
-                        texts.append(decoded)
-                    else:
-                        skipped += 1
-    finally:
-        await consumer.stop()
+    async for record in read_plan(settings, plan):
+        decoded = rec.decode(record, settings.input, settings.scoring.key_field)
+        if isinstance(decoded, rec.Comment):
+            texts.append(decoded)
+        else:
+            skipped += 1
     return texts, skipped
 
 

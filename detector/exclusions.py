@@ -13,13 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import orjson
-from aiokafka.structs import TopicPartition
 
 from detector import records as rec
 from detector.config import Settings
 from detector.feedback import Label, parse_label
-from detector.kafka import reader_consumer
-from detector.ranges import resolve_plan
+from detector.ranges import read_plan, resolve_plan
 
 Source = tuple[str, int, int]
 
@@ -80,22 +78,7 @@ async def read_values(settings: Settings, topic: str, time_from: int | None
     if not await topic_partitions(settings.kafka, topic):
         return []
     plan = await resolve_plan(settings, topic, time_from=time_from, time_to=None)
-    consumer = reader_consumer(settings.kafka)
-    await consumer.start()
-    out: list[bytes | None] = []
-    try:
-        for partition, (start, end) in sorted(plan.ranges.items()):
-            if start >= end:
-                continue
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            while await consumer.position(tp) < end:
-                fetched = await consumer.getmany(tp, timeout_ms=1000)
-                out += [r.value for r in fetched.get(tp, []) if r.offset < end]
-    finally:
-        await consumer.stop()
-    return out
+    return [record.value async for record in read_plan(settings, plan)]
 
 
 async def exclusions(settings: Settings, topic: str, time_from: int | None, *,

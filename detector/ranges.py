@@ -2,13 +2,14 @@
 
 `resolve_plan` turns a time range (offsets-for-times), explicit ``partition:offset``
 bounds and a partition choice into per-partition ``[start, end)`` offsets. End offsets
-are captured when the plan is made, so reading a live topic terminates. A `Plan` also
-carries replay's resume point and serialises to the replay progress file.
+are captured when the plan is made, so reading a live topic terminates. `read_plan`
+yields a plan's records without a consumer group. A `Plan` also carries replay's resume
+point and serialises to the replay progress file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -122,3 +123,26 @@ def parse_bounds(items: Sequence[str]) -> dict[int, int]:
             raise ConfigError(msg)
         out[int(partition)] = int(offset)
     return out
+
+
+async def read_plan(settings: Settings, plan: Plan) -> AsyncIterator[Any]:
+    """Every record of the plan's ranges (aiokafka `ConsumerRecord`s), partition by
+    partition, read with manual assignment and no group. The loop follows the consumer's
+    position, not the last record's offset + 1, so transaction markers and compacted gaps
+    before a range's end cannot stall it."""
+    consumer = reader_consumer(settings.kafka)
+    await consumer.start()
+    try:
+        for partition, (start, end) in plan.ranges.items():
+            if start >= end:
+                continue
+            tp = TopicPartition(plan.topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            while await consumer.position(tp) < end:
+                fetched = await consumer.getmany(tp, timeout_ms=1000)
+                for record in fetched.get(tp, []):
+                    if record.offset < end:
+                        yield record
+    finally:
+        await consumer.stop()
