@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from detector import app
@@ -164,6 +166,30 @@ async def wait_for(predicate: Any, deadline_s: float = 60.0, what: str = "condit
         await asyncio.sleep(0.05)
     msg = f"timed out after {deadline_s}s waiting for {what}"
     raise AssertionError(msg)
+
+
+async def topic_configs(bootstrap: str, topic: str, deadline_s: float = 30.0) -> dict[str, str]:
+    """A topic's configuration as the broker describes it. Right after CreateTopics the
+    broker answering may not know the topic yet (an error code and no entries), so poll
+    until it does."""
+    described: dict[str, str] = {}
+
+    async def known() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)])
+        finally:
+            await admin.close()
+        [resource] = response.resources
+        if resource[0] != 0:  # e.g. UNKNOWN_TOPIC_OR_PARTITION while metadata propagates
+            return False
+        described.update({entry[0]: str(entry[1]) for entry in resource[4]})
+        return True
+
+    await wait_for(known, deadline_s, what=f"the broker to describe topic {topic}")
+    return described
 
 
 def metric(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:

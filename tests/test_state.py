@@ -9,8 +9,6 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from detector.centroid import Centroid
 from detector.dev.sample_data import stream
@@ -22,6 +20,7 @@ from tests.helpers import (
     metric,
     produce,
     running_detector,
+    topic_configs,
     unique,
     wait_for,
 )
@@ -135,12 +134,5 @@ class TestStateTopic:
         settings = detector_settings(kafka_bootstrap, await new_topic(),
                                      state={"enabled": True, "topic": unique("state")})
         await StateStore(settings).ensure_topic()
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            [response] = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, settings.state.topic)])
-            entries = {e[0]: e[1] for e in response.resources[0][4]}
-        finally:
-            await admin.close()
+        entries = await topic_configs(kafka_bootstrap, settings.state.topic)
         assert entries["cleanup.policy"] == "compact"

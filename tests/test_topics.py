@@ -6,15 +6,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from structlog.testing import capture_logs
 
 from detector.config import KafkaSettings, load_settings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.kafka import check_durability, ensure_topics, new_topics
-from tests.helpers import detector_settings, running_detector, unique, wait_for
+from tests.helpers import (
+    detector_settings,
+    running_detector,
+    topic_configs,
+    unique,
+    wait_for,
+)
 
 
 class TestTopicSpecs:
@@ -39,15 +43,7 @@ class TestTopicSpecs:
 
 
 async def min_insync(bootstrap: str, topic: str) -> str:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [response] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})])
-    finally:
-        await admin.close()
-    [resource] = response.resources
-    return str(next(e[1] for e in resource[4] if e[0] == "min.insync.replicas"))
+    return (await topic_configs(bootstrap, topic))["min.insync.replicas"]
 
 
 @pytest.mark.kafka
