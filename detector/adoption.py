@@ -100,7 +100,6 @@ class Adopter:
         origin = published.origin
         if self.shared is not None:
             self.shared.base = origin
-            self.shared.own = Contribution.zero(held.dimension)
             self.shared.applied = {}
         if self.shared_baselines is not None:
             sb = self.shared_baselines

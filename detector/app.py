@@ -211,11 +211,12 @@ async def _starting_point(settings: Settings, embedder: Embedder
         records = await store.load()
         published = operating.published_at_start(settings, embedder, store.calibration)
     state = await initial_state(settings, embedder, published)
-    shared = SharedCentroid(state.centroid, replica_id(settings), state.origin, embedder.name)
+    replica = replica_id(settings)
     baselines = SharedBaselines(
-        state.baselines(settings, shared.replica),
-        Scope(shared.replica, state.origin, embedder.name, embedder.dimension),
+        state.baselines(settings, replica),
+        Scope(replica, state.origin, embedder.name, embedder.dimension),
         keep_text=settings.scoring.keep_exemplar_text)
+    shared = SharedCentroid(baselines.baselines.global_, replica, state.origin, embedder.name)
     baselines.baselines.calibration = state.version
     if store is not None:
         ignored = shared.restore(records)
@@ -264,7 +265,6 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
         await stack.enter_async_context(sync)
     context = rec.Context(settings.name, __version__, embedder.name, embedder.dimension)
     scorer = Scorer.from_settings(settings, shared.centroid, state.threshold, context,
-                                  on_update=shared.record_local if sync is not None else None,
                                   baselines=baselines.baselines)
     held = baselines.baselines
     metrics.baseline_keys.set_function(lambda: len(held.keys))

@@ -84,10 +84,16 @@ class Baseline:
         """Move the centroid toward `row` (counting it as ours) and offer it to the reservoir."""
         before_sum, before_weight = self.centroid.sum.copy(), self.centroid.weight
         self.centroid.add(row)
+        self.count_own(before_sum, before_weight)
+        self.reservoir.offer(row, ref, origin=origin)
+
+    def count_own(self, before_sum: npt.NDArray[np.float64], before_weight: float,
+                  updates: int = 1) -> None:
+        """Count the centroid's move since (`before_sum`, `before_weight`), made by
+        `updates` local updates (accepted comments, labels), as this replica's contribution."""
         self.own.sum += self.centroid.sum - before_sum
         self.own.weight += self.centroid.weight - before_weight
-        self.own.updates += 1
-        self.reservoir.offer(row, ref, origin=origin)
+        self.own.updates += updates
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,8 +169,8 @@ class FeedbackStage:
         centroid = glob.centroid
         before = (centroid.sum.copy(), centroid.weight)
         outcome = self.book.apply(label, centroid, alert=alert, embedding=embedding)
-        if outcome in ("taught", "untaught") and self.shared is not None:
-            self.shared.record_local(before[0], before[1], 1)
+        if outcome in ("taught", "untaught"):
+            glob.count_own(before[0], before[1])
         if outcome == "taught":
             vector = np.asarray(alert.embedding if alert is not None else embedding,
                                 dtype=np.float64)

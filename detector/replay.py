@@ -165,7 +165,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
     centroid = base.centroid
     if opts.snapshot:
         records = await StateStore(settings.model_copy(update={"name": opts.snapshot})).load()
-        shared = SharedCentroid(centroid, "replay", base.origin, embedder.name)
+        shared = SharedCentroid.around(centroid, "replay", base.origin, embedder.name)
         if not records or len(shared.restore(records)) == len(records):
             msg = (f"no shared state of detector {opts.snapshot!r} for this model and base "
                    f"in {settings.state.topic!r}")

@@ -21,7 +21,7 @@ it lives here, next to what it accounts for, so that the `Scorer` itself stays p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -43,8 +43,6 @@ log = structlog.get_logger("detector.scorer")
 Vector = npt.NDArray[np.float64]
 RESERVOIR_DEFAULT = 2000  # scoring.reservoir_size
 Embedded = tuple[rec.Comment, Vector | rec.DeadLetter]  # a vector, or why it was refused
-# Told of local centroid updates: (S before, w before, number of updates).
-OnUpdate = Callable[[npt.NDArray[np.float64], float, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,25 +79,21 @@ class Scorer:
     """Scores embedded comments in order against their baselines and encodes the outputs."""
 
     def __init__(self, centroid: Centroid, threshold: float, *, margin: float, update: bool,
-                 encoding: Encoding, on_update: OnUpdate | None = None,
-                 baselines: Baselines | None = None) -> None:
+                 encoding: Encoding, baselines: Baselines | None = None) -> None:
         """`update` switches learning on; a vector is accepted into its baselines when its
-        score is at least ``threshold + margin``. `on_update` is called once per `score`
-        call that updated the global centroid, with its sum and weight before that call
-        and the number of updates (state sync turns that into this replica's
-        contribution). `baselines` (per-key, kNN, explanations) default to the global
-        baseline of `centroid` and `threshold` alone; when given, they hold `centroid`."""
+        score is at least ``threshold + margin`` (each baseline counts what it accepted as
+        this replica's contribution, which state sync publishes). `baselines` (per-key,
+        kNN, explanations) default to the global baseline of `centroid` and `threshold`
+        alone; when given, they hold `centroid`."""
         self.baselines = baselines or Baselines(
             Baseline(None, centroid, Reservoir(RESERVOIR_DEFAULT, centroid.dimension),
                      threshold),
             Policy(margin=margin, update=update))
         self.encoding = encoding
-        self.on_update = on_update
 
     @classmethod
     def from_settings(cls, settings: Settings, centroid: Centroid, threshold: float,
-                      context: rec.Context, *, on_update: OnUpdate | None = None,
-                      baselines: Baselines | None = None) -> Scorer:
+                      context: rec.Context, *, baselines: Baselines | None = None) -> Scorer:
         """A scorer with `settings.scoring` and the output topics of `settings.alerts`."""
         scoring = settings.scoring
         if baselines is None:
@@ -107,8 +101,7 @@ class Scorer:
                 Baseline(None, centroid, Reservoir(scoring.reservoir_size, centroid.dimension),
                          threshold), startup.policy(scoring))
         return cls(centroid, threshold, margin=scoring.margin, update=scoring.update,
-                   encoding=Encoding.from_settings(settings, context), on_update=on_update,
-                   baselines=baselines)
+                   encoding=Encoding.from_settings(settings, context), baselines=baselines)
 
     @property
     def centroid(self) -> Centroid:
@@ -123,9 +116,6 @@ class Scorer:
     def score(self, items: Sequence[Embedded]) -> list[Verdict]:
         """Verdicts for `items`, in order; every accepted comment updates its baselines
         before the next is scored, so batch boundaries do not change the outcome."""
-        centroid = self.centroid
-        before = (centroid.sum.copy(), centroid.weight) if self.on_update else None
-        accepted = 0
         judgements: list[Judgement | rec.DeadLetter] = []
         for comment, embedded in items:
             if isinstance(embedded, rec.DeadLetter):
@@ -134,10 +124,7 @@ class Scorer:
             source = comment.source
             judged = self.baselines.judge(embedded, comment.key, Ref(
                 source.topic, source.partition, source.offset, comment.id, comment.text))
-            accepted += judged.accepted
             judgements.append(judged)
-        if accepted and self.on_update is not None and before is not None:
-            self.on_update(before[0], before[1], accepted)
         # outputs carry each judging baseline's centroid as it is after the batch
         return [self.refuse(j) if isinstance(j, rec.DeadLetter) else self._verdict(c, j)
                 for (c, _), j in zip(items, judgements, strict=True)]

@@ -30,18 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from detector.baselines import Contribution
+from detector.baselines import Baseline, Contribution
 from detector.centroid import Centroid
 from detector.config import Settings
 from detector.kafka import ensure_topics, reader_consumer, topic_partitions
 from detector.published import is_published
 from detector.records import utc_now
+from detector.reservoir import Reservoir
 from detector.sharing import ExemplarChunk, KeyRecord, SharedBaselines
 from detector.sharing import parse as parse_shared
 
@@ -96,29 +96,39 @@ class ReplicaRecord:
 
 @dataclass
 class SharedCentroid:
-    """The live centroid plus the bookkeeping that keeps replicas' views merged."""
+    """The global baseline's live centroid plus the bookkeeping that keeps replicas' views
+    merged. This replica's own contribution is the baseline's (`Baseline.own`, counted by
+    its accepted comments and by labels), so there is one account of it."""
 
-    centroid: Centroid
+    baseline: Baseline
     replica: str
     base: str
     model: str
-    own: Contribution = field(init=False)
     applied: dict[str, Contribution] = field(default_factory=dict)
     feedback: dict[int, int] = field(default_factory=dict)  # label positions (labelling)
 
-    def __post_init__(self) -> None:
-        self.own = Contribution.zero(self.centroid.dimension)
+    @classmethod
+    def around(cls, centroid: Centroid, replica: str, base: str, model: str) -> SharedCentroid:
+        """Shared bookkeeping for a bare centroid (replay's snapshot restore, tests): its
+        baseline's one-slot reservoir is never read."""
+        return cls(Baseline(None, centroid, Reservoir(1, centroid.dimension)), replica, base,
+                   model)
+
+    @property
+    def centroid(self) -> Centroid:
+        return self.baseline.centroid
+
+    @property
+    def own(self) -> Contribution:
+        return self.baseline.own
+
+    @own.setter
+    def own(self, contribution: Contribution) -> None:
+        self.baseline.own = contribution
 
     def fits(self, record: ReplicaRecord) -> bool:
         return (record.base, record.model, record.dimension) == (
             self.base, self.model, self.centroid.dimension)
-
-    def record_local(self, before_sum: npt.NDArray[np.float64], before_weight: float,
-                     updates: int) -> None:
-        """Account for `updates` local updates that moved S and w from the given values."""
-        self.own.sum += self.centroid.sum - before_sum
-        self.own.weight += self.centroid.weight - before_weight
-        self.own.updates += updates
 
     def apply(self, record: ReplicaRecord) -> bool:
         """Merge the change in another replica's cumulative contribution since last time."""

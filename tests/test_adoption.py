@@ -54,7 +54,7 @@ class Replica:
         self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
                                        replica="r1")
         self.baselines.calibration = version_of(first)
-        self.shared = SharedCentroid(centroid, "r1", "calibration:old", MODEL)
+        self.shared = SharedCentroid(self.baselines.global_, "r1", "calibration:old", MODEL)
         self.shared_baselines = SharedBaselines(
             self.baselines, Scope("r1", "calibration:old", MODEL, DIM))
         self.metrics = Metrics()

@@ -53,7 +53,7 @@ class Replica:
         centroid = Centroid.from_dict(first.centroid)
         self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
                                        replica="r1")
-        self.shared = SharedCentroid(centroid, "r1", "base", MODEL)
+        self.shared = SharedCentroid(self.baselines.global_, "r1", "base", MODEL)
         self.scorer = Scorer.from_settings(s, centroid, first.threshold,
                                            rec.Context("d", "0", MODEL, DIM),
                                            baselines=self.baselines)
@@ -153,15 +153,15 @@ async def test_a_refused_label_is_dead_lettered_once_by_the_owning_replica() -> 
 
 
 def test_label_positions_travel_in_the_state_record_and_are_restored() -> None:
-    shared = SharedCentroid(Centroid.from_vectors(np.eye(DIM)[:2]), "r1", "base", MODEL)
+    shared = SharedCentroid.around(Centroid.from_vectors(np.eye(DIM)[:2]), "r1", "base", MODEL)
     shared.feedback.update({0: 12, 3: 4})
     record = shared.record(0.3)
     raw = record.to_bytes("fb")
     assert orjson.loads(raw)["feedback"] == {"0": 12, "3": 4}
     back = ReplicaRecord.from_bytes(raw)
     assert back.feedback == {0: 12, 3: 4}
-    fresh = SharedCentroid(Centroid.from_vectors(np.eye(DIM)[:2]), "r1", "base", MODEL)
+    fresh = SharedCentroid.around(Centroid.from_vectors(np.eye(DIM)[:2]), "r1", "base", MODEL)
     fresh.restore({"r1": back})
     assert fresh.feedback == {0: 12, 3: 4}
-    plain = SharedCentroid(Centroid.from_vectors(np.eye(DIM)[:2]), "r2", "base", MODEL)
+    plain = SharedCentroid.around(Centroid.from_vectors(np.eye(DIM)[:2]), "r2", "base", MODEL)
     assert "feedback" not in orjson.loads(plain.record(0.3).to_bytes("fb"))

@@ -27,15 +27,9 @@ def comment(offset: int, text: str = "a comment") -> rec.Comment:
 
 
 def scorer(centroid: Centroid | None = None, *, threshold: float = 0.5, margin: float = 0.1,
-           update: bool = True, encoding: Encoding = ENCODING,
-           updates: list[tuple[npt.NDArray[np.float64], float, int]] | None = None) -> Scorer:
-    on_update = None
-    if updates is not None:
-        def on_update(before_sum: npt.NDArray[np.float64], before_weight: float,
-                      count: int) -> None:
-            updates.append((before_sum.copy(), before_weight, count))
+           update: bool = True, encoding: Encoding = ENCODING) -> Scorer:
     return Scorer(centroid or Centroid.from_vectors([[1.0, 0.0]]), threshold, margin=margin,
-                  update=update, encoding=encoding, on_update=on_update)
+                  update=update, encoding=encoding)
 
 
 def outcome(v: Verdict) -> tuple[float | None, bool, bool]:
@@ -51,10 +45,8 @@ class TestBatchBoundaries:
         base = unit(*([1.0] + [0.0] * 7))
         vectors = [unit(*(base + rng.normal(0, 0.6, 8))) for _ in range(40)]
         items: list[Embedded] = [(comment(i), v) for i, v in enumerate(vectors)]
-        whole_updates: list[tuple[npt.NDArray[np.float64], float, int]] = []
-        cut_updates: list[tuple[npt.NDArray[np.float64], float, int]] = []
-        whole = scorer(Centroid.from_vectors([base]), updates=whole_updates)
-        cut = scorer(Centroid.from_vectors([base]), updates=cut_updates)
+        whole = scorer(Centroid.from_vectors([base]))
+        cut = scorer(Centroid.from_vectors([base]))
         one = whole.score(items)
         pieces: list[Verdict] = []
         for start, end in ((0, 3), (3, 4), (4, 17), (17, 40)):
@@ -65,7 +57,8 @@ class TestBatchBoundaries:
         np.testing.assert_array_equal(whole.centroid.sum, cut.centroid.sum)
         assert (whole.centroid.weight, whole.centroid.version) == (
             cut.centroid.weight, cut.centroid.version)
-        assert sum(c for _, _, c in whole_updates) == sum(c for _, _, c in cut_updates)
+        own = whole.baselines.global_.own
+        assert own.updates == cut.baselines.global_.own.updates == sum(v.updated for v in one)
 
     def test_a_confident_vector_updates_the_centroid_before_the_next_is_scored(self) -> None:
         """The second of two items in a batch is scored against the centroid the first
@@ -109,11 +102,11 @@ class TestGating:
 
     def test_update_switched_off_never_moves_the_centroid(self) -> None:
         """With update=False even an identical vector leaves the centroid as it was."""
-        updates: list[tuple[npt.NDArray[np.float64], float, int]] = []
-        s = scorer(update=False, updates=updates)
+        s = scorer(update=False)
         (v,) = s.score([(comment(0), unit(1.0, 0.0))])
         assert not v.updated
-        assert (s.centroid.version, s.centroid.weight, updates) == (0, 1.0, [])
+        assert (s.centroid.version, s.centroid.weight) == (0, 1.0)
+        assert s.baselines.global_.own.updates == 0
 
 
 class TestEncoding:
@@ -206,27 +199,27 @@ class TestDeadLetters:
         assert metrics.registry.get_sample_value("detector_similarity_count") == 0.0
 
 
-class TestOnUpdate:
-    def test_the_hook_gets_the_state_before_the_call_and_the_update_count(self) -> None:
-        """on_update is called once per score call with S and w before it and the number
-        of accepted vectors, so S_after - S_before is this call's contribution."""
-        updates: list[tuple[npt.NDArray[np.float64], float, int]] = []
-        s = scorer(threshold=0.0, margin=0.5, updates=updates)
-        before = s.centroid.sum.copy()
+class TestOwnContribution:
+    def test_accepted_vectors_are_counted_as_this_replicas_contribution(self) -> None:
+        """The global baseline's own contribution (what state sync publishes) is the move
+        of S and w its accepted vectors made, and their number."""
+        s = scorer(threshold=0.0, margin=0.5)
+        before_sum, before_weight = s.centroid.sum.copy(), s.centroid.weight
         s.score([(comment(0), unit(1.0, 0.1)), (comment(1), unit(0.0, 1.0)),
                  (comment(2), unit(1.0, 0.2))])
-        ((before_sum, before_weight, count),) = updates
-        np.testing.assert_array_equal(before_sum, before)
-        assert (before_weight, count) == (1.0, 2)
-        np.testing.assert_allclose(s.centroid.sum - before_sum,
-                                   unit(1.0, 0.1) + unit(1.0, 0.2))
+        own = s.baselines.global_.own
+        assert own.updates == 2
+        np.testing.assert_allclose(own.sum, s.centroid.sum - before_sum)
+        np.testing.assert_allclose(own.sum, unit(1.0, 0.1) + unit(1.0, 0.2))
+        assert own.weight == s.centroid.weight - before_weight
 
-    def test_the_hook_is_not_called_when_nothing_was_accepted(self) -> None:
-        """A call in which no vector updated the centroid does not call on_update."""
-        updates: list[tuple[npt.NDArray[np.float64], float, int]] = []
-        s = scorer(threshold=0.5, margin=0.1, updates=updates)
+    def test_nothing_is_counted_when_nothing_was_accepted(self) -> None:
+        """A call in which no vector updated the centroid leaves the contribution at zero."""
+        s = scorer(threshold=0.5, margin=0.1)
         s.score([(comment(0), unit(0.0, 1.0))])
-        assert updates == []
+        own = s.baselines.global_.own
+        assert (own.updates, own.weight) == (0, 0.0)
+        assert not own.sum.any()
 
 
 class TestExplanations:

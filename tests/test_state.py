@@ -36,13 +36,13 @@ def unit_rows(n: int, dim: int, seed: int) -> npt.NDArray[np.float64]:
 
 
 def replica(base: Centroid, name: str) -> SharedCentroid:
-    return SharedCentroid(base.copy(), name, "base-1", "m")
+    return SharedCentroid.around(base.copy(), name, "base-1", "m")
 
 
 def learn(shared: SharedCentroid, rows: npt.NDArray[np.float64]) -> None:
     before = (shared.centroid.sum.copy(), shared.centroid.weight)
     scored = shared.centroid.score(rows, threshold=0.0, margin=0.0)
-    shared.record_local(before[0], before[1], int(scored.updated.sum()))
+    shared.baseline.count_own(before[0], before[1], int(scored.updated.sum()))
 
 
 class TestSharedCentroid:
@@ -90,7 +90,7 @@ class TestSharedCentroid:
         base = Centroid.from_vectors(unit_rows(5, 4, 0))
         before = replica(base, "a")
         learn(before, unit_rows(10, 4, 1))
-        foreign = SharedCentroid(base.copy(), "x", "other-base", "m")
+        foreign = SharedCentroid.around(base.copy(), "x", "other-base", "m")
         learn(foreign, unit_rows(3, 4, 2))
         after = replica(base, "a")
         ignored = after.restore({"a": before.record(0.2), "x": foreign.record(0.2)})
