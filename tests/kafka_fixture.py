@@ -13,6 +13,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from detector.dev.broker import LocalKafka
+from tests.helpers import wait_for
 
 
 def _docker_kafka() -> Any | None:
@@ -80,6 +81,12 @@ def new_topic(kafka_bootstrap: str) -> Callable[..., Awaitable[str]]:
         await admin.start()
         try:
             await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+
+            async def described() -> bool:  # metadata reaches the broker after CreateTopics
+                [topic] = await admin.describe_topics([name])
+                return len(topic["partitions"]) == partitions
+
+            await wait_for(described, deadline_s=30, what=f"topic {name} in the metadata")
         finally:
             await admin.close()
         return name
