@@ -249,7 +249,7 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
     exactly_once = settings.delivery == "exactly_once"
     producer = await _started(stack, make_producer(settings.kafka, **(
         {"transactional_id": transactional_id(settings)} if exactly_once else {})))
-    consumer = make_consumer(settings.kafka)
+    consumer = make_consumer(settings.kafka, rebalance_timeout_ms=settings.rebalance_timeout_ms())
     gate = Gate() if exactly_once else None
     committer: Committer = GroupCommitter(consumer)
     if gate is not None:

@@ -64,6 +64,11 @@ class KafkaSettings(Section):
     session_timeout_ms: int = Field(default=30_000, ge=6_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    # How long the coordinator waits for every member to rejoin during a rebalance. A member
+    # first finishes the partitions it loses (for up to shutdown_timeout_s); a shorter wait
+    # expels it and its rejoin starts another rebalance. null: shutdown_timeout_s + 10 s,
+    # and never below session_timeout_ms (aiokafka's own default is the session timeout).
+    rebalance_timeout_ms: int | None = Field(default=None, ge=1_000)
     max_poll_records: int = Field(default=500, ge=1)
     fetch_max_wait_ms: int = Field(default=100, ge=0)
     commit_interval_ms: int = Field(default=1_000, ge=10)
@@ -344,6 +349,23 @@ class Settings(BaseSettings):
         if yaml_path is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _rebalance_covers_the_drain(self) -> Settings:
+        given = self.kafka.rebalance_timeout_ms
+        if given is not None and given < self.shutdown_timeout_s * 1000:
+            msg = (f"kafka.rebalance_timeout_ms ({given}) is shorter than shutdown_timeout_s "
+                   f"({self.shutdown_timeout_s:g} s): a replica finishes the partitions it "
+                   "loses before it rejoins, so the group would expel it and rebalance again")
+            raise ValueError(msg)
+        return self
+
+    def rebalance_timeout_ms(self) -> int:
+        """The group's rebalance timeout: `kafka.rebalance_timeout_ms`, else long enough
+        for a replica to finish its revoked partitions (shutdown_timeout_s) and rejoin."""
+        if self.kafka.rebalance_timeout_ms is not None:
+            return self.kafka.rebalance_timeout_ms
+        return max(self.kafka.session_timeout_ms, round(self.shutdown_timeout_s * 1000) + 10_000)
 
     def api_key(self) -> SecretStr | None:
         """The embedding API key: explicit setting first, then the provider's usual variable."""
