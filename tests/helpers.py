@@ -106,9 +106,11 @@ async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1
 
 @dataclass
 class RecordingEmbedder:
-    """Wraps an embedder and records each call's batch size and duration."""
+    """Wraps an embedder and records each call's batch size and duration; `delay_s` makes
+    every call that much slower (a slow provider)."""
 
     inner: Embedder
+    delay_s: float = 0.0
     sizes: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
@@ -122,6 +124,8 @@ class RecordingEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> Matrix:
         started = time.monotonic()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         out = await self.inner.embed(texts)
         self.sizes.append(len(texts))
         self.seconds.append(time.monotonic() - started)

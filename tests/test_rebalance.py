@@ -9,19 +9,17 @@ load the group kept rebalancing (seen as a stalled three-replica test in CI)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
 
 from detector.config import load_settings
 from detector.dev.sample_data import stream
-from detector.embedders.base import Embedder, Matrix
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from tests.helpers import (
+    RecordingEmbedder,
     detector_settings,
     metric,
     produce,
@@ -32,30 +30,6 @@ from tests.helpers import (
 
 NewTopic = Callable[..., Awaitable[str]]
 PARTITIONS = 4
-
-
-@dataclass
-class SlowEmbedder:
-    """The local model behind a fixed delay per call, so a full reorder window takes
-    longer to finish than the group's session timeout."""
-
-    inner: Embedder
-    delay_s: float
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    async def embed(self, texts: Sequence[str]) -> Matrix:
-        await asyncio.sleep(self.delay_s)
-        return await self.inner.embed(texts)
-
-    async def aclose(self) -> None:
-        """The wrapped embedder is owned by the test session."""
 
 
 class TestRebalanceTimeout:
@@ -87,12 +61,13 @@ class TestRebalanceTimeout:
         a_settings = detector_settings(kafka_bootstrap, topic, kafka=kafka)
         b_settings = detector_settings(kafka_bootstrap, topic, kafka=kafka)
         assert a_settings.rebalance_timeout_ms() == 30_000
-        async with running_detector(a_settings, SlowEmbedder(local_embedder, 0.8)) as a:
+        slow = RecordingEmbedder(local_embedder, delay_s=0.8)  # a slow provider
+        async with running_detector(a_settings, slow) as a:
             await wait_for(lambda: metric(a.metrics, "detector_assigned_partitions")
                            == PARTITIONS, what="a owning every partition")
             await wait_for(lambda: metric(a.metrics, "detector_queued_batches") >= 16,
                            what="a full reorder window in flight")
-            async with running_detector(b_settings, SlowEmbedder(local_embedder, 0.8)) as b:
+            async with running_detector(b_settings, slow) as b:
                 first: list[float] = []
 
                 def b_assigned() -> bool:
