@@ -31,7 +31,7 @@ from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
 from detector.exits import EXIT_OK, EXIT_USAGE
 from detector.published import Published, parse, version_of
-from detector.ranges import Plan, resolve_plan
+from detector.ranges import Plan
 from detector.replay import ReplayOptions, _announce_stop, _run_plan, options
 from detector.signals import install_stop_handlers
 from detector.state import StateStore
@@ -48,9 +48,7 @@ async def compare(settings: Settings, opts: ReplayOptions, candidate: Path, *,
     """The comparison report of `candidate` against the artifact in force over the range."""
     stop = stop or asyncio.Event()
     load_artifact(candidate)  # a clear error before any replay
-    plan = await resolve_plan(settings, opts.topic, time_from=opts.time_from,
-                              time_to=opts.time_to, starts=opts.starts, ends=opts.ends,
-                              partitions=opts.partitions)
+    plan = await opts.plan(settings)
     owned = embedder is None
     embedder = embedder or build_embedder(settings)
     try:

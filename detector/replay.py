@@ -74,6 +74,12 @@ class ReplayOptions:
     resume: bool = False
     show_progress: bool = True
 
+    async def plan(self, settings: Settings) -> Plan:
+        """The offset ranges these options name (times, offsets, partitions) on the topic."""
+        return await resolve_plan(settings, self.topic, time_from=self.time_from,
+                                  time_to=self.time_to, starts=self.starts, ends=self.ends,
+                                  partitions=self.partitions)
+
 
 @dataclass
 class Summary:
@@ -145,9 +151,7 @@ async def replay(settings: Settings, opts: ReplayOptions, *, stop: asyncio.Event
             raise ConfigError(msg)
         plan = Plan.from_json(orjson.loads(opts.progress_file.read_bytes()))
     else:
-        plan = await resolve_plan(settings, opts.topic, time_from=opts.time_from,
-                                  time_to=opts.time_to, starts=opts.starts, ends=opts.ends,
-                                  partitions=opts.partitions)
+        plan = await opts.plan(settings)
     owned = embedder is None
     embedder = embedder or build_embedder(settings)
     try:
