@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,8 @@ from detector import app
 from detector.config import Settings, load_settings
 from detector.embedders.base import Embedder, Matrix
 from detector.metrics import Metrics
+
+NewTopic = Callable[..., Awaitable[str]]  # the new_topic fixture: a fresh topic's name
 
 
 def unique(prefix: str) -> str:

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import NewTopic as TopicSpec
 
 from detector.dev.broker import LocalKafka
-from tests.helpers import wait_for
+from tests.helpers import NewTopic, wait_for
 
 
 def _docker_kafka() -> Any | None:
@@ -72,7 +73,7 @@ def restartable_kafka(local_kafka: LocalKafka | None) -> LocalKafka:
 
 
 @pytest.fixture
-def new_topic(kafka_bootstrap: str) -> Callable[..., Awaitable[str]]:
+def new_topic(kafka_bootstrap: str) -> NewTopic:
     """A factory of fresh, uniquely named topics."""
 
     async def make(partitions: int = 1, **configs: str) -> str:
@@ -80,7 +81,7 @@ def new_topic(kafka_bootstrap: str) -> Callable[..., Awaitable[str]]:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+            await admin.create_topics([TopicSpec(name, partitions, 1, topic_configs=configs)])
 
             async def described() -> bool:  # metadata reaches the broker after CreateTopics
                 [topic] = await admin.describe_topics([name])

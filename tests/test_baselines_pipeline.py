@@ -5,7 +5,6 @@ nearest exemplars are real, earlier, accepted records."""
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from detector.reservoir import Ref, encode_exemplars
 from detector.sharing import KeyRecord
 from detector.state import StateStore
 from tests.helpers import (
+    NewTopic,
     detector_settings,
     metric,
     produce,
@@ -34,7 +34,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.kafka
-NewTopic = Callable[..., Awaitable[str]]
 
 _DRUGS = ["ibuprofen", "metformin", "sertraline", "lisinopril", "omeprazole", "atorvastatin",
           "levothyroxine", "amoxicillin"]

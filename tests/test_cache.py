@@ -4,7 +4,7 @@ alerts and centroid are identical with and without it (real broker, fake API).""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -20,6 +20,7 @@ from detector.errors import RetriableEmbeddingError
 from detector.metrics import Metrics
 from detector.records import estimate_tokens
 from tests.helpers import (
+    NewTopic,
     detector_settings,
     metric,
     produce,
@@ -136,7 +137,6 @@ class TestCachingEmbedder:
         assert not isinstance(off, CachingEmbedder)
 
 
-NewTopic = Callable[..., Awaitable[str]]
 KEY = "sk-cache"
 
 

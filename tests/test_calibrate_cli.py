@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from detector.config import load_settings
 from detector.dev.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
-
-NewTopic = Callable[..., Awaitable[str]]
+from tests.helpers import NewTopic
 
 
 @pytest.fixture(scope="module")

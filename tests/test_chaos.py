@@ -6,18 +6,16 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
 from detector.dev.sample_data import stream
-from tests.helpers import committed, produce, read_topic, unique, values
+from tests.helpers import NewTopic, committed, produce, read_topic, unique, values
 from tests.procs import DetectorProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
-NewTopic = Callable[..., Awaitable[str]]
 TOTAL = 20_000
 PARTITIONS = 3
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -23,6 +23,7 @@ from detector.dev.sample_data import stream
 from detector.embedders import build_embedder
 from detector.embedders.local import LocalEmbedder
 from tests.helpers import (
+    NewTopic,
     RecordingEmbedder,
     committed,
     detector_settings,
@@ -37,7 +38,6 @@ from tests.helpers import (
 from tests.procs import DetectorProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
-NewTopic = Callable[..., Awaitable[str]]
 SECRET = "sk-never-print-me-7f3a9c"
 
 

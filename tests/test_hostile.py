@@ -4,7 +4,6 @@ reason, and the daemon keeps running."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -16,6 +15,7 @@ from detector import records as rec
 from detector.config import InputSettings
 from detector.embedders.local import LocalEmbedder
 from tests.helpers import (
+    NewTopic,
     RecordingEmbedder,
     committed,
     detector_settings,
@@ -27,7 +27,6 @@ from tests.helpers import (
     wait_for,
 )
 
-NewTopic = Callable[..., Awaitable[str]]
 REASONS = {"missing_value", "too_large", "invalid_utf8", "invalid_json", "missing_text",
            "empty_text", "too_long"}
 

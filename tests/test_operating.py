@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from detector.embedders.local import LocalEmbedder
 from detector.published import version_of
 from detector.replay import ReplayOptions
 from tests.helpers import (
+    NewTopic,
     RunningDetector,
     detector_settings,
     metric,
@@ -36,7 +36,6 @@ from tests.helpers import (
 from tests.test_baselines_pipeline import drug_comments, shop_comments
 
 pytestmark = pytest.mark.kafka
-NewTopic = Callable[..., Awaitable[str]]
 
 
 async def artifact(embedder: LocalEmbedder, path: Path, texts: list[str], *,

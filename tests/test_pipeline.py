@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.samples import read_texts
 from tests.helpers import (
+    NewTopic,
     RecordingEmbedder,
     committed,
     detector_settings,
@@ -30,7 +30,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.kafka
-NewTopic = Callable[..., Awaitable[str]]
 
 
 def comment_value(i: int, text: str) -> bytes:

@@ -9,8 +9,6 @@ load the group kept rebalancing (seen as a stalled three-replica test in CI)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import orjson
 import pytest
 
@@ -19,6 +17,7 @@ from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from tests.helpers import (
+    NewTopic,
     RecordingEmbedder,
     detector_settings,
     metric,
@@ -28,7 +27,6 @@ from tests.helpers import (
     wait_for,
 )
 
-NewTopic = Callable[..., Awaitable[str]]
 PARTITIONS = 4
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -17,6 +17,7 @@ from detector.embedders import build_embedder
 from detector.exits import EXIT_FATAL_EMBEDDING
 from detector.metrics import Metrics
 from tests.helpers import (
+    NewTopic,
     committed,
     detector_settings,
     metric,
@@ -28,7 +29,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.kafka
-NewTopic = Callable[..., Awaitable[str]]
 KEY = "sk-pipeline"
 
 

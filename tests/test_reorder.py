@@ -6,7 +6,7 @@ straggler when enabled. Real broker, in-process detector, a scripted embedder.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
@@ -17,6 +17,7 @@ from detector.dev.sample_data import stream
 from detector.embedders.base import Matrix
 from detector.hedge import MIN_SAMPLES
 from tests.helpers import (
+    NewTopic,
     detector_settings,
     metric,
     produce,
@@ -27,7 +28,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.kafka
-NewTopic = Callable[..., Awaitable[str]]
 SLOW = "SLOW marker comment"
 
 

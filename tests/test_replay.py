@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -20,10 +20,9 @@ from detector.embedders.base import Matrix
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.replay import ReplayOptions, replay
-from tests.helpers import RecordingEmbedder, committed, detector_settings
+from tests.helpers import NewTopic, RecordingEmbedder, committed, detector_settings
 
 pytestmark = pytest.mark.kafka
-NewTopic = Callable[..., Awaitable[str]]
 BASE_TS = (int(time.time()) - 86_400) * 1000  # brokers refuse far-future stamps
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,10 @@ import pytest
 from detector.config import load_settings
 from detector.dev.sample_data import stream
 from detector.state import StateStore
-from tests.helpers import committed, produce, read_topic, unique, values, wait_for
+from tests.helpers import NewTopic, committed, produce, read_topic, unique, values, wait_for
 from tests.procs import DetectorProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
-NewTopic = Callable[..., Awaitable[str]]
 TOTAL = 6000
 PARTITIONS = 6
 

@@ -3,8 +3,6 @@ compacted state topic on a real broker."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -15,6 +13,7 @@ from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
 from detector.state import SharedCentroid, StateStore
 from tests.helpers import (
+    NewTopic,
     RecordingEmbedder,
     detector_settings,
     metric,
@@ -24,8 +23,6 @@ from tests.helpers import (
     unique,
     wait_for,
 )
-
-NewTopic = Callable[..., Awaitable[str]]
 
 
 def unit_rows(n: int, dim: int, seed: int) -> npt.NDArray[np.float64]:

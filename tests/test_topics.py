@@ -3,8 +3,6 @@ and warns at start-up about existing output topics that one broker's loss can de
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import pytest
 from structlog.testing import capture_logs
 
@@ -13,6 +11,7 @@ from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.kafka import check_durability, ensure_topics, new_topics
 from tests.helpers import (
+    NewTopic,
     detector_settings,
     running_detector,
     topic_configs,
@@ -59,7 +58,7 @@ class TestOnTheBroker:
         assert await min_insync(kafka_bootstrap, name) == "1"
 
     async def test_existing_unreplicated_topic_is_warned_about(
-            self, kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]]) -> None:
+            self, kafka_bootstrap: str, new_topic: NewTopic) -> None:
         """an existing output topic with one replica is reported (and logged) with the
         fix; a missing topic is not the durability check's business."""
         existing = await new_topic()
@@ -76,7 +75,7 @@ class TestOnTheBroker:
         assert await check_durability(settings, []) == {}
 
     async def test_daemon_warns_at_start_about_an_existing_unreplicated_output(
-            self, kafka_bootstrap: str, new_topic: Callable[..., Awaitable[str]],
+            self, kafka_bootstrap: str, new_topic: NewTopic,
             local_embedder: LocalEmbedder) -> None:
         """the alerts topic exists with one replica: the starting daemon warns about it,
         not about the dead-letter and scores topics it created itself."""
