@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(PY) -m detector.dev.demo
+	$(PY) -m devtools.demo
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -36,7 +36,7 @@ unit: venv
 # Regenerate config/detector.schema.json and the config part of the chart's
 # values.schema.json from the settings model (tests/test_schema.py fails when stale).
 schema: venv
-	$(PY) -m detector.dev.schema
+	$(PY) -m devtools.schema
 
 bench: venv
 	$(PY) -m bench.run

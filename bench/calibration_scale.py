@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from detector import calibration as cal
-from detector.report import write_report
+from detector.calibration import artifact as cal
+from detector.calibration.report import write_report
 
 
 def measure(label: str, work: Callable[[], Any]) -> Any:

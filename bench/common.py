@@ -17,9 +17,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from detector.dev.broker import LocalKafka
-from detector.dev.fakeapi import FakeEmbeddingServer
-from detector.dev.sample_data import stream
+from devtools.broker import LocalKafka
+from devtools.fakeapi import FakeEmbeddingServer
+from devtools.sample_data import stream
 from tests.helpers import unique
 from tests.procs import DetectorProcess
 

@@ -28,15 +28,15 @@ import orjson
 from pydantic import SecretStr
 
 from detector.config import EmbeddingSettings
-from detector.dev.sample_data import stream
 from detector.embedders.base import normalise_rows
 from detector.embedders.remote import DashScopeEmbedder, OpenAIEmbedder
+from devtools.sample_data import stream
 
 KEY = "sk-micro"
 
 
 class FakeApiProcess:
-    """`python -m detector.dev.fakeapi` in a child process, so its CPU is not ours."""
+    """`python -m devtools.fakeapi` in a child process, so its CPU is not ours."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[str] | None = None
@@ -44,7 +44,7 @@ class FakeApiProcess:
 
     def __enter__(self) -> FakeApiProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "detector.dev.fakeapi", "--api-key", KEY],
+            [sys.executable, "-m", "devtools.fakeapi", "--api-key", KEY],
             stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()

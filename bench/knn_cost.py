@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from bench.common import Broker, DetectorRun, embedding_section, make_topic, produce_comments
-from detector import calibration as cal
-from detector.dev.fakeapi import FakeEmbeddingServer, fake_embedding
-from detector.dev.sample_data import normal_comment
+from detector.calibration import artifact as cal
+from detector.calibration.keys import fit
 from detector.embedders.local import LocalEmbedder
-from detector.keycal import fit
-from detector.reservoir import Ref, Reservoir, encode_exemplars
+from detector.model.reservoir import Ref, Reservoir, encode_exemplars
+from devtools.fakeapi import FakeEmbeddingServer, fake_embedding
+from devtools.sample_data import normal_comment
 
 VARIANTS: list[tuple[str, int, int]] = [  # method, reservoir size, exemplars per alert
     ("centroid", 2_000, 0), ("centroid", 2_000, 3),

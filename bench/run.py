@@ -56,9 +56,9 @@ from bench.common import (
     produce_repeating,
     replay_rate,
 )
-from detector.dev.fakeapi import FakeEmbeddingServer, Latency, Quota
-from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
+from devtools.fakeapi import FakeEmbeddingServer, Latency, Quota
+from devtools.sample_data import stream
 
 RESULTS = Path("bench/results.json")
 ALL_PARTS = "1,2,3,4,5,6,7,8,9,10,11"

@@ -22,8 +22,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.common import Broker, DetectorRun, embedding_section, make_topic
-from detector.dev.fakeapi import FakeEmbeddingServer
-from detector.dev.sample_data import stream
+from devtools.fakeapi import FakeEmbeddingServer
+from devtools.sample_data import stream
 
 
 def rss_kib(pid: int) -> int:

@@ -1,7 +1,7 @@
 """The `detector` command line: parse, load settings once, call one command with them.
 
-Commands live in their own modules (`detector.app`, `detector.calibrate`,
-`detector.replay`); each exposes ``add_parser(subparsers)`` and a command function
+Commands live in their own modules (`detector.commands.run`, `detector.commands.calibrate`,
+`detector.commands.replay`); each exposes ``add_parser(subparsers)`` and a command function
 ``(args, settings) -> exit code``. The CLI imports them, never the reverse. Errors
 that reach here become one line on stderr and an exit code from `detector.exits`.
 """
@@ -16,7 +16,9 @@ from collections.abc import Sequence
 import orjson
 from aiokafka.errors import KafkaError
 
-from detector import __version__, app, calibrate, compare, replay
+from detector import __version__
+from detector.commands import calibrate, compare, replay
+from detector.commands import run as app
 from detector.config import Settings, load_settings
 from detector.errors import DetectorError, FatalEmbeddingError
 from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_INTERRUPTED, EXIT_KAFKA, EXIT_USAGE

@@ -138,7 +138,7 @@ class EmbeddingSettings(Section):
     # concurrency. Bounds memory and uncommitted records to reorder_window x batch_size.
     reorder_window: int | None = Field(default=None, ge=1, le=8192)
     # > 0: a call running past this many times the recent p99 is sent once more
-    # (detector.hedge); costs a second call each time, so off by default.
+    # (detector.stream.hedge); costs a second call each time, so off by default.
     hedge_after_p99: float = Field(default=0.0, ge=0.0)
     base_url: str | None = None
     api_key: SecretStr | None = None
@@ -212,7 +212,7 @@ class ScoringSettings(Section):
     seed_file: Path | None = Path("config/normal_comments.jsonl")
     calibration_file: Path | None = None
     # How a comment is scored: cosine to the centroid, or the mean cosine to the k
-    # nearest exemplars of the reservoir (see detector.baselines).
+    # nearest exemplars of the reservoir (see detector.model.baselines).
     method: Literal["centroid", "knn"] = "centroid"
     k: int = Field(default=5, ge=1)
     # Per-key baselines: a dotted path into the comment JSON, or "@key" for the record
@@ -244,7 +244,7 @@ class AlertSettings(Section):
 
 
 class StateSettings(Section):
-    """The centroid shared by all replicas through a compacted topic (see detector.state)."""
+    """The centroid shared by all replicas through a compacted topic (see detector.state.store)."""
 
     enabled: bool = True
     topic: str = "detector-state"
@@ -255,7 +255,7 @@ class StateSettings(Section):
 
 
 class DriftSettings(Section):
-    """Windowed drift tests (detector.drift, run by detector.drifting): events go to
+    """Windowed drift tests (detector.model.drift, run by detector.operating.drift): events go to
     `alerts.drift_topic`. Needs a calibration artifact with a similarity profile."""
 
     enabled: bool = False
@@ -279,7 +279,7 @@ class DriftSettings(Section):
 
 
 class FeedbackSettings(Section):
-    """Operator labels (detector.feedback, read by detector.labelling): every replica
+    """Operator labels (detector.model.labels, read by detector.operating.labels): every replica
     reads `topic` and applies the labels of the alerts it scored."""
 
     enabled: bool = False

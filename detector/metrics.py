@@ -125,7 +125,7 @@ class Metrics:
             ["source"], registry=r)
         self.calibration = Gauge(
             "detector_calibration_info", "1 for the version of the calibration artifact in "
-            "force (detector.published)", ["version"], registry=r)
+            "force (detector.state.published)", ["version"], registry=r)
         self.calibrations = Counter(
             "detector_calibrations_published", "Published calibration artifacts seen, by "
             "outcome (adopted, refused)", ["outcome"], registry=r)

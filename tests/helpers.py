@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from detector import app
+from detector.commands import run as app
 from detector.config import Settings, load_settings
 from detector.embedders.base import Embedder, Matrix
 from detector.metrics import Metrics
@@ -148,7 +148,7 @@ class RunningDetector:
 @asynccontextmanager
 async def running_detector(settings: Settings, embedder: Embedder
                            ) -> AsyncIterator[RunningDetector]:
-    """Run `detector.app.run` as a task; stop it gracefully on exit."""
+    """Run `detector.commands.run.run` as a task; stop it gracefully on exit."""
     stop = asyncio.Event()
     metrics = Metrics()
     task = asyncio.create_task(app.run(settings, stop=stop, embedder=embedder, metrics=metrics))

@@ -1,5 +1,5 @@
 """The session's Kafka broker: $KAFKA_BOOTSTRAP_SERVERS, else testcontainers when a
-Docker engine answers, else a local broker from Maven jars (detector.dev.broker)."""
+Docker engine answers, else a local broker from Maven jars (devtools.broker)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin import NewTopic as TopicSpec
 
-from detector.dev.broker import LocalKafka
+from devtools.broker import LocalKafka
 from tests.helpers import NewTopic, wait_for
 
 

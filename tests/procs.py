@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from detector.dev.broker import free_port
+from devtools.broker import free_port
 
 
 def flatten_env(sections: dict[str, Any], prefix: str = "DETECTOR_") -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Unit tests of published calibration artifacts (detector.published) and their adoption
-by a running replica's scorer (detector.adoption), without a broker."""
+"""Unit tests of published calibration artifacts (detector.state.published) and their adoption
+by a running replica's scorer (detector.operating.adoption), without a broker."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import numpy as np
 import orjson
 import pytest
 
-from detector import calibration as cal
-from detector import records as rec
-from detector import startup
-from detector.adoption import Adopter
-from detector.centroid import Centroid
+from detector.calibration import artifact as cal
 from detector.config import Settings
 from detector.errors import ConfigError
+from detector.io import records as rec
 from detector.metrics import Metrics
-from detector.published import encode, in_force, parse, version_of
-from detector.scorer import Scorer
-from detector.sharing import Scope, SharedBaselines
-from detector.state import SharedCentroid
+from detector.model.centroid import Centroid
+from detector.model.scorer import Scorer
+from detector.operating import startup
+from detector.operating.adoption import Adopter
+from detector.state.published import encode, in_force, parse, version_of
+from detector.state.sharing import Scope, SharedBaselines
+from detector.state.store import SharedCentroid
 
 DIM = 32
 MODEL = "fake-model"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from detector.baselines import Baseline, Baselines, KeyBase, Policy
-from detector.centroid import Centroid
-from detector.reservoir import Ref, Reservoir
+from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
+from detector.model.centroid import Centroid
+from detector.model.reservoir import Ref, Reservoir
 
 D = 8
 

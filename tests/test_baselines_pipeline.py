@@ -12,15 +12,15 @@ import numpy as np
 import orjson
 import pytest
 
-from detector import calibration as cal
-from detector import keycal
-from detector.centroid import Centroid
+from detector.calibration import artifact as cal
+from detector.calibration import keys as keycal
 from detector.config import Settings
-from detector.dev.sample_data import SPAM, normal_comment
 from detector.embedders.local import LocalEmbedder
-from detector.reservoir import Ref, encode_exemplars
-from detector.sharing import KeyRecord
-from detector.state import StateStore
+from detector.model.centroid import Centroid
+from detector.model.reservoir import Ref, encode_exemplars
+from detector.state.sharing import KeyRecord
+from detector.state.store import StateStore
+from devtools.sample_data import SPAM, normal_comment
 from tests.helpers import (
     NewTopic,
     detector_settings,

@@ -11,14 +11,14 @@ import orjson
 import pytest
 
 from detector.config import EmbeddingSettings, load_settings
-from detector.dev.fakeapi import FakeEmbeddingServer, fake_embedding
-from detector.dev.sample_data import stream
 from detector.embedders import build_embedder
 from detector.embedders.base import Matrix
 from detector.embedders.cache import CachingEmbedder, cache_namespace
 from detector.errors import RetriableEmbeddingError
+from detector.io.records import estimate_tokens
 from detector.metrics import Metrics
-from detector.records import estimate_tokens
+from devtools.fakeapi import FakeEmbeddingServer, fake_embedding
+from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
     detector_settings,

@@ -15,13 +15,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from detector import app
-from detector.calibration import load_artifact
+from detector.calibration.artifact import load_artifact
 from detector.cli import main
+from detector.commands import run as app
 from detector.config import load_settings
-from detector.dev.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
+from devtools.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
 from tests.helpers import NewTopic
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from detector import calibration as cal
+from detector.calibration import artifact as cal
 from detector.errors import CalibrationError, ConfigError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from detector.centroid import Centroid
+from detector.model.centroid import Centroid
 
 
 def unit(*values: float) -> npt.NDArray[np.float64]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from detector.dev.sample_data import stream
+from devtools.sample_data import stream
 from tests.helpers import NewTopic, committed, produce, read_topic, unique, values
 from tests.procs import DetectorProcess
 

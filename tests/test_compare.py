@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detector.compare import NO_KEY, diff
+from detector.commands.compare import NO_KEY, diff
 
 
 def alert(offset: int, key: str | None, partition: int = 0) -> dict[str, Any]:

@@ -13,10 +13,10 @@ import pytest
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import TopicPartition
 
-from detector import records as rec
-from detector.delivery import Gate, Outbox, Work
 from detector.errors import TransactionFailedError
+from detector.io import records as rec
 from detector.metrics import Metrics
+from detector.stream.delivery import Gate, Outbox, Work
 from tests.helpers import wait_for
 
 TP = TopicPartition("comments", 0)

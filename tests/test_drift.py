@@ -1,4 +1,4 @@
-"""Unit tests of detector.drift: the tests, the windows and the classification."""
+"""Unit tests of detector.model.drift: the tests, the windows and the classification."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from detector import calibration as cal
-from detector.drift import (
+from detector.calibration import artifact as cal
+from detector.model.drift import (
     DRIFT_SCHEMA,
     DriftConfig,
     DriftMonitor,

@@ -1,4 +1,4 @@
-"""Unit tests of the daemon's drift stage (detector.drifting) and of `Outbox.emit`, which
+"""Unit tests of the daemon's drift stage (detector.operating.drift) and of `Outbox.emit`, which
 publishes its events without holding back offsets."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from detector import records as rec
 from detector.config import DriftSettings, Settings
-from detector.drift import DRIFT_SCHEMA
-from detector.drifting import DriftStage
+from detector.io import records as rec
 from detector.metrics import Metrics
-from detector.scorer import Scorer
+from detector.model.drift import DRIFT_SCHEMA
+from detector.model.scorer import Scorer
+from detector.operating.drift import DriftStage
 from tests.helpers import wait_for
 from tests.test_adoption import DIM, MODEL, artifact, unit
 from tests.test_delivery import TP, FakeCommitter, FakeSink, outbox, work
@@ -21,8 +21,8 @@ class Stage:
     """A scorer on one artifact and a drift stage fed with its verdicts."""
 
     def __init__(self, direction: np.ndarray, window: int = 200) -> None:
-        from detector import startup
-        from detector.centroid import Centroid
+        from detector.model.centroid import Centroid
+        from detector.operating import startup
 
         first = artifact(direction, 1)
         s = Settings(name="drift-test")

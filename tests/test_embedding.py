@@ -8,17 +8,17 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from detector import records as rec
 from detector.embedders.base import Matrix
 from detector.embedders.retry import RetryPolicy
-from detector.embedding import BatchEmbedder
 from detector.errors import (
     BatchRejectedError,
     EmbeddingError,
     FatalEmbeddingError,
     RetriableEmbeddingError,
 )
+from detector.io import records as rec
 from detector.metrics import Metrics
+from detector.stream.embedding import BatchEmbedder
 
 
 class ScriptedEmbedder:

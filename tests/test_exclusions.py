@@ -1,12 +1,12 @@
-"""What a recalibration leaves out (detector.exclusions): alerted comments, and comments
+"""What a recalibration leaves out (detector.calibration.exclusions): alerted comments, and comments
 whose latest label is `anomaly`."""
 
 from __future__ import annotations
 
 import orjson
 
-from detector import records as rec
-from detector.exclusions import Exclusions
+from detector.calibration.exclusions import Exclusions
+from detector.io import records as rec
 
 
 def comment(partition: int, offset: int, cid: str | None = None, topic: str = "comments"

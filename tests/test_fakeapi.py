@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from detector.dev.fakeapi import Latency, Quota
+from devtools.fakeapi import Latency, Quota
 
 
 def test_fixed_lognormal_and_straggler_latencies() -> None:

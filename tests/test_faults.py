@@ -17,11 +17,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin import NewTopic as TopicSpec
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from detector.dev.broker import LocalKafka
-from detector.dev.fakeapi import FakeEmbeddingServer
-from detector.dev.sample_data import stream
 from detector.embedders import build_embedder
 from detector.embedders.local import LocalEmbedder
+from devtools.broker import LocalKafka
+from devtools.fakeapi import FakeEmbeddingServer
+from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
     RecordingEmbedder,

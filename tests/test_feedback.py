@@ -1,4 +1,4 @@
-"""Unit tests of detector.feedback: label records, the alert cache and the learning rule."""
+"""Unit tests of detector.model.labels: label records, the alert cache and the learning rule."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.centroid import Centroid
-from detector.feedback import (
+from detector.model.centroid import Centroid
+from detector.model.labels import (
     FEEDBACK_SCHEMA,
     AlertCache,
     CachedAlert,

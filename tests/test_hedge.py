@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from detector.hedge import MIN_SAMPLES, LatencyTracker, hedged
+from detector.stream.hedge import MIN_SAMPLES, LatencyTracker, hedged
 
 
 class Calls:

@@ -19,11 +19,11 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
-from detector import calibrate, replay
 from detector.cli import build_parser
+from detector.commands import calibrate, replay
 from detector.config import Settings, load_settings
 from detector.metrics import Metrics
-from detector.state import COMPACTED
+from detector.state.store import COMPACTED
 
 CHART = Path("helm/detector")
 ALL_ENABLED = CHART / "ci/all-enabled-values.yaml"

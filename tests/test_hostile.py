@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector import records as rec
 from detector.config import InputSettings
 from detector.embedders.local import LocalEmbedder
+from detector.io import records as rec
 from tests.helpers import (
     NewTopic,
     RecordingEmbedder,

@@ -122,6 +122,63 @@ def test_the_package_has_no_import_cycles() -> None:
     assert cycles(import_edges()) == []
 
 
+# What each part of the package may import: the layers, lowest first. Top-level modules
+# (config, errors, metrics, logs, signals, exits, progress) are the base every part may use;
+# only `detector.cli` sits above `commands`.
+LAYERS: dict[str, set[str]] = {
+    "io": set(),
+    "embedders": {"io"},
+    "model": {"io"},
+    "calibration": {"io", "embedders", "model"},
+    "state": {"io", "model", "calibration"},
+    "stream": {"io", "embedders", "model"},
+    "operating": {"io", "embedders", "model", "calibration", "state", "stream"},
+    "commands": {"io", "embedders", "model", "calibration", "state", "stream", "operating"},
+}
+
+
+def part(module: str) -> str:
+    """The part of the package a module belongs to: its subpackage, else `cli` or `base`."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return "cli" if module == f"{PACKAGE}.cli" else "base"
+
+
+def test_every_part_imports_only_the_layers_below_it() -> None:
+    upward = []
+    for module, targets in import_edges().items():
+        mine = part(module)
+        for target in targets:
+            theirs = part(target)
+            if theirs in {mine, "base"} or mine == "cli":
+                continue
+            if mine == "base" or theirs not in LAYERS.get(mine, set()):
+                upward.append(f"{module} -> {target}")
+    assert upward == []
+
+
+def test_nothing_in_the_runtime_package_imports_the_development_tools() -> None:
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "devtools" or n.startswith("devtools.") for n in names), path
+
+
+def test_the_wheel_carries_the_runtime_package_and_not_the_development_tools() -> None:
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = find_packages(where=str(ROOT.parent), include=include)
+    assert "detector.stream" in found
+    assert "detector.model" in found
+    assert not [p for p in found if p.split(".")[0] != PACKAGE]
+
+
 if __name__ == "__main__":
     graph = import_edges()
     for module, targets in sorted(graph.items()):

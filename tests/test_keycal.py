@@ -6,9 +6,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from detector import calibration as cal
-from detector.keycal import calibrate_keys, fit
-from detector.reservoir import Ref
+from detector.calibration import artifact as cal
+from detector.calibration.keys import calibrate_keys, fit
+from detector.model.reservoir import Ref
 
 D = 16
 

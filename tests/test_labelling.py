@@ -1,4 +1,4 @@
-"""Unit tests of the daemon's feedback stage (detector.labelling), without a broker: which
+"""Unit tests of the daemon's feedback stage (detector.operating.labels), without a broker: which
 replica applies a label, what it teaches, where refused labels go, and the label
 positions kept in the state record."""
 
@@ -10,15 +10,15 @@ import numpy as np
 import orjson
 from aiokafka.structs import TopicPartition
 
-from detector import records as rec
-from detector import startup
-from detector.centroid import Centroid
 from detector.config import Settings
 from detector.embedders.base import Matrix
-from detector.labelling import FeedbackStage
+from detector.io import records as rec
 from detector.metrics import Metrics
-from detector.scorer import Scorer
-from detector.state import ReplicaRecord, SharedCentroid
+from detector.model.centroid import Centroid
+from detector.model.scorer import Scorer
+from detector.operating import startup
+from detector.operating.labels import FeedbackStage
+from detector.state.store import ReplicaRecord, SharedCentroid
 from tests.test_adoption import DIM, MODEL, artifact, unit
 
 

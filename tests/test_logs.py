@@ -12,8 +12,8 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
-from detector.dev.broker import free_port
 from detector.logs import StderrHandler, configure_logging
+from devtools.broker import free_port
 
 FIELDS = {"event", "level", "logger", "timestamp"}
 
@@ -40,7 +40,7 @@ class TestJsonLogs:
         with pytest.raises(KafkaConnectionError):
             await admin.start()
         await admin.close()
-        structlog.get_logger("detector.kafka").warning("kafka not reachable", attempt=1)
+        structlog.get_logger("detector.io.kafka").warning("kafka not reachable", attempt=1)
         try:
             1 / 0  # noqa: B018 - an exception to log with its traceback
         except ZeroDivisionError:
@@ -49,7 +49,7 @@ class TestJsonLogs:
         records = [orjson.loads(line) for line in lines]
         assert all(set(r) >= FIELDS for r in records), lines
         loggers = {r["logger"] for r in records}
-        assert "detector.kafka" in loggers
+        assert "detector.io.kafka" in loggers
         assert any(name.startswith("aiokafka") and name != "aiokafka.conn"
                    for name in loggers), loggers
         [failed] = [r for r in records if r["event"] == "failed with context"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detector.offsets import OffsetTracker
+from detector.stream.offsets import OffsetTracker
 
 TP = ("comments", 0)
 

@@ -13,14 +13,14 @@ import numpy as np
 import orjson
 import pytest
 
-from detector import calibration as cal
-from detector.calibrate import publish
-from detector.centroid import Centroid
-from detector.compare import NO_KEY, compare
+from detector.calibration import artifact as cal
+from detector.commands.calibrate import publish
+from detector.commands.compare import NO_KEY, compare
+from detector.commands.replay import ReplayOptions
 from detector.config import Settings
 from detector.embedders.local import LocalEmbedder
-from detector.published import version_of
-from detector.replay import ReplayOptions
+from detector.model.centroid import Centroid
+from detector.state.published import version_of
 from tests.helpers import (
     NewTopic,
     RunningDetector,
@@ -288,7 +288,7 @@ class TestRecalibration:
         from aiokafka import AIOKafkaProducer
 
         from detector.cli import main
-        from detector.state import StateStore
+        from detector.state.store import StateStore
 
         topic, alerts_topic, feedback_topic = (await new_topic(), await new_topic(),
                                                await new_topic())

@@ -9,13 +9,13 @@ import numpy as np
 import orjson
 import pytest
 
-from detector import app
-from detector.centroid import Centroid
+from detector.calibration.samples import read_texts
+from detector.commands import run as app
 from detector.config import InputSettings
-from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
-from detector.samples import read_texts
+from detector.model.centroid import Centroid
+from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
     RecordingEmbedder,

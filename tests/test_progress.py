@@ -7,9 +7,9 @@ import io
 
 import pytest
 
-from detector import replay
+from detector.commands import replay
+from detector.io.ranges import Plan
 from detector.progress import Progress
-from detector.ranges import Plan
 from tests.helpers import wait_for
 
 

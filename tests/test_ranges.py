@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from detector.errors import ConfigError
-from detector.ranges import PROGRESS_SCHEMA, Plan, parse_bounds, parse_time
+from detector.io.ranges import PROGRESS_SCHEMA, Plan, parse_bounds, parse_time
 
 
 class TestParseTime:

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from detector.config import load_settings
-from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
+from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
     RecordingEmbedder,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector import jsondoc
-from detector import records as rec
 from detector.config import InputSettings
+from detector.io import jsondoc
+from detector.io import records as rec
 
 
 @dataclass
@@ -270,7 +270,7 @@ class TestKeyField:
     def test_dotted_path_selects_the_key(self) -> None:
         """A dotted path reads a scalar field of the JSON value (numbers as text)."""
         from detector.config import InputSettings
-        from detector.records import Comment, decode
+        from detector.io.records import Comment, decode
 
         got = decode(self._record(b'{"text": "hi", "meta": {"shop": 42}}'),  # type: ignore[arg-type]
                      InputSettings(), "meta.shop")
@@ -280,7 +280,7 @@ class TestKeyField:
     def test_record_key_and_missing_field(self) -> None:
         """@key is the Kafka record key; a missing or non-scalar field gives no key."""
         from detector.config import InputSettings
-        from detector.records import Comment, decode
+        from detector.io.records import Comment, decode
 
         rec1 = decode(self._record(b'{"text": "hi"}'), InputSettings(), "@key")  # type: ignore[arg-type]
         rec2 = decode(self._record(b'{"text": "hi", "shop": [1]}'), InputSettings(),  # type: ignore[arg-type]

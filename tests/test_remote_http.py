@@ -14,10 +14,10 @@ import structlog.testing
 from pydantic import SecretStr
 
 from detector.config import EmbeddingSettings
-from detector.dev.fakeapi import FakeEmbeddingServer, fake_embedding
 from detector.embedders.client import tls_context
 from detector.embedders.remote import DashScopeEmbedder, OpenAIEmbedder
 from detector.errors import BatchRejectedError, FatalEmbeddingError, RetriableEmbeddingError
+from devtools.fakeapi import FakeEmbeddingServer, fake_embedding
 from tests.proxy import ForwardProxy
 from tests.tls import Certs, make_certs
 

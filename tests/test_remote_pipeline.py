@@ -9,13 +9,13 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from detector import app
+from detector.commands import run as app
 from detector.config import Settings
-from detector.dev.fakeapi import FakeEmbeddingServer
-from detector.dev.sample_data import stream
 from detector.embedders import build_embedder
 from detector.exits import EXIT_FATAL_EMBEDDING
 from detector.metrics import Metrics
+from devtools.fakeapi import FakeEmbeddingServer
+from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
     committed,

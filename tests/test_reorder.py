@@ -12,10 +12,10 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.dev.fakeapi import fake_embedding
-from detector.dev.sample_data import stream
 from detector.embedders.base import Matrix
-from detector.hedge import MIN_SAMPLES
+from detector.stream.hedge import MIN_SAMPLES
+from devtools.fakeapi import fake_embedding
+from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
     detector_settings,

@@ -15,11 +15,11 @@ import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from detector.dev.sample_data import stream
+from detector.commands.replay import ReplayOptions, replay
 from detector.embedders.base import Matrix
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
-from detector.replay import ReplayOptions, replay
+from devtools.sample_data import stream
 from tests.helpers import NewTopic, RecordingEmbedder, committed, detector_settings
 
 pytestmark = pytest.mark.kafka

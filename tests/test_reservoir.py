@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from detector.reservoir import (
+from detector.model.reservoir import (
     Ref,
     Reservoir,
     decode_exemplars,

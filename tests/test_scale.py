@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from detector.config import load_settings
-from detector.dev.sample_data import stream
-from detector.state import StateStore
+from detector.state.store import StateStore
+from devtools.sample_data import stream
 from tests.helpers import NewTopic, committed, produce, read_topic, unique, values, wait_for
 from tests.procs import DetectorProcess
 

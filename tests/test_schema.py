@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from detector.config import Settings
-from detector.dev import schema
+from devtools import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 

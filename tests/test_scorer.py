@@ -6,11 +6,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from detector import records as rec
-from detector.alerts import ALERT_SCHEMA
-from detector.centroid import Centroid
+from detector.io import records as rec
 from detector.metrics import Metrics
-from detector.scorer import Embedded, Encoding, Scorer, Verdict, record
+from detector.model.alerts import ALERT_SCHEMA
+from detector.model.centroid import Centroid
+from detector.model.scorer import Embedded, Encoding, Scorer, Verdict, record
 
 CONTEXT = rec.Context("detector-test", "9.9.9", "test-model", 2)
 ENCODING = Encoding("alerts", "scores", "dead", CONTEXT)
@@ -241,8 +241,8 @@ class TestExplanations:
     def test_a_key_baseline_judges_its_own_comments(self) -> None:
         """With per-key baselines a key's comment is judged against its key's centroid and
         the alert says so."""
-        from detector.baselines import Baseline, Baselines, KeyBase, Policy
-        from detector.reservoir import Reservoir
+        from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
+        from detector.model.reservoir import Reservoir
 
         g = Baseline(None, Centroid.from_vectors([[1.0, 0.0]]), Reservoir(10, 2), 0.5)
         base = KeyBase(Centroid.from_vectors([[0.0, 1.0]]), 0.9, 100)

@@ -16,12 +16,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from structlog.testing import capture_logs
 
-from detector import app
+from detector.commands import run as app
 from detector.config import Settings
-from detector.dev.broker import BrokerTls, LocalKafka
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError, KafkaUnavailableError
-from detector.kafka import connection_kwargs
+from detector.io.kafka import connection_kwargs
+from devtools.broker import BrokerTls, LocalKafka
 from tests.helpers import (
     RecordingEmbedder,
     detector_settings,

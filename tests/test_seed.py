@@ -12,16 +12,21 @@ import pytest
 import structlog.testing
 from pydantic import SecretStr
 
-from detector import app
-from detector.centroid import Centroid
+from detector.calibration.seed import (
+    fixed_threshold_problem,
+    loo_similarities,
+    quantile_ci,
+    seed_threshold,
+)
+from detector.commands import run as app
 from detector.config import Settings, load_settings
-from detector.dev.fakeapi import FakeEmbeddingServer
-from detector.dev.sample_data import stream
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.metrics import Metrics
-from detector.seed import fixed_threshold_problem, loo_similarities, quantile_ci, seed_threshold
+from detector.model.centroid import Centroid
+from devtools.fakeapi import FakeEmbeddingServer
+from devtools.sample_data import stream
 from tests.helpers import metric
 
 KEY = "sk-seed"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 
+from detector.io.server import HealthServer
 from detector.metrics import Metrics
-from detector.server import HealthServer
 
 
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from detector.baselines import Baseline, Baselines, Policy
-from detector.centroid import Centroid
-from detector.reservoir import Ref, Reservoir
-from detector.sharing import ExemplarChunk, KeyRecord, Scope, SharedBaselines, parse
+from detector.model.baselines import Baseline, Baselines, Policy
+from detector.model.centroid import Centroid
+from detector.model.reservoir import Ref, Reservoir
+from detector.state.sharing import ExemplarChunk, KeyRecord, Scope, SharedBaselines, parse
 
 D = 8
 

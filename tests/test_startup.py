@@ -20,7 +20,7 @@ import pytest
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from detector.dev.broker import LocalKafka, free_port
+from devtools.broker import LocalKafka, free_port
 from tests.helpers import unique
 from tests.test_helm import pod_spec, render, rendered_config
 

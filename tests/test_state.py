@@ -8,10 +8,10 @@ import numpy.typing as npt
 import orjson
 import pytest
 
-from detector.centroid import Centroid
-from detector.dev.sample_data import stream
 from detector.embedders.local import LocalEmbedder
-from detector.state import SharedCentroid, StateStore
+from detector.model.centroid import Centroid
+from detector.state.store import SharedCentroid, StateStore
+from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
     RecordingEmbedder,

@@ -14,15 +14,15 @@ import orjson
 import pytest
 import yaml
 
-from detector import app
-from detector import calibration as cal
+from detector.calibration import artifact as cal
+from detector.calibration.samples import read_texts
 from detector.cli import main
+from detector.commands import run as app
 from detector.config import Settings, load_settings
-from detector.dev.fakeapi import FakeEmbeddingServer, fake_embedding
-from detector.dev.sample_data import stream
 from detector.embedders import build_embedder
 from detector.errors import ConfigError
-from detector.samples import read_texts
+from devtools.fakeapi import FakeEmbeddingServer, fake_embedding
+from devtools.sample_data import stream
 
 KEY = "sk-prefix"
 SEED = Path("config/normal_comments.jsonl")

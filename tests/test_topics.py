@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 from detector.config import KafkaSettings, load_settings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
-from detector.kafka import check_durability, ensure_topics, new_topics
+from detector.io.kafka import check_durability, ensure_topics, new_topics
 from tests.helpers import (
     NewTopic,
     detector_settings,

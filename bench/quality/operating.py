@@ -1,6 +1,6 @@
 """Operating over time: a drifting stream with a spam campaign, scored by the detector's
 centroid under frozen, incremental, incremental + operator feedback and periodically
-recalibrated variants, watched by detector.drift; and a stationary stream of 100,000
+recalibrated variants, watched by detector.model.drift; and a stationary stream of 100,000
 records that must raise no drift event.
 
 Stream (per seed): 12 windows of 200 records. Normal traffic is movie reviews; from
@@ -12,10 +12,10 @@ detector's: centroid of 1,000 movie reviews, threshold for 1 % FPR on 500 more.
 
 The simulated operator labels 20 % of each window's alerts, at the window's end, with
 the truth (reviews `normal`, campaign `anomaly`). Feedback applies the labels through
-detector.feedback (alert cache, LabelBook, `feedback.weight`); recalibration, after
+detector.model.labels (alert cache, LabelBook, `feedback.weight`); recalibration, after
 every window, recalibrates from the most recent non-alerted, non-anomaly-labelled
 comments, as many as `detector calibrate` needs for 1 % with half held out (600).
-Drift monitoring is detector.drift with the default budget, one window = 200 records.
+Drift monitoring is detector.model.drift with the default budget, one window = 200 records.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detector import calibration as cal
-from detector.centroid import Centroid
+from detector.calibration import artifact as cal
 from detector.config import DriftSettings, FeedbackSettings
-from detector.drift import DriftConfig, DriftMonitor, Observation, Reference
-from detector.feedback import AlertCache, CachedAlert, Label, LabelBook, SourceRef
+from detector.model.centroid import Centroid
+from detector.model.drift import DriftConfig, DriftMonitor, Observation, Reference
+from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook, SourceRef
 
 Floats = npt.NDArray[np.float64]
 Embed = Callable[[list[str]], Floats]

@@ -7,7 +7,7 @@ Guardian headlines, Hamlet lines, film plot sentences — and arrive under every
 equal numbers. Per seed and per population, normals are split 50 % train / 25 %
 calibration / 25 % test (a stratified split of one shuffled stream).
 
-Methods, all through the detector's own code (detector.keycal, detector.reservoir):
+Methods, all through the detector's own code (detector.calibration.keys, detector.model.reservoir):
 * global centroid / global kNN: one baseline fitted on all training normals (kNN: a
   reservoir of `scoring.reservoir_size` = 2,000 exemplars, k = 5), one threshold for the
   1 % target on all calibration normals;
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detector import calibration as cal
-from detector.keycal import Fitted, Method, calibrate_keys, fit
-from detector.reservoir import Ref
+from detector.calibration import artifact as cal
+from detector.calibration.keys import Fitted, Method, calibrate_keys, fit
+from detector.model.reservoir import Ref
 
 from .corpora import (
     convention_speeches,

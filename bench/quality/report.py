@@ -253,11 +253,11 @@ def operating_markdown(o: dict[str, Any], has_plot: bool) -> list[str]:
         f"centroid of 1,000 movie reviews, threshold for {_pct(o['target_fpr'], 0)} FPR on 500 "
         f"more; update margin {o['margin']}. A simulated operator labels "
         f"{_pct(o['labelled_share'], 0)} of each window's alerts at the window's end with the "
-        "truth (reviews `normal`, campaign `anomaly`), through `detector.feedback` (alert "
+        "truth (reviews `normal`, campaign `anomaly`), through `detector.model.labels` (alert "
         "cache, `LabelBook`). Periodic recalibration recalibrates after every window from "
         "the most recent 600 non-alerted, non-anomaly-labelled comments (the fewest "
         "`detector calibrate` accepts for 1 % with half held out). Drift monitoring is "
-        f"`detector.drift` with the default budget ({d['false_alarm_budget']} per stream "
+        f"`detector.model.drift` with the default budget ({d['false_alarm_budget']} per stream "
         f"over {d['budget_windows']:,} windows), one drift window per stream window. "
         f"Seeds {o['seeds']}: the means below; campaign bases: "
         + "; ".join(f"“{b}”" for b in o["campaign_bases"]) + ".", "",

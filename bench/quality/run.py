@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detector import calibration as cal
-from detector.calibrate import EmbeddingCache, embed_all
-from detector.centroid import Centroid
+from detector.calibration import artifact as cal
+from detector.calibration.keys import fit
+from detector.commands.calibrate import EmbeddingCache, embed_all
 from detector.embedders.local import LocalEmbedder
-from detector.keycal import fit
-from detector.reservoir import Ref
+from detector.model.centroid import Centroid
+from detector.model.reservoir import Ref
 
 from . import populations
 from .corpora import drug_reviews, guardian_headlines, rotten_tomatoes

@@ -22,8 +22,8 @@ import numpy as np
 
 from detector.config import EmbeddingSettings
 from detector.embedders.base import Embedder, Matrix
+from detector.io.records import estimate_tokens
 from detector.metrics import Metrics
-from detector.records import estimate_tokens
 
 
 def cache_namespace(settings: EmbeddingSettings) -> bytes:

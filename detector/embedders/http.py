@@ -35,8 +35,8 @@ from detector.errors import (
     RetriableEmbeddingError,
     ThrottledError,
 )
+from detector.io.records import estimate_tokens
 from detector.metrics import Metrics
-from detector.records import estimate_tokens
 
 log = structlog.get_logger("detector.embedders")
 

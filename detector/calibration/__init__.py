@@ -1,0 +1,1 @@
+"""Calibration: statistics, the artifact, per-key thresholds, samples, the report."""

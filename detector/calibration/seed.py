@@ -1,0 +1,174 @@
+"""The start from the seed file when no calibration artifact is given: its centroid, and
+a threshold that fits the model, derived from the seed samples themselves.
+
+An embedding model's similarity scale is its own: USE scores ordinary comments 0.2-0.75
+against the seed centroid, multilingual-e5 0.80-0.95. So with ``scoring.threshold:
+auto`` the threshold is the ``scoring.target_fpr`` quantile of the seed's *leave-one-out*
+similarities: each seed text is scored against the centroid of all the others, so no
+text judges itself. For a centroid sum ``S`` of ``n`` unit rows that is
+``x_i . (S - x_i) / ||S - x_i||`` for every row at once (the plain mean, also when
+``scoring.decay`` < 1 makes the seeded centroid weight later lines more).
+
+The confidence interval is distribution-free (order statistics): the interval between
+the r-th and s-th smallest similarities covers the true quantile with probability
+``P(r <= B < s)``, ``B ~ Binomial(n, target_fpr)``. A bound the seed is too small to
+determine is None. The statistics are pure numpy; `seed_start` embeds the file and
+logs the decision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from detector.calibration.artifact import min_holdout, threshold_at_fpr
+from detector.calibration.samples import read_texts
+from detector.config import Settings
+from detector.embedders.base import Embedder
+from detector.errors import ConfigError
+from detector.model.centroid import Centroid
+
+log = structlog.get_logger("detector.calibration.seed")
+ThresholdSource = Literal["calibration", "seed", "fixed"]
+
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class SeedThreshold:
+    """The seed-derived threshold, its confidence interval and the LOO similarity range."""
+
+    threshold: float
+    ci_low: float | None
+    ci_high: float | None
+    level: float
+    target_fpr: float
+    samples: int
+    loo_min: float
+    loo_max: float
+
+    @property
+    def precise(self) -> bool:
+        """Enough samples for the target rate to mean something (3 expected below it)."""
+        return self.samples >= min_holdout(self.target_fpr)
+
+    def log_fields(self) -> dict[str, object]:
+        return {"threshold": round(self.threshold, 4),
+                "ci_low": None if self.ci_low is None else round(self.ci_low, 4),
+                "ci_high": None if self.ci_high is None else round(self.ci_high, 4),
+                "ci_level": self.level, "target_fpr": self.target_fpr,
+                "seed_samples": self.samples, "loo_min": round(self.loo_min, 4),
+                "loo_max": round(self.loo_max, 4)}
+
+
+def loo_similarities(rows: npt.ArrayLike) -> Floats:
+    """Each unit row's cosine similarity to the mean direction of all the other rows."""
+    x = np.asarray(rows, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        msg = "leave-one-out similarities need at least 2 rows"
+        raise ValueError(msg)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    rest = x.sum(axis=0) - x  # row i: the sum of every other row
+    norms = np.linalg.norm(rest, axis=1)
+    dots = np.einsum("ij,ij->i", x, rest)
+    sims: Floats = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+    return sims
+
+
+def quantile_ci(sorted_sims: Floats, q: float, level: float = 0.95
+                ) -> tuple[float | None, float | None]:
+    """Distribution-free interval of the q-quantile from order statistics."""
+    n = len(sorted_sims)
+    k = np.arange(n + 1)
+    log_pmf = (math.lgamma(n + 1) - np.array([math.lgamma(i + 1) for i in k])
+               - np.array([math.lgamma(n - i + 1) for i in k])
+               + k * math.log(q) + (n - k) * math.log1p(-q))
+    cdf = np.cumsum(np.exp(log_pmf))  # cdf[j] = P(B <= j)
+    tail = (1 - level) / 2
+    # lower: the r-th smallest (1-based) with P(B < r) = cdf[r-1] <= tail, r as large as can be
+    low_ranks = np.flatnonzero(cdf[:n] <= tail)  # index j = r - 1
+    low = float(sorted_sims[int(low_ranks[-1])]) if len(low_ranks) else None
+    # upper: the s-th smallest with P(B >= s) = 1 - cdf[s-1] <= tail, s as small as can be
+    high_ranks = np.flatnonzero(1 - cdf[:n] <= tail)
+    high = float(sorted_sims[int(high_ranks[0])]) if len(high_ranks) else None
+    return low, high
+
+
+def seed_threshold(rows: npt.ArrayLike, target_fpr: float, level: float = 0.95
+                   ) -> SeedThreshold:
+    """The `target_fpr` quantile of the seed's leave-one-out similarities, with its CI."""
+    sims = np.sort(loo_similarities(rows))
+    low, high = quantile_ci(sims, target_fpr, level)
+    return SeedThreshold(threshold=threshold_at_fpr(sims, target_fpr), ci_low=low,
+                         ci_high=high, level=level, target_fpr=target_fpr,
+                         samples=len(sims), loo_min=float(sims[0]), loo_max=float(sims[-1]))
+
+
+def fixed_threshold_problem(threshold: float, seed: SeedThreshold) -> str | None:
+    """Why a configured fixed threshold does not fit this model's seed similarities."""
+    if threshold < seed.loo_min:
+        return (f"scoring.threshold {threshold:g} is below every seed text's similarity "
+                f"to the others ({seed.loo_min:.3f}..{seed.loo_max:.3f}): comments as "
+                f"unusual as the least typical seed text will not alert, so few or no "
+                f"anomalies will")
+    if threshold > seed.loo_max:
+        return (f"scoring.threshold {threshold:g} is above every seed text's similarity "
+                f"to the others ({seed.loo_min:.3f}..{seed.loo_max:.3f}): nearly every "
+                f"comment will alert")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SeedStart:
+    """The seed centroid and the threshold in force, with where the threshold came from."""
+
+    centroid: Centroid
+    threshold: float
+    source: ThresholdSource
+    rows: npt.NDArray[np.float32] | None = None  # the embedded seed (exemplars at start)
+
+
+async def seed_start(path: Path, settings: Settings, embedder: Embedder) -> SeedStart:
+    """Embed the seed file: its mean is the centroid; with ``scoring.threshold: auto`` the
+    threshold comes from its leave-one-out similarities, else the configured number is
+    checked against them."""
+    texts = read_texts(path, settings.input)
+    if not texts:
+        msg = f"seed file {path} holds no usable comments"
+        raise ConfigError(msg)
+    scoring = settings.scoring
+    size = settings.embedding.batch_size
+    centroid = Centroid.empty(embedder.dimension, scoring.decay)
+    rows = []
+    for start in range(0, len(texts), size):
+        for row in await embedder.embed(texts[start:start + size]):
+            centroid.add(row)
+            rows.append(row)
+    centroid.version = 0
+    log.info("centroid seeded", file=str(path), samples=len(texts))
+    if len(rows) < 2:
+        if scoring.threshold == "auto":
+            msg = (f"seed file {path} holds {len(rows)} comment: scoring.threshold auto needs "
+                   f"at least 2 (better {min_holdout(scoring.target_fpr)})")
+            raise ConfigError(msg)
+        return SeedStart(centroid, scoring.threshold, "fixed", np.stack(rows))
+    derived = seed_threshold(np.stack(rows), scoring.target_fpr)
+    if scoring.threshold != "auto":
+        problem = fixed_threshold_problem(scoring.threshold, derived)
+        if problem is not None:
+            log.warning(problem + "; set scoring.threshold: auto or run `detector calibrate`",
+                        seed_derived=round(derived.threshold, 4), model=embedder.name)
+        return SeedStart(centroid, scoring.threshold, "fixed", np.stack(rows))
+    log.info("threshold derived from the seed (leave-one-out); not calibrated on your "
+             "traffic", **derived.log_fields(), model=embedder.name)
+    if not derived.precise:
+        log.warning("the seed file is too small for scoring.target_fpr: the seed-derived "
+                    "threshold is imprecise", seed_samples=derived.samples,
+                    needed=min_holdout(scoring.target_fpr), target_fpr=scoring.target_fpr)
+    return SeedStart(centroid, derived.threshold, "seed", np.stack(rows))

@@ -1,0 +1,1 @@
+"""The bodies of the `detector` subcommands (argument parsing is in detector.cli)."""

@@ -1,0 +1,351 @@
+"""`detector calibrate`: embed normal (and labelled anomalous) comments, choose the
+threshold on held-out normals, and write the artifact `detector run` loads plus a report.
+
+Inputs come from JSONL files or from a topic's time range read without any consumer
+group. Embeddings are cached on disk (SQLite, keyed by model, dimension and the text's
+SHA-256), so a re-run with the same texts makes no embedding calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from detector.calibration import artifact as cal
+from detector.calibration import keys as keycal
+from detector.calibration.samples import read_samples
+from detector.config import Settings
+from detector.embedders import Embedder, build_embedder
+from detector.embedders.base import Matrix
+from detector.errors import CalibrationError
+from detector.exits import EXIT_OK, EXIT_USAGE
+from detector.io import records as rec
+from detector.io.ranges import parse_time, read_plan, resolve_plan
+from detector.model.reservoir import Ref, encode_exemplars
+from detector.progress import Progress
+
+
+class EmbeddingCache:
+    """Vectors by (model, dimension, sha256(text)) in one SQLite file."""
+
+    def __init__(self, path: Path, model: str, dimension: int, text_prefix: str = "") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB)")
+        # a text prefix changes every vector: it is part of the key (none: the old keys)
+        tag = f"{hashlib.sha256(text_prefix.encode()).hexdigest()[:16]}|" if text_prefix else ""
+        self.prefix = f"{model}|{dimension}|{tag}"
+        self.dimension = dimension
+
+    def key(self, text: str) -> str:
+        return self.prefix + hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, texts: Sequence[str]) -> dict[str, Matrix]:
+        keys = {self.key(t): t for t in texts}
+        found: dict[str, Matrix] = {}
+        items = list(keys)
+        for start in range(0, len(items), 500):
+            chunk = items[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(chunk))})",  # noqa: S608
+                chunk).fetchall()
+            for key, blob in rows:
+                found[keys[key]] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put(self, texts: Sequence[str], vectors: Matrix) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                            [(self.key(t), v.astype(np.float32).tobytes())
+                             for t, v in zip(texts, vectors, strict=True)])
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+async def embed_all(texts: list[str], embedder: Embedder, cache: EmbeddingCache,
+                    batch_size: int, label: str) -> tuple[Matrix, int]:
+    """Vectors for all texts, from the cache where possible; returns (matrix, calls made)."""
+    cached = cache.get(texts)
+    missing = list(dict.fromkeys(t for t in texts if t not in cached))
+    calls = 0
+    with Progress(len(missing), f"embedding {label}", unit="texts") as progress:
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            vectors = await embedder.embed(chunk)
+            calls += 1
+            cache.put(chunk, vectors)
+            cached.update(zip(chunk, vectors, strict=True))
+            progress.update(start + len(chunk))
+    matrix = np.stack([cached[t] for t in texts]) if texts else np.empty((0, cache.dimension))
+    return matrix.astype(np.float32), calls
+
+
+async def read_topic_texts(settings: Settings, topic: str, time_from: int | None,
+                           time_to: int | None) -> tuple[list[rec.Comment], int]:
+    """Comments of a topic's time range, read with manual assignment and no group (their
+    key from scoring.key_field); also the number of records skipped as unusable (what the
+    daemon would dead-letter)."""
+    plan = await resolve_plan(settings, topic, time_from=time_from, time_to=time_to)
+    texts: list[rec.Comment] = []
+    skipped = 0
+    async for record in read_plan(settings, plan):
+        decoded = rec.decode(record, settings.input, settings.scoring.key_field)
+        if isinstance(decoded, rec.Comment):
+            texts.append(decoded)
+        else:
+            skipped += 1
+    return texts, skipped
+
+
+def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs: Matrix,
+                      anomaly_vecs: Matrix | None, *, keys: list[str | None],
+                      refs: list[Ref], embedder: Embedder) -> cal.Result:
+    """Split, fit the global baseline (centroid and reservoir) and, with a key field, the
+    per-key baselines; choose the thresholds for the configured scoring method."""
+    train, hold = cal.split(len(normal_vecs), args.holdout, args.seed)
+    scoring = settings.scoring
+    key_field = scoring.key_field
+    train_refs = [refs[i] for i in train]
+    fitted = keycal.fit(normal_vecs[train], train_refs, scoring.reservoir_size)
+    result = cal.calibrate(
+        normal_vecs[train], normal_vecs[hold], anomaly_vecs,
+        model=embedder.name, dimension=embedder.dimension, method=args.select,
+        target_fpr=args.target_fpr, target_precision=args.target_precision,
+        bootstrap=args.bootstrap, seed=args.seed,
+        text_prefix=settings.embedding.text_prefix,
+        score=lambda rows: fitted.scores(rows, scoring.method, scoring.k),
+        scoring={"method": scoring.method, "k": scoring.k})
+    extra: dict[str, Any] = {"exemplars": encode_exemplars(
+        fitted.reservoir.exemplars(), keep_text=scoring.keep_exemplar_text)}
+    if key_field is not None:
+        per_key = keycal.calibrate_keys(
+            normal_vecs[train], [keys[i] for i in train], train_refs, normal_vecs[hold],
+            [keys[i] for i in hold], target_fpr=args.target_fpr, method=scoring.method,
+            k=scoring.k, reservoir_size=scoring.key_reservoir_size,
+            min_train=scoring.key_min_samples)
+        extra["keys"] = per_key.to_json(key_field, scoring.key_min_samples,
+                                        keep_text=scoring.keep_exemplar_text)
+    return cal.Result(result.artifact.model_copy(update=extra), result.holdout_sims,
+                      result.anomaly_sims)
+
+
+async def _topic_comments(settings: Settings, args: argparse.Namespace
+                          ) -> tuple[list[rec.Comment], int]:
+    """The comments of `--topic` over the range, without the excluded ones."""
+    time_from = parse_time(args.time_from) if args.time_from else None
+    time_to = parse_time(args.time_to) if args.time_to else None
+    if getattr(args, "last_hours", None):
+        time_to = int(time.time() * 1000)
+        time_from = time_to - int(args.last_hours * 3_600_000)
+    comments, skipped = await read_topic_texts(settings, args.topic, time_from, time_to)
+    if getattr(args, "exclude_alerted", False) or getattr(args, "exclude_labelled", False):
+        from detector.calibration.exclusions import exclusions
+
+        left_out = await exclusions(settings, args.topic, time_from,
+                                    alerted=args.exclude_alerted,
+                                    labelled=args.exclude_labelled)
+        kept = [c for c in comments if not left_out.excludes(c)]
+        sys.stderr.write(f"left out {len(comments) - len(kept)} alerted or "
+                         f"anomaly-labelled comments of {args.topic}\n")
+        comments = kept
+    return comments, skipped
+
+
+async def run_calibration(settings: Settings, args: argparse.Namespace,
+                          embedder: Embedder | None = None) -> tuple[cal.Result, int]:
+    """Gather inputs, embed (cached), calibrate, write artifact and report."""
+    key_field = settings.scoring.key_field
+    if args.normal is not None:
+        samples, skipped = read_samples(args.normal, settings.input, args.label_field,
+                                        key_field)
+        normal = [s.text for s in samples if not s.label]
+        keys = [s.key for s in samples if not s.label]
+        refs = [Ref(f"file:{args.normal.name}", -1, i) for i, s in enumerate(samples)
+                if not s.label]
+        anomalies = [s.text for s in samples if s.label]
+        if skipped:
+            sys.stderr.write(f"skipped {skipped} unusable lines of {args.normal}\n")
+    else:
+        comments, skipped = await _topic_comments(settings, args)
+        normal = [c.text for c in comments]
+        keys = [c.key for c in comments]
+        refs = [Ref(c.source.topic, c.source.partition, c.source.offset, c.id)
+                for c in comments]
+        anomalies = []
+        if skipped:
+            sys.stderr.write(f"skipped {skipped} unusable records of {args.topic}\n")
+    if args.anomalies is not None:
+        more, _ = read_samples(args.anomalies, settings.input)
+        anomalies += [s.text for s in more]
+    if not normal:
+        msg = "no normal comments to calibrate on (the input is empty or unusable)"
+        raise CalibrationError(msg)
+    owned = embedder is None
+    embedder = embedder or build_embedder(settings)
+    text_prefix = settings.embedding.text_prefix
+    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", embedder.name,
+                           embedder.dimension, text_prefix)
+    try:
+        size = settings.embedding.batch_size
+        normal_vecs, calls = await embed_all(normal, embedder, cache, size, "normal")
+        anomaly_vecs, more_calls = await embed_all(anomalies, embedder, cache, size,
+                                                   "anomalies")
+    finally:
+        cache.close()
+        if owned:
+            await embedder.aclose()
+    if settings.scoring.keep_exemplar_text:
+        refs = [Ref(r.topic, r.partition, r.offset, r.id, text)
+                for r, text in zip(refs, normal, strict=True)]
+    result = calibrate_vectors(settings, args, normal_vecs, anomaly_vecs if len(anomalies)
+                               else None, keys=keys, refs=refs, embedder=embedder)
+    cal.save_artifact(result.artifact, args.out)
+    if args.report_dir is not None:
+        from detector.calibration.report import write_report
+
+        write_report(result, args.report_dir)
+    return result, calls + more_calls
+
+
+def summary_table(result: cal.Result, out: Path, calls: int) -> str:
+    a = result.artifact
+    m = a.metrics
+    rows: list[tuple[str, Any]] = [
+        ("model", f"{a.model['name']} ({a.model['dimension']} dims)"
+                  + (f", text prefix {a.model['text_prefix']!r}"
+                     if a.model.get("text_prefix") else "")),
+        ("samples", f"train {a.counts['train']}, held-out {a.counts['holdout']}, "
+                    f"anomalies {a.counts['anomalies']}"),
+        ("method", f"{a.method} (target {a.target:.4g})"),
+        ("threshold", f"{a.threshold:.4f}  (95% CI {m['threshold_ci95'][0]:.4f} .. "
+                      f"{m['threshold_ci95'][1]:.4f} at the target FPR)"),
+        ("held-out FPR", f"{m['holdout_fpr']:.2%}"),
+    ]
+    if "roc_auc" in m:
+        rows += [("ROC AUC", f"{m['roc_auc']:.3f}"), ("PR AUC", f"{m['pr_auc']:.3f}"),
+                 ("best F1", f"{m['best_f1']['f1']:.3f} at {m['best_f1']['threshold']:.4f}")]
+    if a.keys is not None:
+        baselines = a.keys["baselines"]
+        own = sum(b["threshold"] is not None for b in baselines.values())
+        pooled = a.keys["pooled_threshold"]
+        rows.append(("per-key baselines",
+                     f"{len(baselines)} keys of {a.keys['field']} ({own} with their own "
+                     f"threshold; pooled key threshold "
+                     f"{'none' if pooled is None else f'{pooled:.4f}'})"))
+    rows += [("scoring", f"{a.scoring.get('method', 'centroid')}, "
+                         f"{len(a.exemplars)} exemplars"),
+             ("embedding calls", calls), ("artifact", out)]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `detector calibrate`."""
+    p = subparsers.add_parser(
+        "calibrate", help="choose the threshold on your own data and write an artifact",
+        description="Build the centroid on a training split of normal comments and choose "
+                    "the threshold on held-out normals (and labelled anomalies if given).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--normal", type=Path, help="JSONL file of normal comments")
+    src.add_argument("--topic", help="read normal comments from this topic (no group)")
+    src.add_argument("--artifact", type=Path,
+                     help="with --publish: publish this existing artifact, calibrate nothing")
+    p.add_argument("--from", dest="time_from", help="with --topic: start time")
+    p.add_argument("--to", dest="time_to", help="with --topic: end time (exclusive)")
+    p.add_argument("--last-hours", type=float, metavar="H",
+                   help="with --topic: the last H hours (instead of --from/--to)")
+    p.add_argument("--exclude-alerted", action="store_true",
+                   help="with --topic: leave out comments alerts.topic alerted on")
+    p.add_argument("--exclude-labelled", action="store_true",
+                   help="with --topic: leave out comments labelled anomaly on feedback.topic")
+    p.add_argument("--anomalies", type=Path, help="JSONL file of labelled anomalies")
+    p.add_argument("--label-field", help="field marking anomalies (truthy) in --normal")
+    p.add_argument("--target-fpr", type=float, default=0.01,
+                   help="false-positive rate on held-out normals (default 0.01)")
+    p.add_argument("--select", choices=["target_fpr", "best_f1", "target_precision"],
+                   default="target_fpr", help="how to choose the threshold")
+    p.add_argument("--target-precision", type=float, default=0.9)
+    p.add_argument("--holdout", type=float, default=0.3,
+                   help="share of normals held out to choose the threshold (default 0.3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the CI")
+    p.add_argument("--out", type=Path, default=Path("calibration.json"))
+    p.add_argument("--report-dir", type=Path, default=None,
+                   help="write report.md, report.json and PNG plots here")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
+    p.add_argument("--publish", action="store_true",
+                   help="put the artifact on the state topic: running replicas adopt it "
+                        "without a restart")
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    if not 0 < args.target_fpr < 1 or not 0 < args.holdout < 1:
+        sys.stderr.write("detector: error: --target-fpr and --holdout must be in (0, 1)\n")
+        return EXIT_USAGE
+    if args.topic is None and (args.time_from or args.time_to or args.last_hours
+                               or args.exclude_alerted or args.exclude_labelled):
+        sys.stderr.write("detector: error: --from and --to need --topic (so do "
+                         "--last-hours, --exclude-alerted and --exclude-labelled)\n")
+        return EXIT_USAGE
+    if args.last_hours is not None and (args.time_from or args.time_to
+                                        or args.last_hours <= 0):
+        sys.stderr.write("detector: error: --last-hours takes a positive number and "
+                         "replaces --from/--to\n")
+        return EXIT_USAGE
+    if args.artifact is not None and not args.publish:
+        sys.stderr.write("detector: error: --artifact is for --publish of an existing "
+                         "artifact\n")
+        return EXIT_USAGE
+    # errors (DetectorError and its fatal embedding case, Kafka) are reported by the CLI
+    out = args.artifact
+    if out is None:
+        result, calls = asyncio.run(run_calibration(settings, args))
+        sys.stdout.write(summary_table(result, args.out, calls))
+        out = args.out
+    if args.publish:
+        version = asyncio.run(publish(settings, out))
+        sys.stdout.write(f"published {out} as calibration {version} on "
+                         f"{settings.state.topic!r} (detector {settings.name!r})\n")
+    return EXIT_OK
+
+
+async def publish(settings: Settings, path: Path) -> str:
+    """Write the artifact at `path` to the state topic (detector.state.published); returns its
+    version."""
+    from detector.io.kafka import make_producer
+    from detector.state import published
+    from detector.state.store import StateStore
+
+    if not settings.state.enabled:
+        msg = "state.enabled is false: there is no state topic to publish the artifact on"
+        raise CalibrationError(msg)
+    artifact = cal.load_artifact(path)
+    store = StateStore(settings)
+    if settings.kafka.create_topics:
+        await store.ensure_topic()
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.state.topic,
+                                     key=published.record_key(settings.name),
+                                     value=published.encode(settings.name, artifact))
+    finally:
+        await producer.stop()
+    return published.version_of(artifact)
+
+
+def load_lines(path: Path) -> list[dict[str, Any]]:
+    """JSONL helper for tests and the quality bench."""
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

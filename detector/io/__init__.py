@@ -1,0 +1,1 @@
+"""The edges: Kafka clients and topic ranges, record decoding, the HTTP server."""

@@ -1,0 +1,60 @@
+"""The alert record, schema ``detector.alert/v2``: an alert that explains itself. Pure.
+
+It keeps every v1 field (``similarity`` is still the value compared with the threshold:
+the centroid cosine, or with `scoring.method: knn` the mean cosine to the k nearest
+exemplars; ``centroid`` is the judging baseline's) and adds which baseline judged the
+comment (its key, or the global one), the threshold and where that came from, the
+scoring method, the cosine to the baseline's centroid, and the nearest accepted normal
+exemplars with their similarity and source reference (and text, when
+`scoring.keep_exemplar_text` is on). The README documents every field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from detector.io.records import Comment, Context, utc_now
+from detector.model.baselines import Verdict
+
+ALERT_SCHEMA = "detector.alert/v2"
+
+
+def encode_alert(comment: Comment, verdict: Verdict, *, method: str, ctx: Context,
+                 detected_at: str | None = None, calibration: str | None = None) -> bytes:
+    """The JSON value of an alert for `comment`, judged as `verdict`; `calibration` is the
+    version of the calibration artifact in force (None: started from a seed file)."""
+    nearest: list[dict[str, Any]] = []
+    for n in verdict.nearest:
+        item: dict[str, Any] = {"similarity": n.similarity, "source": {
+            "topic": n.ref.topic, "partition": n.ref.partition, "offset": n.ref.offset,
+            "id": n.ref.id}}
+        if n.ref.text is not None:
+            item["text"] = n.ref.text
+        nearest.append(item)
+    return orjson.dumps({
+        "schema": ALERT_SCHEMA,
+        "id": comment.id,
+        "text": comment.text,
+        "similarity": verdict.score,
+        "threshold": verdict.threshold,
+        "method": method,
+        "centroid_similarity": verdict.similarity,
+        "baseline": {
+            "scope": verdict.judged_by,
+            "key": verdict.key if verdict.judged_by == "key" else None,
+            "comment_key": verdict.key,
+            "threshold": verdict.threshold,
+            "threshold_source": verdict.threshold_source,
+            "centroid": {"version": verdict.centroid_version,
+                         "count": verdict.centroid_count},
+        },
+        "calibration": calibration,
+        "nearest": nearest,
+        "source": comment.source.to_json(),
+        "centroid": {"version": verdict.centroid_version, "count": verdict.centroid_count},
+        "model": {"name": ctx.model_name, "dimension": ctx.model_dimension},
+        "detector": {"name": ctx.detector_name, "version": ctx.detector_version},
+        "detected_at": detected_at or utc_now(),
+    })

@@ -1,0 +1,176 @@
+"""Scoring: embedded comments in, verdicts and the outputs to publish out. Pure, no I/O.
+
+`Scorer.score` takes a batch of embedded items in submission order — a comment with its
+unit vector, or a comment whose text the embedding API refused (a `DeadLetter`) — and
+returns one `Verdict` per item, in the same order: the similarity to the baseline, whether
+it is an alert, whether it updated the centroid, and the messages (alert, score, dead
+letter) to publish for it. Each confident vector updates the centroid before the next one
+is scored, so cutting the same items into other batches gives the same verdicts and the
+same centroid (the alert and score messages carry the centroid version after their batch).
+
+What judges a comment is `detector.model.baselines.Baselines`: the global baseline, or the
+baseline of the comment's key (`scoring.key_field`) once that key has enough accepted
+comments, each with its centroid, threshold and exemplar reservoir; the score is the
+centroid cosine or, with `scoring.method: knn`, the mean cosine to the k nearest
+exemplars. Alerts (``detector.alert/v2``, detector.model.alerts) carry that baseline and the
+nearest normal exemplars.
+
+`record` is the accounting the pipeline does for each verdict (metrics and log lines);
+it lives here, next to what it accounts for, so that the `Scorer` itself stays pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from detector.config import Settings
+from detector.io import records as rec
+from detector.metrics import Metrics
+from detector.model.alerts import encode_alert
+from detector.model.baselines import Baseline, Baselines, Policy
+from detector.model.baselines import Verdict as Judgement
+from detector.model.centroid import Centroid
+from detector.model.reservoir import Ref, Reservoir
+
+log = structlog.get_logger("detector.model.scorer")
+
+Vector = npt.NDArray[np.float64]
+RESERVOIR_DEFAULT = 2000  # scoring.reservoir_size
+Embedded = tuple[rec.Comment, Vector | rec.DeadLetter]  # a vector, or why it was refused
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """Where the outputs go and what they say about the detector that produced them."""
+
+    alerts_topic: str
+    scores_topic: str | None  # None: scores are not published
+    dead_letter_topic: str
+    context: rec.Context
+
+    @classmethod
+    def from_settings(cls, settings: Settings, context: rec.Context) -> Encoding:
+        alerts = settings.alerts
+        return cls(alerts.topic, alerts.scores_topic, alerts.dead_letter_topic, context)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the scorer decided about one record, and what to publish for it."""
+
+    source: rec.Source
+    comment_id: str | None = None
+    messages: list[rec.Message] = field(default_factory=list)
+    similarity: float | None = None  # None: dead-lettered, not scored
+    threshold: float | None = None
+    alert: bool = False
+    updated: bool = False  # the vector was accepted into the centroid
+    dead_letter: rec.DeadLetter | None = None
+    judged: Judgement | None = None  # how the baselines judged it (None: dead-lettered)
+
+
+class Scorer:
+    """Scores embedded comments in order against their baselines and encodes the outputs."""
+
+    def __init__(self, centroid: Centroid, threshold: float, *, margin: float, update: bool,
+                 encoding: Encoding, baselines: Baselines | None = None) -> None:
+        """`update` switches learning on; a vector is accepted into its baselines when its
+        score is at least ``threshold + margin`` (each baseline counts what it accepted as
+        this replica's contribution, which state sync publishes). `baselines` (per-key,
+        kNN, explanations) default to the global baseline of `centroid` and `threshold`
+        alone; when given, they hold `centroid`."""
+        self.baselines = baselines or Baselines(
+            Baseline(None, centroid, Reservoir(RESERVOIR_DEFAULT, centroid.dimension),
+                     threshold),
+            Policy(margin=margin, update=update))
+        self.encoding = encoding
+
+    @classmethod
+    def from_settings(cls, settings: Settings, centroid: Centroid, threshold: float,
+                      context: rec.Context, *, baselines: Baselines | None = None) -> Scorer:
+        """A scorer with `settings.scoring` and the output topics of `settings.alerts`."""
+        scoring = settings.scoring
+        if baselines is None:
+            baselines = Baselines(
+                Baseline(None, centroid, Reservoir(scoring.reservoir_size, centroid.dimension),
+                         threshold), Policy.from_settings(scoring))
+        return cls(centroid, threshold, margin=scoring.margin, update=scoring.update,
+                   encoding=Encoding.from_settings(settings, context), baselines=baselines)
+
+    @property
+    def centroid(self) -> Centroid:
+        """The global centroid."""
+        return self.baselines.global_.centroid
+
+    @property
+    def threshold(self) -> float:
+        """The global threshold."""
+        return self.baselines.threshold_of(self.baselines.global_)[0]
+
+    def score(self, items: Sequence[Embedded]) -> list[Verdict]:
+        """Verdicts for `items`, in order; every accepted comment updates its baselines
+        before the next is scored, so batch boundaries do not change the outcome."""
+        judgements: list[Judgement | rec.DeadLetter] = []
+        for comment, embedded in items:
+            if isinstance(embedded, rec.DeadLetter):
+                judgements.append(embedded)
+                continue
+            source = comment.source
+            judged = self.baselines.judge(embedded, comment.key, Ref(
+                source.topic, source.partition, source.offset, comment.id, comment.text))
+            judgements.append(judged)
+        # outputs carry each judging baseline's centroid as it is after the batch
+        return [self.refuse(j) if isinstance(j, rec.DeadLetter) else self._verdict(c, j)
+                for (c, _), j in zip(items, judgements, strict=True)]
+
+    def refuse(self, letter: rec.DeadLetter) -> Verdict:
+        """The verdict for a record that cannot be scored: its dead letter."""
+        message = (self.encoding.dead_letter_topic, letter.source.key,
+                   rec.encode_dead_letter(letter, self.encoding.context))
+        return Verdict(letter.source, messages=[message], dead_letter=letter)
+
+    def _verdict(self, comment: rec.Comment, judged: Judgement) -> Verdict:
+        if judged.baseline is not None:
+            centroid = judged.baseline.centroid
+            judged = replace(judged, centroid_version=centroid.version,
+                             centroid_count=centroid.weight)
+        key = comment.source.key
+        messages: list[rec.Message] = []
+        if judged.anomaly:
+            messages.append((self.encoding.alerts_topic, key, encode_alert(
+                comment, judged, method=self.baselines.policy.method,
+                ctx=self.encoding.context, calibration=self.baselines.calibration)))
+        if self.encoding.scores_topic:
+            messages.append((self.encoding.scores_topic, key, rec.encode_score(
+                comment, similarity=judged.score, threshold=judged.threshold,
+                anomaly=judged.anomaly, updated=judged.accepted,
+                centroid_version=judged.centroid_version)))
+        return Verdict(comment.source, comment.id, messages, judged.score, judged.threshold,
+                       judged.anomaly, judged.accepted, judged=judged)
+
+
+def record(metrics: Metrics, verdict: Verdict, *, quiet: bool = False) -> None:
+    """Count and log one verdict: similarity, alert line (at debug when `quiet`), dead
+    letter by reason."""
+    letter = verdict.dead_letter
+    if letter is not None:
+        metrics.dead_letters.labels(reason=letter.reason.split(":")[0]).inc()
+        log.warning("dead letter", reason=letter.reason, error=letter.error,
+                    topic=letter.source.topic, partition=letter.source.partition,
+                    offset=letter.source.offset)
+        return
+    assert verdict.similarity is not None
+    metrics.similarity.observe(verdict.similarity)
+    if verdict.alert:
+        judged = verdict.judged
+        emit = log.debug if quiet else log.info
+        emit("alert", id=verdict.comment_id, similarity=round(verdict.similarity, 4),
+             threshold=verdict.threshold, partition=verdict.source.partition,
+             offset=verdict.source.offset,
+             baseline=None if judged is None else judged.judged_by,
+             key=None if judged is None or judged.judged_by == "global" else judged.key)

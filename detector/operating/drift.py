@@ -1,0 +1,134 @@
+"""The drift stage of the daemon: feeds scored comments to the `DriftMonitor` and hands its
+events to the outbox. No I/O of its own: publishing is the `emit` callable's (the
+`Outbox`), time is the `clock`'s.
+
+The pipeline calls `observe` with every scored batch (after the pure `Scorer` judged it):
+each scored comment is one observation of the global stream and, when it has a key
+(`scoring.key_field`), of its key's stream, with its score, whether it alerted, and for
+alerts the embedding and source reference (for the campaign/broad classification). A
+timer calls `tick` so windows close by time while traffic is idle.
+
+Windows run on processing time (the clock when a comment is scored), not record
+timestamps, so a consumer catching up on a backlog fills windows by records.
+
+References: the global stream and every key stream are tested against the global
+reference of the artifact in force (`metrics.similarity_profile`): per-key calibration
+stores no profile per key. The per-key and pooled thresholds are chosen for the same
+target false-positive rate, so the alert-rate test holds for a key judged by its own
+baseline; the similarity test of such a key compares its own-centroid scores, which sit
+higher than global ones, so it fires later for keys than for global traffic.
+
+Events are not tied to an input record: they are published through `Outbox.emit`, which
+acknowledges them like alerts (and puts them in the transaction in exactly-once mode) but
+holds no offset back; a crash between a window's close and the event's acknowledgement
+loses that event (the window's records are committed by then or re-read, and re-read
+records open a new window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+import structlog
+
+from detector.calibration.artifact import CalibrationArtifact
+from detector.config import DriftSettings
+from detector.io import records as rec
+from detector.metrics import Metrics
+from detector.model.drift import DriftConfig, DriftMonitor, Observation, Reference
+from detector.model.scorer import Embedded, Verdict
+
+log = structlog.get_logger("detector.operating.drift")
+
+Emit = Callable[[list[rec.Message]], None]
+
+
+def drift_config(settings: DriftSettings) -> DriftConfig:
+    return DriftConfig(window_records=settings.window_records, window_s=settings.window_s,
+                       false_alarm_budget=settings.false_alarm_budget,
+                       budget_windows=settings.budget_windows, max_keys=settings.max_keys,
+                       sample_size=settings.sample_size)
+
+
+class DriftStage:
+    """Observes scored batches, publishes drift events, counts windows and events."""
+
+    def __init__(self, monitor: DriftMonitor, *, topic: str, emit: Emit, metrics: Metrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.monitor = monitor
+        self.topic = topic
+        self.emit = emit
+        self.metrics = metrics
+        self.clock = clock
+        self._windows = 0
+        self._evicted = 0
+
+    @classmethod
+    def from_artifact(cls, settings: DriftSettings, artifact: CalibrationArtifact, *,
+                      topic: str, emit: Emit, metrics: Metrics,
+                      clock: Callable[[], float] = time.time) -> DriftStage:
+        """A stage testing against `artifact`; a `ValueError` when it has no profile."""
+        reference = Reference.from_artifact(artifact.to_json())
+        return cls(DriftMonitor(reference, drift_config(settings)), topic=topic, emit=emit,
+                   metrics=metrics, clock=clock)
+
+    def observe(self, items: Sequence[Embedded], verdicts: Sequence[Verdict]) -> None:
+        """Add one scored batch (the scorer's input and its verdicts, in order)."""
+        now = self.clock()
+        events: list[dict[str, Any]] = []
+        for (comment, embedded), verdict in zip(items, verdicts, strict=True):
+            if verdict.similarity is None or isinstance(embedded, rec.DeadLetter):
+                continue  # dead-lettered: not scored
+            source = comment.source
+            obs = Observation(verdict.similarity, verdict.alert,
+                              embedding=embedded if verdict.alert else None,
+                              ref={"topic": source.topic, "partition": source.partition,
+                                   "offset": source.offset, "id": comment.id})
+            events += self.monitor.observe(comment.key, obs, now)
+        self._publish(events)
+
+    def tick(self) -> None:
+        """Close the windows older than `drift.window_s`."""
+        self._publish(self.monitor.tick(self.clock()))
+
+    async def run_ticks(self, interval_s: float = 1.0) -> None:
+        """Tick every `interval_s` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.tick()
+
+    def adopt(self, artifact: CalibrationArtifact) -> None:
+        """Test against a newly adopted calibration from now on (keeps the old reference,
+        with a warning, when the artifact has no similarity profile)."""
+        try:
+            reference = Reference.from_artifact(artifact.to_json())
+        except (ValueError, KeyError) as exc:
+            log.warning("drift keeps the previous calibration's reference", error=str(exc))
+            return
+        dropped = self.monitor.adopt(reference)
+        log.info("drift reference replaced", windows_dropped=dropped)
+
+    def _publish(self, events: list[dict[str, Any]]) -> None:
+        monitor = self.monitor
+        self.metrics.drift_windows.inc(monitor.windows_closed - self._windows)
+        self._windows = monitor.windows_closed
+        self.metrics.drift_keys_evicted.inc(monitor.keys_evicted - self._evicted)
+        self._evicted = monitor.keys_evicted
+        if not events:
+            return
+        messages: list[rec.Message] = []
+        for event in events:
+            moved = "+".join(event["moved"])
+            kind = event["low_scoring"]["classification"]
+            self.metrics.drift_events.labels(event["scope"], moved, kind).inc()
+            log.warning("drift", scope=event["scope"], key=event["key"], moved=moved,
+                        classification=kind, window=event["window"]["index"],
+                        alert_rate=round(event["alert_rate"]["observed"], 4),
+                        expected=round(event["alert_rate"]["expected"], 4))
+            key = None if event["key"] is None else str(event["key"]).encode()
+            messages.append((self.topic, key, orjson.dumps(event)))
+        self.emit(messages)

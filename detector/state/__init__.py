@@ -1,0 +1,1 @@
+"""The model's state shared across replicas through a compacted Kafka topic."""

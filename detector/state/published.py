@@ -1,0 +1,92 @@
+"""Calibration artifacts published on the state topic, and which artifact is in force.
+
+`detector calibrate --publish` (or `publish`) writes the artifact's JSON body wrapped in a
+``detector.calibration-published/v1`` record under the record key ``NAME/calibration``
+of the compacted state topic, so the newest published artifact of a detector is kept
+for ever and every replica sees it: the running ones adopt it (detector.operating.adoption), a
+starting one starts from it. Its *version* is the first 16 hex digits of the SHA-256 of
+the artifact's canonical JSON; it names the artifact in logs, alerts, metrics and as the
+base of the shared state, so replicas that adopted the same artifact share their
+learning and ignore state learnt on another base.
+
+Which artifact is in force at start-up: the published one, unless the configured
+`scoring.calibration_file` was created strictly later (an operator who deploys a newer
+file wins over an older publish). Pure apart from `publish`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from detector.calibration.artifact import CalibrationArtifact, load_artifact, parse_artifact
+from detector.config import Settings
+from detector.errors import ConfigError
+from detector.io.records import utc_now
+
+PUBLISHED_SCHEMA = "detector.calibration-published/v1"
+
+
+def record_key(name: str) -> bytes:
+    return f"{name}/calibration".encode()
+
+
+def version_of(artifact: CalibrationArtifact) -> str:
+    """The artifact's version: a short hash of its canonical JSON."""
+    body = orjson.dumps(artifact.to_json(), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An artifact read from the state topic."""
+
+    artifact: CalibrationArtifact
+    version: str
+    published_at: str
+
+    @property
+    def origin(self) -> str:
+        """The base name of the shared state learnt on this artifact."""
+        return f"calibration:{self.version}"
+
+
+def encode(name: str, artifact: CalibrationArtifact) -> bytes:
+    return orjson.dumps({"schema": PUBLISHED_SCHEMA, "name": name,
+                         "version": version_of(artifact), "published_at": utc_now(),
+                         "artifact": artifact.to_json()})
+
+
+def is_published(raw: bytes) -> bool:
+    """Whether a state record is a published artifact (cheap: no full parse)."""
+    return PUBLISHED_SCHEMA.encode() in raw[:200]
+
+
+def parse(raw: bytes) -> Published:
+    """A published record; a `ConfigError` saying what is wrong when it is invalid."""
+    try:
+        body: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        msg = f"published calibration is not JSON: {exc}"
+        raise ConfigError(msg) from None
+    if not isinstance(body, dict) or body.get("schema") != PUBLISHED_SCHEMA:
+        msg = f"published calibration record is not {PUBLISHED_SCHEMA}"
+        raise ConfigError(msg)
+    artifact = parse_artifact(body.get("artifact"), "published calibration artifact")
+    return Published(artifact, version_of(artifact), str(body.get("published_at", "")))
+
+
+def in_force(settings: Settings, published: Published | None
+             ) -> tuple[CalibrationArtifact | None, str | None]:
+    """The artifact to start from and its version (None, None: no artifact at all)."""
+    configured = None
+    if settings.scoring.calibration_file is not None:
+        configured = load_artifact(settings.scoring.calibration_file)
+    if published is None:
+        return configured, None if configured is None else version_of(configured)
+    if configured is not None and configured.created_at > published.artifact.created_at:
+        return configured, version_of(configured)
+    return published.artifact, published.version

@@ -1,0 +1,1 @@
+"""The pipeline's flow: fetch, batch, embed, score in order, deliver, commit."""

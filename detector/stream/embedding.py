@@ -1,0 +1,113 @@
+"""Embedding a batch of comments without losing any: the pipeline's embedding stage.
+
+`BatchEmbedder.embed` returns, in order, a unit vector for each comment or — for a text
+the API refuses for its content — a `DeadLetter`. A refused batch is split in halves
+until the offending text is alone, so only that one is dead-lettered. A retriable
+failure that outlived the embedder's own retries keeps its batch: it is tried again
+after the `RetryPolicy` backoff (or the server's `Retry-After`), with no deadline at this
+level, until it succeeds, fails non-retriably, or shutdown begins (`stopping()`).
+
+At most `concurrency` calls run at once, however many batches wait (the pipeline's
+reorder window decides that); a batch backing off holds no call slot. With
+`hedge_after_p99` > 0 a call far past the recent p99 is sent once more (`detector.stream.hedge`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from detector.embedders.base import Embedder, Matrix
+from detector.embedders.retry import RetryPolicy
+from detector.errors import BatchRejectedError, EmbeddingError
+from detector.io import records as rec
+from detector.metrics import Metrics
+from detector.model.scorer import Vector
+from detector.stream.hedge import MIN_HEDGE_S, LatencyTracker, hedged
+
+log = structlog.get_logger("detector.stream.pipeline")
+
+Outcome = Vector | rec.DeadLetter  # a unit vector, or why the text was refused
+
+
+class BatchEmbedder:
+    """Vectors for batches of comments, in order, through one `Embedder`."""
+
+    def __init__(self, embedder: Embedder, retry: RetryPolicy, metrics: Metrics, *,
+                 stopping: Callable[[], bool],
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 concurrency: int = 1, hedge_after_p99: float = 0.0) -> None:
+        """`stopping` says shutdown began: a retriable failure is then raised, not retried.
+        `concurrency` bounds the calls in flight; `hedge_after_p99` (0: off) hedges."""
+        self.embedder = embedder
+        self.retry = retry
+        self.metrics = metrics
+        self.stopping = stopping
+        self.sleep = sleep
+        self.hedge_after_p99 = hedge_after_p99
+        self.latency = LatencyTracker()
+        self._calls = asyncio.Semaphore(concurrency)
+
+    async def embed(self, comments: Sequence[rec.Comment]) -> list[Outcome]:
+        """Vectors for the comments, in order; a text the API refuses becomes a dead letter."""
+        try:
+            return list(await self._until_done([c.text for c in comments]))
+        except BatchRejectedError as exc:
+            if len(comments) == 1:
+                reason = f"rejected:{exc.code}" if exc.code else "rejected"
+                return [rec.DeadLetter(comments[0].source, reason, str(exc), None)]
+            half = len(comments) // 2
+            return [*await self.embed(comments[:half]), *await self.embed(comments[half:])]
+
+    async def _until_done(self, texts: list[str]) -> Matrix:
+        """Keep the batch through retriable failures until they succeed (no deadline at
+        this level: nothing is dropped; the input stays paused behind us)."""
+        attempt = 0
+        while True:
+            try:
+                matrix = await self._call(texts)
+            except EmbeddingError as exc:
+                if not exc.retriable or self.stopping():
+                    raise
+                attempt += 1
+                delay = self.retry.delay(attempt, getattr(exc, "retry_after", None))
+                log.warning("embedding failed, retrying", error=str(exc), code=exc.code,
+                            attempt=attempt, retry_in_s=round(delay, 2))
+                await self.sleep(delay)
+                continue
+            return matrix
+
+    async def _call(self, texts: list[str]) -> Matrix:
+        """One call within the concurrency limit, hedged when configured: the hedge's
+        clock starts once the call holds a slot, and the hedge takes a free slot."""
+        async with self._calls:
+            p99 = self.latency.p99
+            after = (max(self.hedge_after_p99 * p99, MIN_HEDGE_S)
+                     if self.hedge_after_p99 and p99 is not None else None)
+            return await hedged(lambda: self._timed(texts), after,
+                                lambda: not self._calls.locked(), self._hedge_used,
+                                again=lambda: self._extra(texts))
+
+    async def _extra(self, texts: list[str]) -> Matrix:
+        async with self._calls:
+            return await self._timed(texts)
+
+    async def _timed(self, texts: list[str]) -> Matrix:
+        """The call itself, timed from when it holds a slot (waiting for one is not
+        latency of the API)."""
+        self.metrics.inflight.inc()
+        started = time.monotonic()
+        try:
+            matrix = await self.embedder.embed(texts)
+        finally:
+            self.metrics.inflight.dec()
+        seconds = time.monotonic() - started
+        self.latency.observe(seconds)
+        self.metrics.embed_seconds.observe(seconds)
+        return matrix
+
+    def _hedge_used(self, hedge: bool) -> None:
+        self.metrics.hedges.labels(used="hedge" if hedge else "original").inc()
