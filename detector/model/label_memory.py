@@ -1,0 +1,148 @@
+"""Labelled comments remembered by their embeddings, consulted before the threshold: a
+comment within the near-duplicate radius of a `normal`-labelled one does not alert, one
+within the radius of an `anomaly`-labelled one alerts whatever its score. Pure numpy.
+
+The radius is the model's own: halfway from the 99.9th percentile of pairwise cosines
+among held-out normals to 1 (the drift monitor's near-duplicate scale), so on any model
+only about one pair of ordinary comments in a thousand is that close. The memory is
+bounded (the oldest label is forgotten first); a comment's latest label replaces its
+earlier one, and `forget` revokes it. The nearest labelled comment within the radius
+decides; at equal similarity an `anomaly` label wins.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Kind = Literal["normal", "anomaly"]
+Rows = npt.NDArray[np.float32]
+
+
+def near_duplicate_radius(pairwise_q999: float) -> float:
+    """The cosine at or above which two comments are near duplicates, from the 99.9th
+    percentile of pairwise cosines among normal comments of the same model."""
+    return (1.0 + float(pairwise_q999)) / 2.0
+
+
+def pairwise_q999(rows: npt.ArrayLike, sample: int = 1000, seed: int = 0) -> float | None:
+    """The 99.9th percentile of pairwise cosines among (at most `sample` of) unit rows."""
+    x = np.asarray(rows, dtype=np.float64)
+    if len(x) < 2:
+        return None
+    if len(x) > sample:
+        x = x[np.random.default_rng(seed).choice(len(x), sample, replace=False)]
+    pairs = (x @ x.T)[np.triu_indices(len(x), k=1)]
+    return float(np.quantile(pairs, 0.999))
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The labelled comment a new comment is a near duplicate of."""
+
+    kind: Kind
+    ident: Hashable
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    ident: Hashable
+    kind: Kind
+    vector: Rows
+
+
+class LabelMemory:
+    """At most `capacity` labelled embeddings (float32), matched within `radius`."""
+
+    def __init__(self, capacity: int, dimension: int, radius: float) -> None:
+        if capacity < 1 or dimension < 1 or not -1.0 <= radius <= 1.0:
+            msg = f"need capacity >= 1, dimension >= 1, radius in [-1, 1]: got {capacity}, " \
+                  f"{dimension}, {radius}"
+            raise ValueError(msg)
+        self.capacity = capacity
+        self.dimension = dimension
+        self.radius = radius
+        self._rows = np.zeros((capacity, dimension), dtype=np.float32)
+        self._anomaly = np.zeros(capacity, dtype=bool)
+        self._used = np.zeros(capacity, dtype=bool)
+        self._slots: OrderedDict[Hashable, int] = OrderedDict()  # oldest first
+        self._free = list(range(capacity - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, ident: Hashable) -> bool:
+        return ident in self._slots
+
+    def remember(self, ident: Hashable, kind: Kind, vector: npt.ArrayLike) -> Hashable | None:
+        """Keep (or replace) the label of `ident`; returns the ident forgotten to make room."""
+        row = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if row.shape != (self.dimension,):
+            msg = f"vector has dimension {row.shape}, memory has {self.dimension}"
+            raise ValueError(msg)
+        norm = float(np.linalg.norm(row))
+        if norm == 0.0 or not np.isfinite(norm):
+            msg = "a labelled vector must be finite and non-zero"
+            raise ValueError(msg)
+        dropped: Hashable | None = None
+        slot = self._slots.pop(ident, None)
+        if slot is None:
+            if not self._free:
+                dropped, old = self._slots.popitem(last=False)
+                self._release(old)
+            slot = self._free.pop()
+        self._slots[ident] = slot
+        self._rows[slot] = row / norm
+        self._anomaly[slot] = kind == "anomaly"
+        self._used[slot] = True
+        return dropped
+
+    def forget(self, ident: Hashable) -> bool:
+        """Revoke the label of `ident`; whether there was one."""
+        slot = self._slots.pop(ident, None)
+        if slot is None:
+            return False
+        self._release(slot)
+        return True
+
+    def _release(self, slot: int) -> None:
+        self._used[slot] = False
+        self._rows[slot] = 0.0
+        self._free.append(slot)
+
+    def match(self, rows: npt.ArrayLike) -> list[Match | None]:
+        """For each unit row, the nearest labelled comment within the radius, if any."""
+        x = np.asarray(rows, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if not self._slots:
+            return [None] * len(x)
+        sims = x @ self._rows.T  # (n, capacity); unused slots are zero rows
+        sims[:, ~self._used] = -np.inf
+        # an anomaly label wins a tie: nudge it above an equal normal one
+        best = np.argmax(sims + self._anomaly[None, :] * 1e-7, axis=1)
+        idents = {slot: ident for ident, slot in self._slots.items()}
+        out: list[Match | None] = []
+        for i, slot in enumerate(best):
+            similarity = float(sims[i, slot])
+            if similarity < self.radius:
+                out.append(None)
+                continue
+            kind: Kind = "anomaly" if self._anomaly[slot] else "normal"
+            out.append(Match(kind, idents[int(slot)], similarity))
+        return out
+
+    def entries(self) -> Iterator[Remembered]:
+        """Every remembered label, oldest first."""
+        for ident, slot in self._slots.items():
+            kind: Kind = "anomaly" if self._anomaly[slot] else "normal"
+            yield Remembered(ident, kind, self._rows[slot].copy())
+
+    def nbytes(self) -> int:
+        return int(self._rows.nbytes + self._anomaly.nbytes + self._used.nbytes)
