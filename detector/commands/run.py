@@ -2,12 +2,14 @@
 
 Start-up order: health server (/healthz answers at once, /readyz only once the consumer
 joined its group, so a slow broker cannot get the pod killed by its liveness probe
-while `kafka.connect_deadline_s` bounds the wait) → embedder → output topics → the
-state topic (replicas' contributions and the published calibration artifact) → base
-centroid (the artifact in force, detector.state.published, else the seed file) → producer →
-consumer (subscribed with the rebalance listener) → state sync (which hands newly
-published artifacts to the `Adopter`) → drift stage and feedback reader when enabled →
-pipeline. Shutdown runs it backwards after the pipeline has drained and committed.
+while `kafka.connect_deadline_s` bounds the wait) → embedder → the state topic read
+(replicas' contributions and the published calibration artifact) → base centroid (the
+artifact in force, detector.operating.startup, else the seed file; an artifact it
+refuses stops the start before any topic is created) → output and state topics →
+producer → consumer (subscribed with the rebalance listener) → drift stage, feedback
+reader and adopter (detector.operating.wiring) → state sync (which hands newly published
+artifacts to the adopter) → pipeline, then the drift timer and feedback reader. Shutdown
+runs it backwards after the pipeline has drained and committed.
 """
 
 from __future__ import annotations
@@ -119,26 +121,28 @@ async def _starting_point(settings: Settings, embedder: Embedder
                           ) -> tuple[InitialState, SharedCentroid, SharedBaselines,
                                      StateStore | None]:
     """The base, the output topics, the shared centroid (base + every replica's published
-    contribution) and the shared baselines (per key, exemplars) restored the same way."""
+    contribution) and the shared baselines (per key, exemplars) restored the same way.
+    The cluster is only read until the base is decided: a refused artifact changes nothing."""
     await wait_for_kafka(settings.kafka, settings.kafka.connect_deadline_s)
     if not await topic_partitions(settings.kafka, settings.input.topic):
         msg = (f"input topic {settings.input.topic!r} does not exist on "
                f"{settings.kafka.bootstrap_servers}; create it or fix input.topic")
         raise ConfigError(msg)
-    outputs = list(output_topics(settings))
-    created: list[str] = []
-    if settings.kafka.create_topics:
-        created = await ensure_topics(settings.kafka, output_topics(settings))
     store = StateStore(settings) if settings.state.enabled else None
     records: dict[str, ReplicaRecord] = {}
     published = None
     if store is not None:
-        outputs.append(settings.state.topic)
-        if settings.kafka.create_topics:
-            created += await store.ensure_topic()
         records = await store.load()
         published = startup.published(settings, embedder, store.calibration)
     state = await startup.initial_state(settings, embedder, published)
+    outputs = list(output_topics(settings))
+    created: list[str] = []
+    if settings.kafka.create_topics:
+        created = await ensure_topics(settings.kafka, output_topics(settings))
+    if store is not None:
+        outputs.append(settings.state.topic)
+        if settings.kafka.create_topics:
+            created += await store.ensure_topic()
     replica = replica_id(settings)
     baselines = SharedBaselines(
         state.baselines(settings, replica),

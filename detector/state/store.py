@@ -33,10 +33,11 @@ import numpy as np
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from detector.config import Settings
-from detector.io.kafka import ensure_topics, reader_consumer, topic_partitions
+from detector.io.kafka import connection_kwargs, ensure_topics, reader_consumer, topic_partitions
 from detector.io.records import utc_now
 from detector.model.baselines import Baseline, Contribution
 from detector.model.centroid import Centroid
@@ -191,8 +192,22 @@ class StateStore:
     def _consumer(self) -> AIOKafkaConsumer:
         return reader_consumer(self.settings.kafka)
 
+    async def _exists(self) -> bool:
+        """Whether the state topic exists (asking for every topic, so a broker that
+        auto-creates topics does not create it uncompacted)."""
+        kafka = self.settings.kafka
+        admin = AIOKafkaAdminClient(**connection_kwargs(kafka), client_id=kafka.client_id)
+        await admin.start()
+        try:
+            return self.topic in await admin.list_topics()
+        finally:
+            await admin.close()
+
     async def load(self) -> dict[str, ReplicaRecord]:
-        """The newest record of every replica of this detector (read to the end once)."""
+        """The newest record of every replica of this detector (read to the end once); a
+        state topic that does not exist yet reads as empty."""
+        if not await self._exists():
+            return {}
         partitions = await topic_partitions(self.settings.kafka, self.topic)
         if not partitions:
             return {}
