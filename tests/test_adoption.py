@@ -3,12 +3,15 @@ by a running replica's scorer (detector.operating.adoption), without a broker.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import orjson
 import pytest
 
 from detector.calibration import artifact as cal
 from detector.config import Settings
+from detector.embedders.base import Matrix
 from detector.errors import ConfigError
 from detector.io import records as rec
 from detector.metrics import Metrics
@@ -16,7 +19,7 @@ from detector.model.centroid import Centroid
 from detector.model.scorer import Scorer
 from detector.operating import startup
 from detector.operating.adoption import Adopter
-from detector.state.published import encode, in_force, parse, version_of
+from detector.state.published import encode, parse, version_of
 from detector.state.sharing import Scope, SharedBaselines
 from detector.state.store import SharedCentroid
 
@@ -37,6 +40,19 @@ def artifact(direction: np.ndarray, seed: int, *, model: str = MODEL
                          bootstrap=10, seed=seed).artifact
 
 
+class Model:
+    """The embedder a replica runs: adoption reads only its name and dimension."""
+
+    name = MODEL
+    dimension = DIM
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        raise AssertionError("adoption embeds nothing")
+
+    async def aclose(self) -> None:
+        pass
+
+
 def settings() -> Settings:
     return Settings(name="adopt-test")
 
@@ -52,8 +68,7 @@ class Replica:
         s = settings()
         centroid = Centroid.from_dict(first.centroid)
         self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
-                                       replica="r1")
-        self.baselines.calibration = version_of(first)
+                                       replica="r1", calibration=version_of(first))
         self.shared = SharedCentroid(self.baselines.global_, "r1", "calibration:old", MODEL)
         self.shared_baselines = SharedBaselines(
             self.baselines, Scope("r1", "calibration:old", MODEL, DIM))
@@ -61,7 +76,7 @@ class Replica:
         self.scorer = Scorer.from_settings(s, centroid, first.threshold,
                                            rec.Context("d", "0", MODEL, DIM),
                                            baselines=self.baselines)
-        self.adopter = Adopter(s, self.baselines, self.metrics, model=MODEL,
+        self.adopter = Adopter(s, self.baselines, self.metrics, embedder=Model(),
                                version=version_of(first), shared=self.shared,
                                shared_baselines=self.shared_baselines)
 
@@ -134,7 +149,7 @@ def test_in_force_prefers_the_published_artifact_unless_the_file_is_newer(tmp_pa
     path = tmp_path / "cal.json"
     cal.save_artifact(first, path)
     s = Settings(scoring={"calibration_file": path})
-    assert in_force(s, parse(encode("d", newer))) == (newer, version_of(newer))
-    assert in_force(s, parse(encode("d", older))) == (first, version_of(first))
-    assert in_force(s, None) == (first, version_of(first))
-    assert in_force(Settings(), parse(encode("d", older))) == (older, version_of(older))
+    assert startup.in_force(s, parse(encode("d", newer))) == (newer, version_of(newer))
+    assert startup.in_force(s, parse(encode("d", older))) == (first, version_of(first))
+    assert startup.in_force(s, None) == (first, version_of(first))
+    assert startup.in_force(Settings(), parse(encode("d", older))) == (older, version_of(older))

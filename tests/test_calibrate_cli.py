@@ -17,10 +17,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from detector.calibration.artifact import load_artifact
 from detector.cli import main
-from detector.commands import run as app
 from detector.config import load_settings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
+from detector.operating import startup
 from devtools.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
 from tests.helpers import NewTopic
 
@@ -65,7 +65,7 @@ class TestCalibrateCommand:
         assert "embedding calls  0" in capsys.readouterr().out
 
         settings = load_settings("config/detector.yaml", scoring={"calibration_file": str(out)})
-        state = await app.initial_state(settings, local_embedder)
+        state = await startup.initial_state(settings, local_embedder)
         assert state.threshold == artifact.threshold
         assert state.centroid.weight == artifact.counts["train"]
 
@@ -84,7 +84,7 @@ class TestCalibrateCommand:
         path.write_bytes(orjson.dumps(body))
         settings = load_settings("config/detector.yaml", scoring={"calibration_file": str(path)})
         with pytest.raises(ConfigError, match="text-embedding-v4"):
-            await app.initial_state(settings, local_embedder)
+            await startup.initial_state(settings, local_embedder)
 
     @pytest.mark.parametrize("content", [b"", b"not json\n\n"])
     def test_bad_input_is_a_one_line_error(self, tmp_path: Path, content: bytes) -> None:
@@ -235,7 +235,7 @@ class TestPerKeyCalibration:
 
         knn = load_settings("config/detector.yaml", scoring={
             "calibration_file": str(out), "method": "knn", "key_field": "meta.channel"})
-        state = await app.initial_state(knn, local_embedder)
+        state = await startup.initial_state(knn, local_embedder)
         built = state.baselines(knn, "r")
         assert set(built.bases) == {"shop", "pharmacy"}
         assert len(built.global_.reservoir) == len(artifact.exemplars)
@@ -243,4 +243,4 @@ class TestPerKeyCalibration:
         centroid = load_settings("config/detector.yaml", scoring={
             "calibration_file": str(out), "key_field": "meta.channel"})
         with pytest.raises(ConfigError, match=r"scoring\.method"):
-            await app.initial_state(centroid, local_embedder)
+            await startup.initial_state(centroid, local_embedder)

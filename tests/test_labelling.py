@@ -63,8 +63,8 @@ class Replica:
         self.stage = FeedbackStage(s, self.baselines, self.metrics, embedder=self.embedder,
                                    emit=self.sent.extend,
                                    context=rec.Context("d", "0", MODEL, DIM),
+                                   owned=lambda: frozenset({TopicPartition("comments", 0)}),
                                    shared=self.shared)
-        self.stage.owned = lambda: frozenset({TopicPartition("comments", 0)})
 
     def score(self, rows: np.ndarray, start: int = 0) -> list[float]:
         items = [(rec.Comment(rec.Source("comments", 0, start + i, 0, None), "t",

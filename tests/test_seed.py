@@ -18,13 +18,13 @@ from detector.calibration.seed import (
     quantile_ci,
     seed_threshold,
 )
-from detector.commands import run as app
 from detector.config import Settings, load_settings
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.metrics import Metrics
 from detector.model.centroid import Centroid
+from detector.operating import startup
 from devtools.fakeapi import FakeEmbeddingServer
 from devtools.sample_data import stream
 from tests.helpers import metric
@@ -140,7 +140,7 @@ class Outcome:
 
 async def start_and_score(settings: Settings, embedder: Embedder) -> Outcome:
     """The detector's start (seed file embedded now) and the held-out stream scored."""
-    state = await app.initial_state(settings, embedder)
+    state = await startup.initial_state(settings, embedder)
     texts = [c.text for c in COMMENTS]
     vectors = np.vstack([await embedder.embed(texts[i:i + 10]) for i in range(0, 1000, 10)])
     alerts = state.centroid.similarity(vectors) < state.threshold

@@ -1,6 +1,7 @@
 """Start-up against a broker that appears late: the daemon, started from the chart's
 rendered detector.yaml, survives the chart's rendered liveness probe while it waits, is
-not ready until Kafka answers, then becomes ready; every log line of the run is JSON."""
+not ready until Kafka answers, then becomes ready; every log line of the run is JSON.
+A start that refuses its calibration artifact leaves the cluster as it found it."""
 
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import NewTopic as TopicSpec
 
+from detector.commands import run as app
+from detector.embedders.local import LocalEmbedder
+from detector.errors import ConfigError
 from devtools.broker import LocalKafka, free_port
-from tests.helpers import unique
+from tests.helpers import NewTopic, detector_settings, unique
 from tests.test_helm import pod_spec, render, rendered_config
 
 BROKER_DELAY_S = 90.0
@@ -43,7 +48,7 @@ async def create_topic(bootstrap: str, name: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, 1, 1)])
+        await admin.create_topics([TopicSpec(name, 1, 1)])
     finally:
         await admin.close()
 
@@ -147,3 +152,44 @@ def test_broker_appearing_after_90s_keeps_the_pod_alive(tmp_path: Path) -> None:
     events = [r["event"] for r in records]
     assert "kafka not reachable, retrying" in events
     assert "detector stopped" in events
+
+
+async def topics(bootstrap: str) -> set[str]:
+    """The cluster's topics (a metadata request for all topics creates none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+@pytest.mark.kafka
+class TestRefusedArtifact:
+    async def test_a_refused_artifact_stops_the_start_before_any_topic_is_created(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+        tmp_path: Path,
+    ) -> None:
+        """`detector run` with a calibration artifact made with another model stops with
+        the reason, and creates neither its output topics nor its state topic first."""
+        path = tmp_path / "other.json"
+        path.write_bytes(orjson.dumps({
+            "schema": "detector.calibration/v1",
+            "centroid": {"dimension": 2, "sum": [1.0, 0.0], "weight": 1.0, "version": 0,
+                         "decay": 1.0},
+            "threshold": 0.3, "method": "target_fpr", "target": 0.01,
+            "model": {"name": "text-embedding-v4", "dimension": 2},
+            "counts": {"train": 1, "holdout": 1, "anomalies": 0}, "metrics": {},
+            "created_at": "2026-01-01T00:00:00+00:00"}))
+        settings = detector_settings(
+            kafka_bootstrap, await new_topic(), kafka={"create_topics": True},
+            scoring={"calibration_file": str(path)},
+            state={"enabled": True, "topic": unique("state")},
+            drift={"enabled": True}, alerts={"drift_topic": unique("drift")})
+        wanted = {settings.alerts.topic, settings.alerts.dead_letter_topic,
+                  settings.alerts.scores_topic, settings.alerts.drift_topic,
+                  settings.state.topic}
+        assert not wanted & await topics(kafka_bootstrap)
+        with pytest.raises(ConfigError, match="text-embedding-v4"):
+            await app.run(settings, embedder=local_embedder)
+        assert not wanted & await topics(kafka_bootstrap)

@@ -17,10 +17,10 @@ import yaml
 from detector.calibration import artifact as cal
 from detector.calibration.samples import read_texts
 from detector.cli import main
-from detector.commands import run as app
 from detector.config import Settings, load_settings
 from detector.embedders import build_embedder
 from detector.errors import ConfigError
+from detector.operating import startup
 from devtools.fakeapi import FakeEmbeddingServer, fake_embedding
 from devtools.sample_data import stream
 
@@ -80,7 +80,7 @@ class TestStart:
             settings = settings_for(server, prefix)
             embedder = build_embedder(settings)
             try:
-                states[prefix] = await app.initial_state(settings, embedder)
+                states[prefix] = await startup.initial_state(settings, embedder)
             finally:
                 await embedder.aclose()
         np.testing.assert_allclose(states["passage: "].centroid.vector,
@@ -137,13 +137,13 @@ class TestCalibration:
             embedder = build_embedder(settings)
             try:
                 with pytest.raises(ConfigError, match="text_prefix"):
-                    await app.initial_state(settings, embedder)
+                    await startup.initial_state(settings, embedder)
             finally:
                 await embedder.aclose()
         settings = settings_for(server, "query: ", calibration_file=str(prefixed))
         embedder = build_embedder(settings)
         try:
-            state = await app.initial_state(settings, embedder)
+            state = await startup.initial_state(settings, embedder)
         finally:
             await embedder.aclose()
         assert (state.threshold, state.source) == (artifact.threshold, "calibration")

@@ -1,5 +1,5 @@
-"""The start from the seed file when no calibration artifact is given: its centroid, and
-a threshold that fits the model, derived from the seed samples themselves.
+"""The threshold of a start from the seed file when no calibration artifact is given: one
+that fits the model, derived from the seed samples themselves.
 
 An embedding model's similarity scale is its own: USE scores ordinary comments 0.2-0.75
 against the seed centroid, multilingual-e5 0.80-0.95. So with ``scoring.threshold:
@@ -12,8 +12,8 @@ text judges itself. For a centroid sum ``S`` of ``n`` unit rows that is
 The confidence interval is distribution-free (order statistics): the interval between
 the r-th and s-th smallest similarities covers the true quantile with probability
 ``P(r <= B < s)``, ``B ~ Binomial(n, target_fpr)``. A bound the seed is too small to
-determine is None. The statistics are pure numpy; `seed_start` embeds the file and
-logs the decision.
+determine is None. The statistics are pure numpy; `seed_decision` logs the decision
+(detector.operating.startup embeds the file and builds the start from it).
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ import numpy.typing as npt
 import structlog
 
 from detector.calibration.artifact import min_holdout, threshold_at_fpr
-from detector.calibration.samples import read_texts
-from detector.config import Settings
-from detector.embedders.base import Embedder
+from detector.config import ScoringSettings
 from detector.errors import ConfigError
-from detector.model.centroid import Centroid
 
 log = structlog.get_logger("detector.calibration.seed")
 ThresholdSource = Literal["calibration", "seed", "fixed"]
@@ -124,51 +121,28 @@ def fixed_threshold_problem(threshold: float, seed: SeedThreshold) -> str | None
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class SeedStart:
-    """The seed centroid and the threshold in force, with where the threshold came from."""
-
-    centroid: Centroid
-    threshold: float
-    source: ThresholdSource
-    rows: npt.NDArray[np.float32] | None = None  # the embedded seed (exemplars at start)
-
-
-async def seed_start(path: Path, settings: Settings, embedder: Embedder) -> SeedStart:
-    """Embed the seed file: its mean is the centroid; with ``scoring.threshold: auto`` the
-    threshold comes from its leave-one-out similarities, else the configured number is
-    checked against them."""
-    texts = read_texts(path, settings.input)
-    if not texts:
-        msg = f"seed file {path} holds no usable comments"
-        raise ConfigError(msg)
-    scoring = settings.scoring
-    size = settings.embedding.batch_size
-    centroid = Centroid.empty(embedder.dimension, scoring.decay)
-    rows = []
-    for start in range(0, len(texts), size):
-        for row in await embedder.embed(texts[start:start + size]):
-            centroid.add(row)
-            rows.append(row)
-    centroid.version = 0
-    log.info("centroid seeded", file=str(path), samples=len(texts))
+def seed_decision(rows: npt.NDArray[np.float32], path: Path, scoring: ScoringSettings,
+                  model: str) -> tuple[float, ThresholdSource]:
+    """The threshold a seed start uses and where it came from: with ``scoring.threshold:
+    auto`` derived from the embedded seed's leave-one-out similarities, else the configured
+    number, checked against them (a warning when it does not fit)."""
     if len(rows) < 2:
         if scoring.threshold == "auto":
             msg = (f"seed file {path} holds {len(rows)} comment: scoring.threshold auto needs "
                    f"at least 2 (better {min_holdout(scoring.target_fpr)})")
             raise ConfigError(msg)
-        return SeedStart(centroid, scoring.threshold, "fixed", np.stack(rows))
-    derived = seed_threshold(np.stack(rows), scoring.target_fpr)
+        return scoring.threshold, "fixed"
+    derived = seed_threshold(rows, scoring.target_fpr)
     if scoring.threshold != "auto":
         problem = fixed_threshold_problem(scoring.threshold, derived)
         if problem is not None:
             log.warning(problem + "; set scoring.threshold: auto or run `detector calibrate`",
-                        seed_derived=round(derived.threshold, 4), model=embedder.name)
-        return SeedStart(centroid, scoring.threshold, "fixed", np.stack(rows))
+                        seed_derived=round(derived.threshold, 4), model=model)
+        return scoring.threshold, "fixed"
     log.info("threshold derived from the seed (leave-one-out); not calibrated on your "
-             "traffic", **derived.log_fields(), model=embedder.name)
+             "traffic", **derived.log_fields(), model=model)
     if not derived.precise:
         log.warning("the seed file is too small for scoring.target_fpr: the seed-derived "
                     "threshold is imprecise", seed_samples=derived.samples,
                     needed=min_holdout(scoring.target_fpr), target_fpr=scoring.target_fpr)
-    return SeedStart(centroid, derived.threshold, "seed", np.stack(rows))
+    return derived.threshold, "seed"

@@ -26,14 +26,14 @@ import structlog
 
 from detector.calibration.artifact import load_artifact
 from detector.commands.replay import ReplayOptions, _announce_stop, _run_plan, options
-from detector.commands.run import initial_state
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
 from detector.exits import EXIT_OK, EXIT_USAGE
 from detector.io.ranges import Plan
+from detector.operating import startup
 from detector.signals import install_stop_handlers
-from detector.state.published import Published, parse, version_of
+from detector.state.published import Published, version_of
 from detector.state.store import StateStore
 
 log = structlog.get_logger("detector.commands.compare")
@@ -52,11 +52,11 @@ async def compare(settings: Settings, opts: ReplayOptions, candidate: Path, *,
     owned = embedder is None
     embedder = embedder or build_embedder(settings)
     try:
-        published = await _published(settings)
-        current = await initial_state(settings, embedder, published)
+        published = await _published(settings, embedder)
+        current = await startup.initial_state(settings, embedder, published)
         trial = settings.model_copy(update={"scoring": settings.scoring.model_copy(
             update={"calibration_file": candidate})})
-        proposed = await initial_state(trial, embedder)
+        proposed = await startup.initial_state(trial, embedder)
         runs = []
         for run_settings, base in ((settings, current), (trial, proposed)):
             out = io.BytesIO()
@@ -82,19 +82,13 @@ async def compare(settings: Settings, opts: ReplayOptions, candidate: Path, *,
     return report
 
 
-async def _published(settings: Settings) -> Published | None:
+async def _published(settings: Settings, embedder: Embedder) -> Published | None:
+    """The published artifact a starting replica would use (detector.operating.startup)."""
     if not settings.state.enabled:
         return None
     store = StateStore(settings)
     await store.load()
-    if store.calibration is None:
-        return None
-    try:
-        return parse(store.calibration)
-    except ConfigError as exc:
-        log.warning("the published calibration is unreadable; comparing with the "
-                    "configured one", reason=str(exc))
-        return None
+    return startup.published(settings, embedder, store.calibration)
 
 
 def diff(current: list[dict[str, Any]], candidate: list[dict[str, Any]]

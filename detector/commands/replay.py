@@ -27,7 +27,6 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from detector import __version__
-from detector.commands.run import InitialState, initial_state
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
@@ -41,6 +40,7 @@ from detector.model.centroid import Centroid
 from detector.model.reservoir import decode_exemplars, encode_exemplars
 from detector.model.scorer import Scorer
 from detector.operating import startup
+from detector.operating.startup import InitialState
 from detector.progress import Progress
 from detector.signals import install_stop_handlers
 from detector.state.store import SharedCentroid, StateStore
@@ -166,7 +166,7 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
                     stop: asyncio.Event, out: IO[bytes] | None,
                     base: InitialState | None = None) -> Summary:
     """Replay `plan` from `base` (default: the configured artifact or seed)."""
-    base = base or await initial_state(settings, embedder)
+    base = base or await startup.initial_state(settings, embedder)
     centroid = base.centroid
     if opts.snapshot:
         records = await StateStore(settings.model_copy(update={"name": opts.snapshot})).load()
@@ -188,8 +188,8 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
         "embedding": settings.embedding.model_copy(update={"linger_ms": 3_600_000}),
     })
     baselines = startup.build(replay_settings.scoring, centroid, base.threshold,
-                              artifact=base.artifact, seed=base.seed, replica="replay")
-    baselines.calibration = base.version
+                              artifact=base.artifact, seed=base.seed, replica="replay",
+                              calibration=base.version)
     if opts.resume and plan.exemplars is not None:
         baselines.global_.reservoir.merge(decode_exemplars(plan.exemplars, centroid.dimension))
     metrics = Metrics()

@@ -96,6 +96,21 @@ class Baseline:
         self.own.weight += self.centroid.weight - before_weight
         self.own.updates += updates
 
+    def restore(self, contribution: Contribution) -> None:
+        """At start: take back this replica's own published contribution (the centroid
+        moves by it and it is counted as ours)."""
+        self.centroid.merge(contribution.sum, contribution.weight, contribution.updates)
+        self.own = contribution.copy()
+
+    def rebase(self, fresh: Baseline) -> None:
+        """Start again from `fresh`'s base in place (holders of this baseline and of its
+        centroid see it): centroid, reservoir, threshold, base samples; nothing own yet."""
+        self.centroid.assign(fresh.centroid)
+        self.reservoir = fresh.reservoir
+        self.threshold = fresh.threshold
+        self.base_samples = fresh.base_samples
+        self.own = Contribution.zero(self.centroid.dimension)
+
 
 @dataclass(frozen=True, slots=True)
 class KeyBase:
@@ -153,7 +168,8 @@ class Baselines:
 
     def __init__(self, global_: Baseline, policy: Policy, *, replica: str = "",
                  key_threshold: float | None = None,
-                 bases: dict[str, KeyBase] | None = None) -> None:
+                 bases: dict[str, KeyBase] | None = None,
+                 calibration: str | None = None) -> None:
         self.global_ = global_
         self.policy = policy
         self.replica = replica
@@ -161,12 +177,24 @@ class Baselines:
         self.bases = bases or {}
         self.keys: OrderedDict[str, Baseline] = OrderedDict()
         self.evictions = 0
-        self.calibration: str | None = None  # version of the artifact in force (alerts)
+        self.calibration = calibration  # version of the artifact in force (alerts)
         self.on_evict: Callable[[Baseline], None] | None = None
 
     @property
     def dimension(self) -> int:
         return self.global_.centroid.dimension
+
+    def rebase(self, fresh: Baselines, calibration: str | None) -> int:
+        """Start again from `fresh` (built from the artifact of version `calibration`): the
+        global baseline in place, the pooled key threshold and the key bases; the key
+        baselines held are dropped (returns how many), to start again on their next comment."""
+        self.global_.rebase(fresh.global_)
+        self.key_threshold = fresh.key_threshold
+        self.bases = fresh.bases
+        dropped = len(self.keys)
+        self.keys.clear()
+        self.calibration = calibration
+        return dropped
 
     def threshold_of(self, baseline: Baseline) -> tuple[float, ThresholdSource]:
         """The threshold a baseline applies and where it comes from."""
@@ -208,8 +236,7 @@ class Baselines:
                             reservoir)
         for vector, ref in base.exemplars:
             reservoir.offer(vector, ref)
-        centroid = base.centroid.copy()
-        centroid.decay = self.global_.centroid.decay
+        centroid = base.centroid.copy(decay=self.global_.centroid.decay)
         return Baseline(value, centroid, reservoir, base.threshold, base.samples)
 
     def judging(self, key: str | None) -> Baseline:

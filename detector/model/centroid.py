@@ -127,8 +127,10 @@ class Centroid:
         self.version = other.version
         self._refresh()
 
-    def copy(self) -> Centroid:
-        return Centroid(self.sum.copy(), self.weight, self.version, self.decay)
+    def copy(self, decay: float | None = None) -> Centroid:
+        """An independent copy, with another `decay` when given."""
+        return Centroid(self.sum.copy(), self.weight, self.version,
+                        self.decay if decay is None else decay)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form; floats survive a round trip exactly (repr precision)."""
@@ -141,9 +143,11 @@ class Centroid:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Centroid:
+    def from_dict(cls, data: dict[str, Any], decay: float | None = None) -> Centroid:
+        """The centroid `to_dict` wrote; with `decay`, that decay instead of the stored one."""
         total = np.asarray(data["sum"], dtype=np.float64)
         if total.shape != (int(data["dimension"]),):
             msg = "centroid sum length does not match its dimension"
             raise ValueError(msg)
-        return cls(total, float(data["weight"]), int(data["version"]), float(data["decay"]))
+        stored = cls(total, float(data["weight"]), int(data["version"]), float(data["decay"]))
+        return stored if decay is None else stored.copy(decay)

@@ -1,57 +1,58 @@
 """Adopting a calibration artifact published on the state topic, in a running replica.
 
-The state follower hands every published artifact (detector.state.published) to `Adopter.offer`.
-An artifact already in force is ignored. One that cannot be read, was made for another
-embedding model, dimension or text prefix, or for another scoring method or key field,
-is refused: logged at error with the reason, counted
-(``detector_calibrations_published{outcome="refused"}``), and the one in force stays.
+The state follower hands every published artifact (detector.state.published) to
+`Adopter.offer`. An artifact already in force is ignored. One that cannot be read or is
+not usable (detector.operating.startup: made for another embedding model, dimension or
+text prefix, or for another scoring method or key field) is refused: logged at error with
+the reason, counted (``detector_calibrations_published{outcome="refused"}``), and the one
+in force stays.
 
 Adopting replaces, between two scored batches (the event loop runs one or the other):
 the global centroid, threshold and exemplar reservoir; the pooled key threshold and the
 per-key starting baselines (key baselines held now are dropped and start again from the
-new artifact on their next comment); the drift reference. The shared state is rebased on
-the new artifact (its version names the base): this replica's contribution starts from
-zero and other replicas' contributions count again once they adopted it too, exactly as
-after a restart with a new artifact. What was learnt on the old artifact is not carried
-over: the new artifact is the new starting point, as calibration meant it to be.
+new artifact on their next comment); the drift reference. Each owner rebases itself
+(`Baselines.rebase`, `SharedCentroid.rebase`, `SharedBaselines.rebase`): the shared state
+moves to the new artifact's base (its version names it; the state sync publishes on it
+at its next publish), this replica's contribution starts from zero and other replicas'
+contributions count again once they adopted it too, exactly as after a restart with a
+new artifact. What was learnt on the old artifact is not carried over: the new artifact
+is the new starting point, as calibration meant it to be.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import structlog
 
-from detector.calibration.artifact import check_compatible
 from detector.config import Settings
+from detector.embedders.base import Embedder
 from detector.errors import ConfigError
 from detector.metrics import Metrics
-from detector.model.baselines import Baselines, Contribution
+from detector.model.baselines import Baselines
 from detector.model.centroid import Centroid
 from detector.operating import startup
 from detector.operating.drift import DriftStage
 from detector.state.published import Published, parse
 from detector.state.sharing import SharedBaselines
-from detector.state.store import SharedCentroid, StateSync
+from detector.state.store import SharedCentroid
 
 log = structlog.get_logger("detector.operating.adoption")
 
 
 class Adopter:
-    """Validates published artifacts and swaps them in."""
+    """Validates published artifacts and has the owners of the state rebase on them."""
 
     def __init__(self, settings: Settings, baselines: Baselines, metrics: Metrics, *,
-                 model: str, version: str | None, shared: SharedCentroid | None = None,
+                 embedder: Embedder, version: str | None,
+                 shared: SharedCentroid | None = None,
                  shared_baselines: SharedBaselines | None = None,
-                 sync: StateSync | None = None, drift: DriftStage | None = None) -> None:
+                 drift: DriftStage | None = None) -> None:
         self.settings = settings
         self.baselines = baselines
         self.metrics = metrics
-        self.model = model
+        self.embedder = embedder
         self.version = version
         self.shared = shared
         self.shared_baselines = shared_baselines
-        self.sync = sync
         self.drift = drift
 
     def offer(self, raw: bytes) -> bool:
@@ -65,10 +66,8 @@ class Adopter:
         artifact = published.artifact
         scoring = self.settings.scoring
         try:
-            check_compatible(artifact, self.model, self.baselines.dimension,
-                             self.settings.embedding.text_prefix)
-            centroid = Centroid.from_dict(artifact.centroid)
-            centroid.decay = scoring.decay
+            startup.usable(artifact, self.settings, self.embedder)
+            centroid = Centroid.from_dict(artifact.centroid, decay=scoring.decay)
             fresh = startup.build(scoring, centroid, artifact.threshold, artifact=artifact,
                                   replica=self.baselines.replica)
         except (ConfigError, ValueError, KeyError, TypeError) as exc:
@@ -85,30 +84,13 @@ class Adopter:
     def _swap(self, published: Published, fresh: Baselines) -> None:
         held = self.baselines
         previous = (self.version, held.global_.threshold)
-        glob = held.global_
-        glob.centroid.assign(fresh.global_.centroid)
-        glob.reservoir = fresh.global_.reservoir
-        glob.threshold = fresh.global_.threshold
-        glob.base_samples = fresh.global_.base_samples
-        glob.own = Contribution.zero(held.dimension)
-        held.key_threshold = fresh.key_threshold
-        held.bases = fresh.bases
-        dropped = len(held.keys)
-        held.keys.clear()
-        held.calibration = published.version
+        dropped = held.rebase(fresh, published.version)
         self.version = published.version
-        origin = published.origin
         if self.shared is not None:
-            self.shared.base = origin
-            self.shared.applied = {}
+            self.shared.rebase(published.origin)
         if self.shared_baselines is not None:
-            sb = self.shared_baselines
-            sb.scope = replace(sb.scope, base=origin)
-            for table in (sb.applied, sb.chunks, sb.published, sb.sent):
-                table.clear()
-        threshold = held.threshold_of(glob)[0]
-        if self.sync is not None:
-            self.sync.rebase(threshold)
+            self.shared_baselines.rebase(published.origin)
+        threshold = held.threshold_of(held.global_)[0]
         if self.drift is not None:
             self.drift.adopt(published.artifact)
         self.metrics.threshold.set(threshold)

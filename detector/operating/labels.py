@@ -60,7 +60,9 @@ class FeedbackStage:
 
     def __init__(self, settings: Settings, baselines: Baselines, metrics: Metrics, *,
                  embedder: Embedder, emit: Emit, context: rec.Context,
+                 owned: Callable[[], frozenset[TopicPartition]] = frozenset,
                  shared: SharedCentroid | None = None) -> None:
+        """`owned` names the input partitions this replica owns now (the pipeline's)."""
         feedback = settings.feedback
         self.settings = settings
         self.baselines = baselines
@@ -72,7 +74,7 @@ class FeedbackStage:
         self.cache = AlertCache(feedback.alert_cache_size)
         self.book = LabelBook(feedback.weight, feedback.max_labels,
                               undo_capacity=feedback.alert_cache_size)
-        self.owned: Callable[[], frozenset[TopicPartition]] = frozenset
+        self.owned = owned
         self.input_partitions = 1
         # next offset per feedback partition; the shared record's dict when sharing
         self.positions: dict[int, int] = shared.feedback if shared is not None else {}

@@ -1,33 +1,50 @@
-"""The baselines the daemon starts with, from the calibration artifact or the seed file.
-Pure: the artifact is already loaded and the seed already embedded.
+"""Where a detector starts from: the one place that decides the initial state, for `run`,
+`replay`, `replay --compare` and the adoption of a newly published artifact.
 
-From an artifact: the global centroid and threshold, the global reservoir's exemplars,
-and, when the artifact was made with a key field, one base per key (centroid, own
-threshold or none, exemplars) plus the pooled key threshold. From a seed file: the
-global centroid and the configured threshold; the seed rows fill the global reservoir
-(their references name the file and the line). The artifact must have been calibrated
-for the configured scoring method and key field, since a threshold means something
-only for the score it was chosen on; with no key field configured its per-key baselines
-are not used.
+The artifact in force is the one published on the state topic (detector.state.published)
+unless the configured `scoring.calibration_file` was created strictly later; with no
+artifact at all, the seed file is embedded now. `usable` is the one check an artifact
+passes before it is used: made with the configured embedding model, dimension and text
+prefix, and calibrated for the configured scoring method and key field (a threshold
+means something only for the score it was chosen on). A published artifact that is not
+usable is logged and left out at start; a configured one stops the start.
+
+`build` makes the baselines: from an artifact, the global centroid and threshold, the
+global reservoir's exemplars and, when the artifact was made with a key field and one
+is configured, one base per key plus the pooled key threshold; from a seed file, the
+global centroid and threshold, the seed rows filling the global reservoir.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+import structlog
 
-from detector.calibration.artifact import CalibrationArtifact
-from detector.config import ScoringSettings
+from detector.calibration.artifact import CalibrationArtifact, check_compatible, load_artifact
+from detector.calibration.samples import read_texts
+from detector.calibration.seed import ThresholdSource, seed_decision
+from detector.config import ScoringSettings, Settings
+from detector.embedders.base import Embedder, Matrix
 from detector.errors import ConfigError
 from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref, Reservoir, decode_exemplars
+from detector.state.published import Published, parse, version_of
+
+log = structlog.get_logger("detector.operating.startup")
 
 
-def check_artifact(artifact: CalibrationArtifact, scoring: ScoringSettings) -> None:
-    """Refuse an artifact calibrated for another scoring method or key field."""
+def usable(artifact: CalibrationArtifact, settings: Settings, embedder: Embedder) -> None:
+    """Refuse (`ConfigError`, saying why) an artifact made with another embedding model,
+    dimension or text prefix, or calibrated for another scoring method or key field."""
+    check_compatible(artifact, embedder.name, embedder.dimension,
+                     settings.embedding.text_prefix)
+    scoring = settings.scoring
     method = artifact.scoring.get("method", "centroid")
     if method != scoring.method:
         msg = (f"the calibration artifact's threshold was chosen for scoring.method "
@@ -41,18 +58,125 @@ def check_artifact(artifact: CalibrationArtifact, scoring: ScoringSettings) -> N
         raise ConfigError(msg)
 
 
+def published(settings: Settings, embedder: Embedder, raw: bytes | None) -> Published | None:
+    """The artifact published on the state topic (`raw`, as the state store read it), if
+    there is one this detector can use; one it cannot is logged and left out."""
+    if raw is None:
+        return None
+    try:
+        found = parse(raw)
+        usable(found.artifact, settings, embedder)
+    except ConfigError as exc:
+        log.error("published calibration artifact refused at start; using the configured "
+                  "one", reason=str(exc))
+        return None
+    return found
+
+
+def in_force(settings: Settings, published: Published | None
+             ) -> tuple[CalibrationArtifact | None, str | None]:
+    """The artifact to start from and its version (None, None: no artifact at all)."""
+    configured = None
+    if settings.scoring.calibration_file is not None:
+        configured = load_artifact(settings.scoring.calibration_file)
+    if published is None:
+        return configured, None if configured is None else version_of(configured)
+    if configured is not None and configured.created_at > published.artifact.created_at:
+        return configured, version_of(configured)
+    return published.artifact, published.version
+
+
+@dataclass(frozen=True, slots=True)
+class InitialState:
+    """The centroid and threshold the detector starts with, and where they came from."""
+
+    centroid: Centroid
+    threshold: float
+    origin: str
+    source: ThresholdSource = "fixed"  # calibration | seed (derived) | fixed (configured)
+    artifact: CalibrationArtifact | None = None
+    seed: tuple[Matrix, list[Ref]] | None = None  # embedded seed rows and their references
+    version: str | None = None  # the artifact's version (detector.state.published)
+
+    def baselines(self, settings: Settings, replica: str) -> Baselines:
+        """The global baseline around `centroid`, with the artifact's or seed's exemplars,
+        and the artifact's per-key bases."""
+        return build(settings.scoring, self.centroid, self.threshold, artifact=self.artifact,
+                     seed=self.seed, replica=replica, calibration=self.version)
+
+
+async def initial_state(settings: Settings, embedder: Embedder,
+                        published: Published | None = None) -> InitialState:
+    """The calibration artifact in force (`in_force`; it must be `usable`), else the seed
+    file embedded now."""
+    scoring = settings.scoring
+    if scoring.calibration_file is not None or published is not None:
+        artifact, version = in_force(settings, published)
+        assert artifact is not None
+        usable(artifact, settings, embedder)
+        centroid = Centroid.from_dict(artifact.centroid, decay=scoring.decay)
+        if scoring.threshold != "auto":
+            log.warning("scoring.threshold is ignored: the calibration artifact's threshold "
+                        "is used", configured=scoring.threshold, used=artifact.threshold)
+        if published is not None and artifact is published.artifact:
+            origin = published.origin
+        else:
+            assert scoring.calibration_file is not None
+            origin = f"calibration:{_digest(scoring.calibration_file)}"
+        return InitialState(centroid, artifact.threshold, origin, "calibration", artifact,
+                            version=version)
+    if scoring.seed_file is None:
+        msg = "set scoring.calibration_file or scoring.seed_file: the detector needs a centroid"
+        raise ConfigError(msg)
+    return await _from_seed(scoring.seed_file, settings, embedder)
+
+
+async def _from_seed(path: Path, settings: Settings, embedder: Embedder) -> InitialState:
+    """Embed the seed file: its mean is the centroid (a base: version 0), its rows the
+    global reservoir's first exemplars, its leave-one-out similarities the threshold."""
+    texts = read_texts(path, settings.input)
+    if not texts:
+        msg = f"seed file {path} holds no usable comments"
+        raise ConfigError(msg)
+    scoring = settings.scoring
+    size = settings.embedding.batch_size
+    seeded = Centroid.empty(embedder.dimension, scoring.decay)
+    rows = []
+    for start in range(0, len(texts), size):
+        for row in await embedder.embed(texts[start:start + size]):
+            seeded.add(row)
+            rows.append(row)
+    centroid = Centroid(seeded.sum, seeded.weight, 0, scoring.decay)
+    log.info("centroid seeded", file=str(path), samples=len(texts))
+    matrix = np.stack(rows)
+    threshold, source = seed_decision(matrix, path, scoring, embedder.name)
+    # a prefix changes every vector: the shared state of another prefix is another base
+    origin = f"seed:{_digest(path, settings.embedding.text_prefix)}"
+    seed = (matrix, [Ref(f"seed:{path.name}", -1, i) for i in range(len(matrix))])
+    return InitialState(centroid, threshold, origin, source, seed=seed)
+
+
+def _digest(path: Path, extra: str = "") -> str:
+    """A short content hash: shared state is reused only while its base is unchanged."""
+    try:
+        return hashlib.sha256(path.read_bytes() + extra.encode()).hexdigest()[:16]
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc}"
+        raise ConfigError(msg) from None
+
+
 def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
           artifact: CalibrationArtifact | None = None,
-          seed: tuple[npt.NDArray[np.float32], list[Ref]] | None = None,
-          replica: str = "") -> Baselines:
-    """The global baseline around `centroid` (shared with the state sync) and the key bases."""
+          seed: tuple[Matrix, list[Ref]] | None = None,
+          replica: str = "", calibration: str | None = None) -> Baselines:
+    """The global baseline around `centroid` (shared with the state sync) and the key
+    bases; `calibration` is the artifact's version (alerts name it)."""
     dimension = centroid.dimension
     reservoir = Reservoir(scoring.reservoir_size, dimension)
     bases: dict[str, KeyBase] = {}
     pooled: float | None = None
     samples = round(centroid.weight)
     if artifact is not None:
-        check_artifact(artifact, scoring)
         reservoir.merge(decode_exemplars(artifact.exemplars, dimension))
         if artifact.keys is not None and scoring.key_field is not None:
             bases = _key_bases(artifact.keys, dimension)
@@ -63,7 +187,7 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
             reservoir.offer(row, ref)
     global_ = Baseline(None, centroid, reservoir, threshold, samples)
     return Baselines(global_, Policy.from_settings(scoring), replica=replica, key_threshold=pooled,
-                     bases=bases)
+                     bases=bases, calibration=calibration)
 
 
 def _key_bases(keys: dict[str, Any], dimension: int) -> dict[str, KeyBase]:

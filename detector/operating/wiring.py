@@ -1,10 +1,12 @@
 """The stages that keep a running detector current, wired for `detector run`: the drift
-stage (detector.operating.drift) and its timer, the feedback reader (detector.operating.labels), and
-the adoption of calibration artifacts published on the state topic (detector.operating.adoption).
+stage (detector.operating.drift) and its timer, the feedback reader
+(detector.operating.labels), and the adoption of calibration artifacts published on the
+state topic (detector.operating.adoption; the state sync hands them to `Operating.adopt`).
 
-`Operating` is an async context manager: entered once the pipeline exists, it starts
-the drift timer and the feedback reader and stops them on exit; `on_scored` is what the
-pipeline calls with every scored batch.
+`Operating` is an async context manager: entered once the pipeline exists (`attach`
+binds it to the partitions the feedback reader asks about), it starts the drift timer
+and the feedback reader and stops them on exit; `on_scored` is what the pipeline calls
+with every scored batch.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import structlog
+from aiokafka.structs import TopicPartition
 
-from detector.calibration.artifact import CalibrationArtifact, check_compatible
+from detector.calibration.artifact import CalibrationArtifact
 from detector.config import Settings
 from detector.embedders import Embedder
 from detector.errors import ConfigError
@@ -23,35 +25,28 @@ from detector.io import records as rec
 from detector.metrics import Metrics
 from detector.model.baselines import Baselines
 from detector.model.scorer import Embedded, Verdict
-from detector.operating import startup
 from detector.operating.adoption import Adopter
 from detector.operating.drift import DriftStage
 from detector.operating.labels import FeedbackStage
-from detector.state.published import Published, parse
 from detector.state.sharing import SharedBaselines
-from detector.state.store import SharedCentroid, StateStore, StateSync
+from detector.state.store import SharedCentroid
 from detector.stream.delivery import Outbox
 from detector.stream.pipeline import Pipeline
 
-log = structlog.get_logger("detector.operating.wiring")
 
+class Owned:
+    """The input partitions this replica owns, as its pipeline sees them. The stages that
+    ask are built before the pipeline (which calls them with every scored batch), so the
+    pipeline is bound once it exists; until then nothing is owned."""
 
-def published_at_start(settings: Settings, embedder: Embedder, raw: bytes | None
-                       ) -> Published | None:
-    """The artifact published on the state topic, if there is one this detector can use;
-    one it cannot is logged and left out (the configured artifact or seed is used)."""
-    if raw is None:
-        return None
-    try:
-        published = parse(raw)
-        check_compatible(published.artifact, embedder.name, embedder.dimension,
-                         settings.embedding.text_prefix)
-        startup.check_artifact(published.artifact, settings.scoring)
-    except ConfigError as exc:
-        log.error("published calibration artifact refused at start; using the configured "
-                  "one", reason=str(exc))
-        return None
-    return published
+    def __init__(self) -> None:
+        self._pipeline: Pipeline | None = None
+
+    def bind(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def __call__(self) -> frozenset[TopicPartition]:
+        return frozenset() if self._pipeline is None else self._pipeline.owned
 
 
 def drift_stage(settings: Settings, artifact: CalibrationArtifact | None, outbox: Outbox,
@@ -75,11 +70,18 @@ def drift_stage(settings: Settings, artifact: CalibrationArtifact | None, outbox
 
 @dataclass
 class Operating:
-    """The drift and feedback stages of one replica (either may be off)."""
+    """The drift and feedback stages and the adopter of one replica (any may be off)."""
 
     drift: DriftStage | None = None
     labels: FeedbackStage | None = None
+    adopter: Adopter | None = None
+    owned: Owned = field(default_factory=Owned)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def adopt(self) -> Callable[[bytes], object] | None:
+        """What the state sync hands newly published artifacts to (None: not sharing)."""
+        return None if self.adopter is None else self.adopter.offer
 
     @property
     def on_scored(self) -> Callable[[list[Embedded], list[Verdict]], None] | None:
@@ -95,8 +97,7 @@ class Operating:
 
     def attach(self, pipeline: Pipeline) -> Operating:
         """Labels are applied by the owner of a partition: the pipeline knows which."""
-        if self.labels is not None:
-            self.labels.owned = lambda: pipeline.owned
+        self.owned.bind(pipeline)
         return self
 
     async def __aenter__(self) -> Operating:
@@ -115,18 +116,20 @@ class Operating:
 def build(settings: Settings, *, artifact: CalibrationArtifact | None, version: str | None,
           held: Baselines, metrics: Metrics, embedder: Embedder, outbox: Outbox,
           context: rec.Context, shared: SharedCentroid, baselines: SharedBaselines,
-          sync: StateSync | None, store: StateStore | None) -> Operating:
-    """The stages the settings switch on, and the adopter of published artifacts (told of
-    them by the state store)."""
+          sharing: bool) -> Operating:
+    """The stages the settings switch on and, when the state is shared (`sharing`), the
+    adopter of published artifacts (the state sync is handed `Operating.adopt`)."""
     drift = drift_stage(settings, artifact, outbox, metrics)
+    owned = Owned()
     labels = None
     if settings.feedback.enabled:
         labels = FeedbackStage(settings, held, metrics, embedder=embedder, emit=outbox.emit,
-                               context=context, shared=shared if sync is not None else None)
+                               context=context, owned=owned,
+                               shared=shared if sharing else None)
     if version is not None:
         metrics.calibration.labels(version).set(1)
-    if store is not None:
-        adopter = Adopter(settings, held, metrics, model=embedder.name, version=version,
-                          shared=shared, shared_baselines=baselines, sync=sync, drift=drift)
-        store.on_calibration = adopter.offer
-    return Operating(drift, labels)
+    adopter = None
+    if sharing:
+        adopter = Adopter(settings, held, metrics, embedder=embedder, version=version,
+                          shared=shared, shared_baselines=baselines, drift=drift)
+    return Operating(drift, labels, adopter, owned)

@@ -9,9 +9,9 @@ the artifact's canonical JSON; it names the artifact in logs, alerts, metrics an
 base of the shared state, so replicas that adopted the same artifact share their
 learning and ignore state learnt on another base.
 
-Which artifact is in force at start-up: the published one, unless the configured
-`scoring.calibration_file` was created strictly later (an operator who deploys a newer
-file wins over an older publish). Pure apart from `publish`.
+Which artifact is in force at start-up (detector.operating.startup): the published one,
+unless the configured `scoring.calibration_file` was created strictly later (an operator
+who deploys a newer file wins over an older publish). Pure.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from typing import Any
 
 import orjson
 
-from detector.calibration.artifact import CalibrationArtifact, load_artifact, parse_artifact
-from detector.config import Settings
+from detector.calibration.artifact import CalibrationArtifact, parse_artifact
 from detector.errors import ConfigError
 from detector.io.records import utc_now
 
@@ -77,16 +76,3 @@ def parse(raw: bytes) -> Published:
         raise ConfigError(msg)
     artifact = parse_artifact(body.get("artifact"), "published calibration artifact")
     return Published(artifact, version_of(artifact), str(body.get("published_at", "")))
-
-
-def in_force(settings: Settings, published: Published | None
-             ) -> tuple[CalibrationArtifact | None, str | None]:
-    """The artifact to start from and its version (None, None: no artifact at all)."""
-    configured = None
-    if settings.scoring.calibration_file is not None:
-        configured = load_artifact(settings.scoring.calibration_file)
-    if published is None:
-        return configured, None if configured is None else version_of(configured)
-    if configured is not None and configured.created_at > published.artifact.created_at:
-        return configured, version_of(configured)
-    return published.artifact, published.version

@@ -20,7 +20,7 @@ record changes nothing. A chunk that a replica no longer needs is rewritten empt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -126,6 +126,13 @@ class SharedBaselines:
         self.published.pop(baseline.key, None)
         self.sent.pop(baseline.key, None)
 
+    def rebase(self, base: str) -> None:
+        """A new calibration was adopted: share on `base` from now on, starting afresh (no
+        other replica's contribution applied, nothing of ours published)."""
+        self.scope = replace(self.scope, base=base)
+        for table in (self.applied, self.chunks, self.published, self.sent):
+            table.clear()
+
     def fits(self, scope: Scope) -> bool:
         return (scope.base, scope.model, scope.dimension) == (
             self.scope.base, self.scope.model, self.scope.dimension)
@@ -143,10 +150,8 @@ class SharedBaselines:
             return baseline.reservoir.merge(exemplars) > 0
         baseline = self.baselines.key(record.key, seen=own)
         if own:
-            c = record.contribution
-            baseline.centroid.merge(c.sum, c.weight, c.updates)
-            baseline.own = c.copy()
-            self.published[record.key] = c.updates
+            baseline.restore(record.contribution)
+            self.published[record.key] = record.contribution.updates
             return True
         slot = (record.scope.replica, record.key)
         previous = self.applied.get(slot, Contribution.zero(self.scope.dimension))

@@ -33,10 +33,11 @@ import numpy as np
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from detector.config import Settings
-from detector.io.kafka import ensure_topics, reader_consumer, topic_partitions
+from detector.io.kafka import connection_kwargs, ensure_topics, reader_consumer, topic_partitions
 from detector.io.records import utc_now
 from detector.model.baselines import Baseline, Contribution
 from detector.model.centroid import Centroid
@@ -122,10 +123,6 @@ class SharedCentroid:
     def own(self) -> Contribution:
         return self.baseline.own
 
-    @own.setter
-    def own(self, contribution: Contribution) -> None:
-        self.baseline.own = contribution
-
     def fits(self, record: ReplicaRecord) -> bool:
         return (record.base, record.model, record.dimension) == (
             self.base, self.model, self.centroid.dimension)
@@ -155,13 +152,19 @@ class SharedCentroid:
                 ignored.append(replica)
                 continue
             c = record.contribution
-            self.centroid.merge(c.sum, c.weight, c.updates)
             if replica == self.replica:
-                self.own = c.copy()
+                self.baseline.restore(c)
                 self.feedback.update(record.feedback)
             else:
+                self.centroid.merge(c.sum, c.weight, c.updates)
                 self.applied[replica] = c
         return ignored
+
+    def rebase(self, base: str) -> None:
+        """A new calibration was adopted (the baseline was rebased on it): merge on `base`
+        from now on, no other replica's contribution applied yet."""
+        self.base = base
+        self.applied = {}
 
     def record(self, threshold: float) -> ReplicaRecord:
         own = self.own.copy()
@@ -181,7 +184,6 @@ class StateStore:
         self.shared: dict[bytes, KeyRecord | ExemplarChunk] = {}
         # the newest published calibration artifact (detector.state.published), raw
         self.calibration: bytes | None = None
-        self.on_calibration: Callable[[bytes], object] | None = None  # told of new ones
 
     async def ensure_topic(self) -> list[str]:
         """Create the compacted state topic when missing; return it if it was created."""
@@ -190,8 +192,22 @@ class StateStore:
     def _consumer(self) -> AIOKafkaConsumer:
         return reader_consumer(self.settings.kafka)
 
+    async def _exists(self) -> bool:
+        """Whether the state topic exists (asking for every topic, so a broker that
+        auto-creates topics does not create it uncompacted)."""
+        kafka = self.settings.kafka
+        admin = AIOKafkaAdminClient(**connection_kwargs(kafka), client_id=kafka.client_id)
+        await admin.start()
+        try:
+            return self.topic in await admin.list_topics()
+        finally:
+            await admin.close()
+
     async def load(self) -> dict[str, ReplicaRecord]:
-        """The newest record of every replica of this detector (read to the end once)."""
+        """The newest record of every replica of this detector (read to the end once); a
+        state topic that does not exist yet reads as empty."""
+        if not await self._exists():
+            return {}
         partitions = await topic_partitions(self.settings.kafka, self.topic)
         if not partitions:
             return {}
@@ -218,13 +234,14 @@ class StateStore:
         return latest
 
     def _keep(self, key: bytes | None, value: bytes | None,
-              latest: dict[str, ReplicaRecord]) -> ReplicaRecord | None:
+              latest: dict[str, ReplicaRecord],
+              on_calibration: Callable[[bytes], object] | None = None) -> ReplicaRecord | None:
         if key is None or value is None or not key.startswith(self.prefix):
             return None
         if is_published(value):
             self.calibration = value
-            if self.on_calibration is not None:
-                self.on_calibration(value)
+            if on_calibration is not None:
+                on_calibration(value)
             return None
         try:
             shared = parse_shared(value)
@@ -250,8 +267,10 @@ class StateStore:
         return applied
 
     async def follow(self, shared: SharedCentroid,
-                     baselines: SharedBaselines | None = None) -> None:
-        """Apply other replicas' records as they arrive (runs until cancelled)."""
+                     baselines: SharedBaselines | None = None,
+                     on_calibration: Callable[[bytes], object] | None = None) -> None:
+        """Apply other replicas' records as they arrive, and hand newly published artifacts
+        to `on_calibration` (runs until cancelled)."""
         tps = list(self._ends) or [TopicPartition(self.topic, p) for p in
                                    await topic_partitions(self.settings.kafka, self.topic)]
         consumer = self._consumer()
@@ -265,7 +284,7 @@ class StateStore:
                 fetched = await consumer.getmany(timeout_ms=1000)
                 for records in fetched.values():
                     for r in records:
-                        record = self._keep(r.key, r.value, seen)
+                        record = self._keep(r.key, r.value, seen, on_calibration)
                         if record is not None and record.replica != shared.replica \
                                 and shared.apply(record):
                             log.debug("merged replica state", replica=record.replica,
@@ -304,19 +323,26 @@ class StateStore:
 
 class StateSync:
     """Runs the sharing for one replica: publishes its contribution on a timer and on
-    demand, and follows the other replicas' records. An async context manager."""
+    demand, and follows the other replicas' records, handing newly published calibration
+    artifacts to `on_calibration` (the adopter). An async context manager.
+
+    The record carries the global baseline's threshold; after an adoption (a new base)
+    the zeroed contribution is published on the new base at the next publish."""
 
     def __init__(self, store: StateStore, shared: SharedCentroid, producer: AIOKafkaProducer,
-                 threshold: float, interval_s: float, *,
-                 baselines: SharedBaselines | None = None) -> None:
+                 interval_s: float, *, baselines: SharedBaselines | None = None,
+                 on_calibration: Callable[[bytes], object] | None = None) -> None:
         self.store = store
         self.shared = shared
         self.baselines = baselines
         self.producer = producer
-        self.threshold = threshold
         self.interval_s = interval_s
-        self._published = -1
+        self.on_calibration = on_calibration
+        self._published: tuple[str, int] | None = None  # (base, own updates) last written
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _mark(self) -> tuple[str, int]:
+        return self.shared.base, self.shared.own.updates
 
     async def publish(self) -> None:
         """Publish our contribution if it changed since the last publish (and the per-key
@@ -326,21 +352,17 @@ class StateSync:
                 await self.store.publish_shared(self.producer, self.baselines)
             except Exception as exc:
                 log.warning("state publish failed; will retry", error=repr(exc))
-        if self.shared.own.updates == self._published:
+        if self._mark() == self._published:
             return
-        record = self.shared.record(self.threshold)
+        threshold = self.shared.baseline.threshold
+        assert threshold is not None  # the global baseline's
+        record = self.shared.record(threshold)
         try:
             await self.store.publish(self.producer, record)
         except Exception as exc:
             log.warning("state publish failed; will retry", error=repr(exc))
             return
-        self._published = record.contribution.updates
-
-    def rebase(self, threshold: float) -> None:
-        """A new calibration was adopted: publish the (zeroed) contribution on the new base
-        with its threshold at the next publish."""
-        self.threshold = threshold
-        self._published = -1
+        self._published = (record.base, record.contribution.updates)
 
     async def _every(self) -> None:
         while True:
@@ -348,9 +370,10 @@ class StateSync:
             await self.publish()
 
     async def __aenter__(self) -> StateSync:
-        self._published = self.shared.own.updates
+        self._published = self._mark()
         self._tasks = [asyncio.create_task(self._every()),
-                       asyncio.create_task(self.store.follow(self.shared, self.baselines))]
+                       asyncio.create_task(self.store.follow(self.shared, self.baselines,
+                                                             self.on_calibration))]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
