@@ -53,6 +53,7 @@ from detector.state.published import Published, in_force
 from detector.state.sharing import Scope, SharedBaselines
 from detector.state.store import ReplicaRecord, SharedCentroid, StateStore, StateSync
 from detector.stream.delivery import Committer, Gate, GroupCommitter, Outbox, TransactionCommitter
+from detector.stream.embedding import BatchEmbedder
 from detector.stream.pipeline import Pipeline
 
 log = structlog.get_logger("detector.commands.run")
@@ -280,8 +281,9 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
                              held=held, metrics=metrics, embedder=embedder, outbox=outbox,
                              context=context, shared=shared, baselines=baselines, sync=sync,
                              store=store)
-    pipeline = Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
-                        outbox=outbox, metrics=metrics,
+    pipeline = Pipeline(settings, consumer=consumer, scorer=scorer, outbox=outbox,
+                        embedding=BatchEmbedder.from_settings(embedder, settings.embedding,
+                                                              metrics), metrics=metrics,
                         on_revoked=sync.publish if sync is not None else None,
                         on_scored=stages.on_scored)
     await stack.enter_async_context(stages.attach(pipeline))
