@@ -1,20 +1,19 @@
 """Flow control: fetch → decode → batch → embed → score in order → deliver → commit.
 
-One `Pipeline` drives one consumer and reads as the script of its stages; collaborators
-with one concern each do the work: the `Batcher` (batcher.py) cuts decoded comments into
-batches, the `ReorderWindow` (reorder.py) holds each batch's embedding task so the
-`Scorer` (model/scorer.py) takes them in submission order whatever order the calls
-finish in, the `BatchEmbedder` (embedding.py, handed in) embeds a batch without losing a
-text under at most `concurrency` calls, the `Outbox` (delivery.py) publishes outputs,
-tracks done records and commits, and `Membership` (membership.py) follows rebalances.
-When the window is full the `Intake` (intake.py) pauses the input partitions instead of
-buffering without bound: memory and uncommitted records hold at most
+One `Pipeline` drives one consumer as a script of stage calls to collaborators with one
+concern each: the `Intake` (intake.py) pauses the input while the pipeline is backlogged
+and clips a bounded replay at its `Bounds` (bounds.py); the `Batcher` (batcher.py) cuts
+decoded comments into batches; the `ReorderWindow` (reorder.py) holds at most
+`embedding.window` batches' embedding tasks (the `BatchEmbedder`, embedding.py, runs at
+most `concurrency` calls) so the `Scorer` takes them in submission order; the `Outbox`
+(delivery.py) publishes outputs, tracks done records and commits; `Membership`
+(membership.py) follows rebalances. Memory and uncommitted records hold at most
 ``reorder_window × batch_size`` texts plus one poll.
 
 A record is *done* when it is scored (or dead-lettered) and every output it caused is
 acknowledged by the broker; offsets are committed only over done prefixes, on a timer,
-on partition revocation and at shutdown. With `Bounds` (bounds.py) the pipeline is a
-bounded replay that stops by itself once every partition reached its bound.
+on partition revocation and at shutdown. A bounded replay stops fetching once every
+partition reached its bound, and then finishes its work without a deadline.
 """
 
 from __future__ import annotations
@@ -49,20 +48,13 @@ log = structlog.get_logger("detector.stream.pipeline")
 class Pipeline:
     """Consumes, scores and publishes until `stop` is set or the embedder fails fatally."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        consumer: AIOKafkaConsumer,
-        embedding: BatchEmbedder,
-        scorer: Scorer,
-        outbox: Outbox,
-        metrics: Metrics,
-        bounds: Bounds | None = None,
-        on_revoked: Callable[[], Awaitable[None]] | None = None,
-        quiet_alerts: bool = False,
-        on_scored: Callable[[list[scoring.Embedded], list[scoring.Verdict]], None] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, consumer: AIOKafkaConsumer,
+                 embedding: BatchEmbedder, scorer: Scorer, outbox: Outbox, metrics: Metrics,
+                 bounds: Bounds | None = None,
+                 on_revoked: Callable[[], Awaitable[None]] | None = None,
+                 quiet_alerts: bool = False,
+                 on_scored: Callable[[list[scoring.Embedded], list[scoring.Verdict]], None]
+                 | None = None) -> None:
         """`bounds` turn the pipeline into a bounded replay that stops by itself once every
         partition reached its bound (None: live). `on_revoked` is awaited after revoked
         partitions were finished and committed (e.g. publish state). `quiet_alerts` logs
@@ -121,23 +113,34 @@ class Pipeline:
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set; then drain within `shutdown_timeout_s` and commit."""
+        """Run until `stop` is set (or a bounded replay read its range); then drain and
+        commit. A shutdown drains within `shutdown_timeout_s`; a replay that reached its
+        end finishes its work however long it takes, unless `stop` starts that budget."""
         scorer = asyncio.create_task(self._score_loop(), name="scorer")
         committer = asyncio.create_task(self._commit_loop(), name="committer")
+        ended = False
         try:
             await self._fetch_loop(stop)
+            ended = self._done() and self._failure is None and not stop.is_set()
         finally:
-            self.embedding.stop_retrying()
-            await self._drain(scorer)
+            await self._drain(scorer, stop, ended=ended)
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             await self._commit()
 
-    async def _drain(self, scorer: asyncio.Task[None]) -> None:
+    async def _drain(self, scorer: asyncio.Task[None], stop: asyncio.Event, *, ended: bool
+                     ) -> None:
+        """Finish the work in flight within `shutdown_timeout_s`; a replay that `ended`
+        (read its whole range) finishes it however long it takes, until `stop` is set."""
         deadline = self.settings.shutdown_timeout_s
+        watch: list[asyncio.Task[None]] = []
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(None if ended else deadline) as budget:
+                if ended:  # not a shutdown: no deadline, retriable failures retried
+                    watch.append(asyncio.create_task(self._shut_down_on(stop, budget)))
+                else:
+                    self.embedding.stop_retrying()
                 if self.fatal is None:
                     if self.bounds is None or self.bounds.reached:
                         await self.batcher.submit(force=True)
@@ -149,10 +152,16 @@ class Pipeline:
             log.warning("shutdown deadline passed with work in flight",
                         in_flight=self.outbox.in_flight(), deadline_s=deadline)
         leftovers: list[asyncio.Task[Any]] = [scorer, *self.outbox.pending(),
-                                              *self.window.tasks()]
+                                              *self.window.tasks(), *watch]
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
+
+    async def _shut_down_on(self, stop: asyncio.Event, budget: asyncio.Timeout) -> None:
+        """Once `stop` is set, shut down: stop retrying, give the drain its deadline."""
+        await stop.wait()
+        self.embedding.stop_retrying()
+        budget.reschedule(asyncio.get_running_loop().time() + self.settings.shutdown_timeout_s)
 
     def listener(self) -> ConsumerRebalanceListener:
         """A rebalance listener that finishes and commits revoked partitions' work."""
