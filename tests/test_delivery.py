@@ -66,7 +66,7 @@ def outbox(sink: FakeSink, committer: FakeCommitter, *, gate: Gate | None = None
 
 
 def work(box: Outbox, offset: int, *topics: str) -> Work:
-    generation = box.track((TP.topic, TP.partition), offset)
+    generation = box.track(TP, offset)
     source = rec.Source(TP.topic, TP.partition, offset, 0, None)
     return (source, generation, [(t, None, f"{t}-{offset}".encode()) for t in topics])
 
@@ -157,7 +157,7 @@ class TestOutbox:
         sink = FakeSink()
         box = outbox(sink, FakeCommitter())
         box.deliver([work(box, 0, "scores")])
-        settled = asyncio.create_task(box.settled([(TP.topic, TP.partition)]))
+        settled = asyncio.create_task(box.settled([TP]))
         await wait_for(lambda: len(sink.sent) == 1)
         assert not settled.done()
         sink.ack_all()

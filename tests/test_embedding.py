@@ -53,7 +53,10 @@ def stage(embedder: ScriptedEmbedder, sleeps: list[float], *, stopping: bool = F
         sleeps.append(seconds)
 
     policy = RetryPolicy(base_s=0.5, max_s=2.0, deadline_s=1.0, jitter=lambda _, high: high)
-    return BatchEmbedder(embedder, policy, Metrics(), stopping=lambda: stopping, sleep=sleep)
+    batches = BatchEmbedder(embedder, policy, Metrics(), sleep=sleep)
+    if stopping:
+        batches.stop_retrying()
+    return batches
 
 
 class TestBatchEmbedder:
@@ -139,8 +142,7 @@ class TestConcurrency:
         the in-flight gauge says so); all six finish."""
         metrics = Metrics()
         embedder = Gated(metrics)
-        stage = BatchEmbedder(embedder, RetryPolicy(), metrics, stopping=lambda: False,
-                              concurrency=2)
+        stage = BatchEmbedder(embedder, RetryPolicy(), metrics, concurrency=2)
         outs = await asyncio.gather(*(stage.embed(comments(f"t{i}")) for i in range(6)))
         assert [len(o) for o in outs] == [1] * 6
         assert embedder.started == 6

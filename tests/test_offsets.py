@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from aiokafka.structs import TopicPartition
 
 from detector.stream.offsets import OffsetTracker
 
-TP = ("comments", 0)
+TP = TopicPartition("comments", 0)
 
 
 class TestOffsetTracker:
@@ -56,7 +57,8 @@ class TestOffsetTracker:
     def test_partitions_are_independent(self) -> None:
         """a stuck partition does not hold back another."""
         t = OffsetTracker()
-        t.add(("a", 0), 0)
-        t.done(("a", 1), 0, t.add(("a", 1), 0))
-        assert t.to_commit() == {("a", 1): 1}
+        stuck, free = TopicPartition("a", 0), TopicPartition("a", 1)
+        t.add(stuck, 0)
+        t.done(free, 0, t.add(free, 0))
+        assert t.to_commit() == {free: 1}
         assert t.in_flight() == 1

@@ -180,3 +180,41 @@ class TestDryRunLogs:
         assert summary.flagged > 0
         assert len(alerts) == summary.flagged
         assert {e["log_level"] for e in alerts} == {"debug"}
+
+
+class TestReplayEnd:
+    async def test_reaching_the_end_finishes_every_batch_however_long_it_takes(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+    ) -> None:
+        """reading the last record of the range is not a shutdown: with 20 slow batches
+        still to embed and a shutdown budget of 0.2 s, every record is scored and the replay
+        ends uninterrupted (exit 0)."""
+        topic = await new_topic(partitions=1)
+        await produce_timed(kafka_bootstrap, topic, 200, 1)
+        settings = detector_settings(kafka_bootstrap, topic, shutdown_timeout_s=0.2,
+                                     embedding={"concurrency": 1})
+        opts = ReplayOptions(topic=topic, dry_run=True, progress_file=None,
+                             show_progress=False)
+        slow = RecordingEmbedder(local_embedder, delay_s=0.1)  # >= 2 s for the 20 batches
+        summary = await replay(settings, opts, embedder=slow)
+        assert not summary.interrupted
+        assert summary.records == 200
+        assert summary.scored == 200
+
+    async def test_a_stop_after_the_end_still_starts_the_shutdown_budget(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder,
+    ) -> None:
+        """a signal while a replay finishes its last batches drains within
+        shutdown_timeout_s: the replay ends interrupted with batches left unscored."""
+        topic = await new_topic(partitions=1)
+        await produce_timed(kafka_bootstrap, topic, 200, 1)
+        settings = detector_settings(kafka_bootstrap, topic, shutdown_timeout_s=0.2,
+                                     embedding={"concurrency": 1})
+        opts = ReplayOptions(topic=topic, dry_run=True, progress_file=None,
+                             show_progress=False)
+        stop = asyncio.Event()
+        # 30 calls embed the seed file; stop during the 5th of the topic's 20 batches
+        slow = RecordingEmbedder(StopAfter(local_embedder, 35, stop), delay_s=0.1)
+        summary = await replay(settings, opts, embedder=slow, stop=stop)
+        assert summary.interrupted
+        assert summary.scored < 200

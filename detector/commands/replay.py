@@ -44,7 +44,9 @@ from detector.operating.startup import InitialState
 from detector.progress import Progress
 from detector.signals import install_stop_handlers
 from detector.state.store import SharedCentroid, StateStore
+from detector.stream.bounds import Bounds
 from detector.stream.delivery import Outbox, Sink
+from detector.stream.embedding import BatchEmbedder
 from detector.stream.pipeline import Pipeline
 
 log = structlog.get_logger("detector.commands.replay")
@@ -248,12 +250,14 @@ async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, s
         consumer.seek(tp, plan.position(partition))
         outbox = Outbox(sink, committer, metrics, alerts_topic=settings.alerts.topic,
                         assigned=consumer.assignment)
-        pipeline = Pipeline(settings, consumer=consumer, embedder=embedder,
+        pipeline = Pipeline(settings, consumer=consumer,
+                            embedding=BatchEmbedder.from_settings(embedder, settings.embedding,
+                                                                  metrics),
                             scorer=Scorer.from_settings(settings, centroid, threshold, context,
                                                         baselines=baselines),
                             outbox=outbox, metrics=metrics,
-                            bounds={tp: plan.ranges[partition][1]},
-                            start_offsets={tp: plan.position(partition)},
+                            bounds=Bounds({tp: plan.ranges[partition][1]},
+                                          starts={tp: plan.position(partition)}),
                             quiet_alerts=quiet)
         await pipeline.run(stop)
     finally:

@@ -47,6 +47,7 @@ from detector.signals import install_stop_handlers
 from detector.state.sharing import Scope, SharedBaselines
 from detector.state.store import ReplicaRecord, SharedCentroid, StateStore, StateSync
 from detector.stream.delivery import Committer, Gate, GroupCommitter, Outbox, TransactionCommitter
+from detector.stream.embedding import BatchEmbedder
 from detector.stream.pipeline import Pipeline
 
 log = structlog.get_logger("detector.commands.run")
@@ -210,8 +211,9 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
     metrics.baseline_keys.set_function(lambda: len(held.keys))
     metrics.key_evictions.set_function(lambda: held.evictions)
     metrics.exemplars.set_function(lambda: sum(len(b.reservoir) for b in held.all()))
-    pipeline = Pipeline(settings, consumer=consumer, embedder=embedder, scorer=scorer,
-                        outbox=outbox, metrics=metrics,
+    pipeline = Pipeline(settings, consumer=consumer, scorer=scorer, outbox=outbox,
+                        embedding=BatchEmbedder.from_settings(embedder, settings.embedding,
+                                                              metrics), metrics=metrics,
                         on_revoked=sync.publish if sync is not None else None,
                         on_scored=stages.on_scored)
     await stack.enter_async_context(stages.attach(pipeline))

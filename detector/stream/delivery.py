@@ -36,7 +36,7 @@ from aiokafka.structs import TopicPartition
 from detector.errors import TransactionFailedError
 from detector.io import records as rec
 from detector.metrics import Metrics
-from detector.stream.offsets import OffsetTracker, TopicPartitionKey
+from detector.stream.offsets import OffsetTracker
 
 log = structlog.get_logger("detector.stream.delivery")
 
@@ -150,22 +150,26 @@ class Outbox:
         self._progress = asyncio.Event()
 
     # ------------------------------------------------------------------ tracking
-    def track(self, tp: TopicPartitionKey, offset: int) -> int:
+    def track(self, tp: TopicPartition, offset: int) -> int:
         """Register a fetched record; returns the generation to hand back with its work."""
         return self.tracker.add(tp, offset)
 
-    def in_flight(self, tp: TopicPartitionKey | None = None) -> int:
+    def in_flight(self, tp: TopicPartition | None = None) -> int:
         return self.tracker.in_flight(tp)
 
-    def forget(self, tps: list[TopicPartitionKey]) -> None:
+    def forget(self, tps: list[TopicPartition]) -> None:
         self.tracker.forget(tps)
 
-    async def settled(self, tps: Iterable[TopicPartitionKey]) -> None:
+    async def settled(self, tps: Iterable[TopicPartition]) -> None:
         """Return once no record of `tps` is in flight."""
         keys = list(tps)
         while any(self.tracker.in_flight(k) for k in keys):
             self._progress.clear()
             await self._progress.wait()
+
+    def _done(self, source: rec.Source, generation: int) -> None:
+        self.tracker.done(TopicPartition(source.topic, source.partition), source.offset,
+                          generation)
 
     # ------------------------------------------------------------------ publishing
     def deliver(self, work: list[Work]) -> None:
@@ -175,7 +179,7 @@ class Outbox:
             if messages:
                 with_output.append((source, generation, messages))
             else:
-                self.tracker.done((source.topic, source.partition), source.offset, generation)
+                self._done(source, generation)
         if with_output:
             task = asyncio.create_task(self._publish(with_output))
             self._deliveries.add(task)
@@ -246,7 +250,7 @@ class Outbox:
                 await self.sleep(delay)
             sends = failed
         for source, generation, _ in work:
-            self.tracker.done((source.topic, source.partition), source.offset, generation)
+            self._done(source, generation)
         self._progress.set()
 
     # ------------------------------------------------------------------ commits
@@ -267,11 +271,8 @@ class Outbox:
     async def _commit_done(self, only: Collection[TopicPartition] | None, *,
                            always: bool = False) -> None:
         assigned = self.assigned() if only is None else only
-        offsets = {
-            TopicPartition(*tp): offset
-            for tp, offset in self.tracker.to_commit().items()
-            if TopicPartition(*tp) in assigned
-        }
+        offsets = {tp: offset for tp, offset in self.tracker.to_commit().items()
+                   if tp in assigned}
         if not offsets and not always:
             return
         try:
@@ -283,7 +284,7 @@ class Outbox:
             log.error("transaction commit failed; stopping", error=repr(exc))
             msg = f"transaction commit failed: {exc!r}"
             raise TransactionFailedError(msg) from exc
-        self.tracker.mark_committed({(tp.topic, tp.partition): o for tp, o in offsets.items()})
+        self.tracker.mark_committed(offsets)
         if offsets:
             log.debug("committed", offsets={f"{tp.topic}-{tp.partition}": o
                                             for tp, o in offsets.items()})

@@ -5,7 +5,7 @@ the API refuses for its content — a `DeadLetter`. A refused batch is split in 
 until the offending text is alone, so only that one is dead-lettered. A retriable
 failure that outlived the embedder's own retries keeps its batch: it is tried again
 after the `RetryPolicy` backoff (or the server's `Retry-After`), with no deadline at this
-level, until it succeeds, fails non-retriably, or shutdown begins (`stopping()`).
+level, until it succeeds, fails non-retriably, or shutdown begins (`stop_retrying`).
 
 At most `concurrency` calls run at once, however many batches wait (the pipeline's
 reorder window decides that); a batch backing off holds no call slot. With
@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
+from detector.config import EmbeddingSettings
 from detector.embedders.base import Embedder, Matrix
 from detector.embedders.retry import RetryPolicy
 from detector.errors import BatchRejectedError, EmbeddingError
@@ -30,28 +31,37 @@ from detector.stream.hedge import MIN_HEDGE_S, LatencyTracker, hedged
 
 log = structlog.get_logger("detector.stream.pipeline")
 
-Outcome = Vector | rec.DeadLetter  # a unit vector, or why the text was refused
+VectorOrRefusal = Vector | rec.DeadLetter  # a unit vector, or why the API refused the text
 
 
 class BatchEmbedder:
     """Vectors for batches of comments, in order, through one `Embedder`."""
 
     def __init__(self, embedder: Embedder, retry: RetryPolicy, metrics: Metrics, *,
-                 stopping: Callable[[], bool],
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  concurrency: int = 1, hedge_after_p99: float = 0.0) -> None:
-        """`stopping` says shutdown began: a retriable failure is then raised, not retried.
-        `concurrency` bounds the calls in flight; `hedge_after_p99` (0: off) hedges."""
+        """`concurrency` bounds the calls in flight; `hedge_after_p99` (0: off) hedges."""
         self.embedder = embedder
         self.retry = retry
         self.metrics = metrics
-        self.stopping = stopping
         self.sleep = sleep
         self.hedge_after_p99 = hedge_after_p99
         self.latency = LatencyTracker()
         self._calls = asyncio.Semaphore(concurrency)
+        self._stopping = False
 
-    async def embed(self, comments: Sequence[rec.Comment]) -> list[Outcome]:
+    @classmethod
+    def from_settings(cls, embedder: Embedder, settings: EmbeddingSettings,
+                      metrics: Metrics) -> BatchEmbedder:
+        """The embedding stage `settings` describe: retry policy, concurrency, hedging."""
+        return cls(embedder, RetryPolicy.from_settings(settings), metrics,
+                   concurrency=settings.concurrency, hedge_after_p99=settings.hedge_after_p99)
+
+    def stop_retrying(self) -> None:
+        """Shutdown began: from now on a retriable failure is raised, not retried."""
+        self._stopping = True
+
+    async def embed(self, comments: Sequence[rec.Comment]) -> list[VectorOrRefusal]:
         """Vectors for the comments, in order; a text the API refuses becomes a dead letter."""
         try:
             return list(await self._until_done([c.text for c in comments]))
@@ -70,7 +80,7 @@ class BatchEmbedder:
             try:
                 matrix = await self._call(texts)
             except EmbeddingError as exc:
-                if not exc.retriable or self.stopping():
+                if not exc.retriable or self._stopping:
                     raise
                 attempt += 1
                 delay = self.retry.delay(attempt, getattr(exc, "retry_after", None))

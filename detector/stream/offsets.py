@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-TopicPartitionKey = tuple[str, int]
+from aiokafka.structs import TopicPartition
 
 
 @dataclass(slots=True)
@@ -26,11 +26,11 @@ class OffsetTracker:
     """Tracks in-flight offsets per partition and yields what can be committed."""
 
     def __init__(self) -> None:
-        self._ledgers: dict[TopicPartitionKey, _PartitionLedger] = {}
-        self._committed: dict[TopicPartitionKey, int] = {}
+        self._ledgers: dict[TopicPartition, _PartitionLedger] = {}
+        self._committed: dict[TopicPartition, int] = {}
         self._generations = 0
 
-    def add(self, tp: TopicPartitionKey, offset: int) -> int:
+    def add(self, tp: TopicPartition, offset: int) -> int:
         """Register a fetched record and return the ledger generation to pass to `done`.
 
         Offsets of a partition must arrive increasing. A partition that was forgotten
@@ -47,7 +47,7 @@ class OffsetTracker:
         ledger.pending.append(offset)
         return ledger.generation
 
-    def done(self, tp: TopicPartitionKey, offset: int, generation: int) -> None:
+    def done(self, tp: TopicPartition, offset: int, generation: int) -> None:
         """Mark a record finished; advances the committable offset over the done prefix."""
         ledger = self._ledgers.get(tp)
         if ledger is None or ledger.generation != generation:
@@ -58,14 +58,14 @@ class OffsetTracker:
             ledger.done.discard(first)
             ledger.next_offset = first + 1
 
-    def in_flight(self, tp: TopicPartitionKey | None = None) -> int:
+    def in_flight(self, tp: TopicPartition | None = None) -> int:
         """Records fetched and not yet done (for one partition, or all)."""
         if tp is not None:
             ledger = self._ledgers.get(tp)
             return len(ledger.pending) if ledger else 0
         return sum(len(ledger.pending) for ledger in self._ledgers.values())
 
-    def to_commit(self) -> dict[TopicPartitionKey, int]:
+    def to_commit(self) -> dict[TopicPartition, int]:
         """Offsets that advanced since the last `mark_committed`."""
         return {
             tp: ledger.next_offset
@@ -73,10 +73,10 @@ class OffsetTracker:
             if ledger.next_offset is not None and self._committed.get(tp) != ledger.next_offset
         }
 
-    def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
+    def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
         self._committed.update(offsets)
 
-    def forget(self, tps: list[TopicPartitionKey]) -> None:
+    def forget(self, tps: list[TopicPartition]) -> None:
         """Drop partitions that were revoked; late completions for them are ignored."""
         for tp in tps:
             self._ledgers.pop(tp, None)
