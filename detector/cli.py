@@ -1,8 +1,9 @@
 """The `detector` command line: parse, load settings once, call one command with them.
 
-Commands live in their own modules (`detector.commands.run`, `detector.commands.calibrate`,
-`detector.commands.replay`); each exposes ``add_parser(subparsers)`` and a command function
-``(args, settings) -> exit code``. The CLI imports them, never the reverse. Errors
+Every flag of every subcommand is declared here. A command's body lives in its own module
+of `detector.commands` (`run`, `calibrate`, `replay`, `compare`) as one function taking the
+settings and the command's options (`CalibrateOptions`, `ReplayOptions`); the CLI builds
+those from the parsed arguments and calls it. The library never imports the CLI. Errors
 that reach here become one line on stderr and an exit code from `detector.exits`.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -22,6 +24,7 @@ from detector.commands import run as app
 from detector.config import Settings, load_settings
 from detector.errors import DetectorError, FatalEmbeddingError
 from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_INTERRUPTED, EXIT_KAFKA, EXIT_USAGE
+from detector.io.ranges import parse_bounds, parse_time
 from detector.logs import configure_logging
 
 
@@ -43,9 +46,89 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     show.set_defaults(func=_cmd_config)
 
-    replay.add_parser(sub, compare=compare.command)
-    calibrate.add_parser(sub)
+    _add_replay(sub)
+    _add_calibrate(sub)
     return parser
+
+
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "replay", help="re-score a range of a topic without touching the live group",
+        description="Re-score a bounded range of a topic with the live pipeline code. "
+                    "Without --alerts-topic or --output, alerts are written to stdout.")
+    p.add_argument("--topic", help="topic to replay (default: input.topic)")
+    p.add_argument("--from", dest="time_from", help="start time (ISO 8601, UTC if no zone, "
+                   "or epoch ms)")
+    p.add_argument("--to", dest="time_to", help="end time, exclusive")
+    p.add_argument("--start", action="append", default=[], metavar="P:OFFSET",
+                   help="explicit start offset of a partition (repeatable)")
+    p.add_argument("--end", action="append", default=[], metavar="P:OFFSET",
+                   help="explicit end offset (exclusive) of a partition (repeatable)")
+    p.add_argument("--partitions", help="comma-separated partitions to replay (default: all)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--alerts-topic", help="write alerts to this topic")
+    out.add_argument("--output", type=Path, help="write alerts to this JSONL file")
+    out.add_argument("--dry-run", action="store_true", help="print only the summary")
+    p.add_argument("--scores-file", type=Path, help="also write every score to this JSONL file")
+    p.add_argument("--state", choices=["frozen", "evolving"], default="frozen",
+                   help="frozen: score against the starting centroid; evolving: update it "
+                        "as the live daemon would (default: frozen)")
+    p.add_argument("--snapshot", metavar="NAME",
+                   help="start from the state snapshot of detector NAME instead of the "
+                        "calibration artifact or seed file")
+    p.add_argument("--force", action="store_true",
+                   help="allow writing to the live alerts topic")
+    p.add_argument("--progress-file", type=Path, default=Path("replay-progress.json"),
+                   help="where progress is saved (default: replay-progress.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the replay saved in --progress-file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--artifact", type=Path,
+                   help="score with this calibration artifact (instead of "
+                        "scoring.calibration_file)")
+    p.add_argument("--compare", action="store_true",
+                   help="with --artifact: report which alerts it adds and removes against "
+                        "the artifact in force (JSON to --output or stdout; frozen)")
+    p.set_defaults(func=_cmd_replay)
+
+
+def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "calibrate", help="choose the threshold on your own data and write an artifact",
+        description="Build the centroid on a training split of normal comments and choose "
+                    "the threshold on held-out normals (and labelled anomalies if given).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--normal", type=Path, help="JSONL file of normal comments")
+    src.add_argument("--topic", help="read normal comments from this topic (no group)")
+    src.add_argument("--artifact", type=Path,
+                     help="with --publish: publish this existing artifact, calibrate nothing")
+    p.add_argument("--from", dest="time_from", help="with --topic: start time")
+    p.add_argument("--to", dest="time_to", help="with --topic: end time (exclusive)")
+    p.add_argument("--last-hours", type=float, metavar="H",
+                   help="with --topic: the last H hours (instead of --from/--to)")
+    p.add_argument("--exclude-alerted", action="store_true",
+                   help="with --topic: leave out comments alerts.topic alerted on")
+    p.add_argument("--exclude-labelled", action="store_true",
+                   help="with --topic: leave out comments labelled anomaly on feedback.topic")
+    p.add_argument("--anomalies", type=Path, help="JSONL file of labelled anomalies")
+    p.add_argument("--label-field", help="field marking anomalies (truthy) in --normal")
+    p.add_argument("--target-fpr", type=float, default=0.01,
+                   help="false-positive rate on held-out normals (default 0.01)")
+    p.add_argument("--select", choices=["target_fpr", "best_f1", "target_precision"],
+                   default="target_fpr", help="how to choose the threshold")
+    p.add_argument("--target-precision", type=float, default=0.9)
+    p.add_argument("--holdout", type=float, default=0.3,
+                   help="share of normals held out to choose the threshold (default 0.3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the CI")
+    p.add_argument("--out", type=Path, default=Path("calibration.json"))
+    p.add_argument("--report-dir", type=Path, default=None,
+                   help="write report.md, report.json and PNG plots here")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
+    p.add_argument("--publish", action="store_true",
+                   help="put the artifact on the state topic: running replicas adopt it "
+                        "without a restart")
+    p.set_defaults(func=_cmd_calibrate)
 
 
 def _cmd_run(_args: argparse.Namespace, settings: Settings) -> int:
@@ -56,6 +139,58 @@ def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.write(orjson.dumps(
         settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    if args.compare and (args.artifact is None or args.alerts_topic or args.dry_run
+                         or args.resume or args.snapshot or args.state != "frozen"):
+        sys.stderr.write("detector: error: --compare needs --artifact and replays frozen: "
+                         "no --alerts-topic, --dry-run, --resume, --snapshot or --state\n")
+        return EXIT_USAGE
+    opts = replay.ReplayOptions(
+        topic=args.topic or settings.input.topic,
+        time_from=parse_time(args.time_from) if args.time_from else None,
+        time_to=parse_time(args.time_to) if args.time_to else None,
+        starts=parse_bounds(args.start), ends=parse_bounds(args.end),
+        partitions=[int(p) for p in args.partitions.split(",")] if args.partitions else None,
+        alerts_topic=args.alerts_topic, output=args.output, scores_file=args.scores_file,
+        dry_run=args.dry_run, state=args.state, snapshot=args.snapshot, force=args.force,
+        progress_file=args.progress_file, resume=args.resume, show_progress=not args.quiet,
+        artifact=args.artifact,
+    )
+    if args.compare:
+        return compare.command(settings, opts)
+    return replay.command(settings, opts)
+
+
+def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    if not 0 < args.target_fpr < 1 or not 0 < args.holdout < 1:
+        sys.stderr.write("detector: error: --target-fpr and --holdout must be in (0, 1)\n")
+        return EXIT_USAGE
+    if args.topic is None and (args.time_from or args.time_to or args.last_hours
+                               or args.exclude_alerted or args.exclude_labelled):
+        sys.stderr.write("detector: error: --from and --to need --topic (so do "
+                         "--last-hours, --exclude-alerted and --exclude-labelled)\n")
+        return EXIT_USAGE
+    if args.last_hours is not None and (args.time_from or args.time_to
+                                        or args.last_hours <= 0):
+        sys.stderr.write("detector: error: --last-hours takes a positive number and "
+                         "replaces --from/--to\n")
+        return EXIT_USAGE
+    if args.artifact is not None and not args.publish:
+        sys.stderr.write("detector: error: --artifact is for --publish of an existing "
+                         "artifact\n")
+        return EXIT_USAGE
+    return calibrate.command(settings, calibrate.CalibrateOptions(
+        normal=args.normal, topic=args.topic, artifact=args.artifact,
+        time_from=parse_time(args.time_from) if args.time_from else None,
+        time_to=parse_time(args.time_to) if args.time_to else None,
+        last_hours=args.last_hours, exclude_alerted=args.exclude_alerted,
+        exclude_labelled=args.exclude_labelled, anomalies=args.anomalies,
+        label_field=args.label_field, target_fpr=args.target_fpr, select=args.select,
+        target_precision=args.target_precision, holdout=args.holdout, seed=args.seed,
+        bootstrap=args.bootstrap, out=args.out, report_dir=args.report_dir,
+        cache_dir=args.cache_dir, publish=args.publish))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

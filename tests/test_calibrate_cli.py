@@ -22,7 +22,7 @@ from detector.config import load_settings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from devtools.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
-from tests.helpers import NewTopic
+from tests.helpers import NewTopic, drug_comments
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +208,6 @@ class TestPerKeyCalibration:
         """With scoring.key_field and method knn the artifact holds a baseline per key, an
         own threshold where the key's held-out normals reach 300, the pooled one
         otherwise, and exemplars; the daemon loads it only with the same method."""
-        from tests.test_baselines_pipeline import drug_comments
-
         normal = tmp_path / "normal.jsonl"
         lines = [{"text": c.text, "meta": {"channel": "shop"}}
                  for c in stream(1200, anomaly_rate=0.0, seed=23)]

@@ -21,8 +21,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devtools.broker import LocalKafka, free_port
-from tests.helpers import unique
-from tests.test_helm import pod_spec, render, rendered_config
+from tests.helpers import pod_spec, render, rendered_config, unique
 
 BROKER_DELAY_S = 90.0
 FIELDS = {"event", "level", "logger", "timestamp"}
