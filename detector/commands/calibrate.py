@@ -195,7 +195,7 @@ async def run_calibration(settings: Settings, opts: CalibrateOptions,
                                         key_field)
         normal = [s.text for s in samples if not s.label]
         keys = [s.key for s in samples if not s.label]
-        refs = [Ref(f"file:{opts.normal.name}", -1, i) for i, s in enumerate(samples)
+        refs = [Ref(f"file:{opts.normal.name}", -1, i, s.id) for i, s in enumerate(samples)
                 if not s.label]
         anomalies = [s.text for s in samples if s.label]
         if skipped:
