@@ -1,9 +1,12 @@
 """The `detector` command line: parse, load settings once, call one command with them.
 
-Commands live in their own modules (`detector.commands.run`, `detector.commands.calibrate`,
-`detector.commands.replay`); each exposes ``add_parser(subparsers)`` and a command function
-``(args, settings) -> exit code``. The CLI imports them, never the reverse. Errors
-that reach here become one line on stderr and an exit code from `detector.exits`.
+Every flag of every subcommand is declared here; a value a flag cannot take is refused by
+its `type=` function (a usage error, exit 2) before any command runs. A command's body
+lives in its own module of `detector.commands` (`run`, `calibrate`, `replay`, `compare`)
+as one function taking the settings and the command's options (`CalibrateOptions`,
+`ReplayOptions`); the CLI builds those from the parsed arguments and calls it. The
+library never imports the CLI. Errors that reach here become one line on stderr and an
+exit code from `detector.exits`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -20,9 +24,12 @@ from detector import __version__
 from detector.commands import calibrate, compare, replay
 from detector.commands import run as app
 from detector.config import Settings, load_settings
-from detector.errors import DetectorError, FatalEmbeddingError
+from detector.errors import ConfigError, DetectorError, FatalEmbeddingError
 from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_INTERRUPTED, EXIT_KAFKA, EXIT_USAGE
+from detector.io.ranges import parse_bounds, parse_time
 from detector.logs import configure_logging
+
+CONFIG_HELP = "YAML configuration file (default: $DETECTOR_CONFIG, else config/detector.yaml)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,21 +38,137 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming anomaly detector for text comments on Kafka.",
     )
     parser.add_argument("--version", action="version", version=f"detector {__version__}")
-    parser.add_argument(
-        "--config", "-c", default=None,
-        help="YAML configuration file (default: $DETECTOR_CONFIG, else config/detector.yaml)",
-    )
+    parser.add_argument("--config", "-c", default=None, help=CONFIG_HELP)
+    # --config is also accepted after the subcommand; there it has no default, so that
+    # when it is given only before the subcommand, the subcommand does not reset it
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", "-c", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="consume, score and publish alerts until SIGTERM")
+    run = sub.add_parser("run", help="consume, score and publish alerts until SIGTERM",
+                         parents=[config])
     run.set_defaults(func=_cmd_run)
 
-    show = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    show = sub.add_parser("config", help="print the effective configuration (secrets masked)",
+                          parents=[config])
     show.set_defaults(func=_cmd_config)
 
-    replay.add_parser(sub, compare=compare.command)
-    calibrate.add_parser(sub)
+    _add_replay(sub, config)
+    _add_calibrate(sub, config)
     return parser
+
+
+def _partitions(text: str) -> list[int]:
+    """``"0,2"`` → ``[0, 2]`` (a `type=` of argparse)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        msg = f"expected comma-separated partition numbers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return [int(part) for part in parts]
+
+
+def _time(text: str) -> int:
+    """Epoch ms of an ISO 8601 time or a number of ms (a `type=` of argparse)."""
+    try:
+        return parse_time(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bound(text: str) -> tuple[int, int]:
+    """``"0:100"`` → ``(0, 100)`` (a `type=` of argparse)."""
+    try:
+        [(partition, offset)] = parse_bounds([text]).items()
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return partition, offset
+
+
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                 config: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "replay", help="re-score a range of a topic without touching the live group",
+        parents=[config],
+        description="Re-score a bounded range of a topic with the live pipeline code. "
+                    "Without --alerts-topic or --output, alerts are written to stdout.")
+    p.add_argument("--topic", help="topic to replay (default: input.topic)")
+    p.add_argument("--from", dest="time_from", type=_time,
+                   help="start time (ISO 8601, UTC if no zone, or epoch ms)")
+    p.add_argument("--to", dest="time_to", type=_time, help="end time, exclusive")
+    p.add_argument("--start", action="append", type=_bound, default=[], metavar="P:OFFSET",
+                   help="explicit start offset of a partition (repeatable)")
+    p.add_argument("--end", action="append", type=_bound, default=[], metavar="P:OFFSET",
+                   help="explicit end offset (exclusive) of a partition (repeatable)")
+    p.add_argument("--partitions", type=_partitions,
+                   help="comma-separated partitions to replay (default: all)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--alerts-topic", help="write alerts to this topic")
+    out.add_argument("--output", type=Path, help="write alerts to this JSONL file")
+    out.add_argument("--dry-run", action="store_true", help="print only the summary")
+    p.add_argument("--scores-file", type=Path, help="also write every score to this JSONL file")
+    p.add_argument("--state", choices=["frozen", "evolving"], default="frozen",
+                   help="frozen: score against the starting centroid; evolving: update it "
+                        "as the live daemon would (default: frozen)")
+    p.add_argument("--snapshot", metavar="NAME",
+                   help="start from the state snapshot of detector NAME instead of the "
+                        "calibration artifact or seed file")
+    p.add_argument("--force", action="store_true",
+                   help="allow writing to the live alerts topic")
+    p.add_argument("--progress-file", type=Path, default=Path("replay-progress.json"),
+                   help="where progress is saved (default: replay-progress.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the replay saved in --progress-file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--artifact", type=Path,
+                   help="score with this calibration artifact (instead of "
+                        "scoring.calibration_file)")
+    p.add_argument("--compare", action="store_true",
+                   help="with --artifact: report which alerts it adds and removes against "
+                        "the artifact in force (JSON to --output or stdout; frozen)")
+    p.set_defaults(func=_cmd_replay)
+
+
+def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                 config: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "calibrate", help="choose the threshold on your own data and write an artifact",
+        parents=[config],
+        description="Build the centroid on a training split of normal comments and choose "
+                    "the threshold on held-out normals (and labelled anomalies if given).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--normal", type=Path, help="JSONL file of normal comments")
+    src.add_argument("--topic", help="read normal comments from this topic (no group)")
+    src.add_argument("--artifact", type=Path,
+                     help="with --publish: publish this existing artifact, calibrate nothing")
+    p.add_argument("--from", dest="time_from", type=_time, help="with --topic: start time")
+    p.add_argument("--to", dest="time_to", type=_time,
+                   help="with --topic: end time (exclusive)")
+    p.add_argument("--last-hours", type=float, metavar="H",
+                   help="with --topic: the last H hours (instead of --from/--to)")
+    p.add_argument("--exclude-alerted", action="store_true",
+                   help="with --topic: leave out comments alerts.topic alerted on")
+    p.add_argument("--exclude-labelled", action="store_true",
+                   help="with --topic: leave out comments labelled anomaly on feedback.topic")
+    p.add_argument("--anomalies", type=Path, help="JSONL file of labelled anomalies")
+    p.add_argument("--label-field", help="field marking anomalies (truthy) in --normal")
+    p.add_argument("--target-fpr", type=float, default=None,
+                   help="false-positive rate on held-out normals "
+                        "(default: scoring.target_fpr)")
+    p.add_argument("--select", choices=["target_fpr", "best_f1", "target_precision"],
+                   default="target_fpr", help="how to choose the threshold")
+    p.add_argument("--target-precision", type=float, default=0.9)
+    p.add_argument("--holdout", type=float, default=0.3,
+                   help="share of normals held out to choose the threshold (default 0.3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the CI")
+    p.add_argument("--out", type=Path, default=Path("calibration.json"))
+    p.add_argument("--report-dir", type=Path, default=None,
+                   help="write report.md, report.json and PNG plots here")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
+    p.add_argument("--publish", action="store_true",
+                   help="put the artifact on the state topic: running replicas adopt it "
+                        "without a restart")
+    p.set_defaults(func=_cmd_calibrate)
 
 
 def _cmd_run(_args: argparse.Namespace, settings: Settings) -> int:
@@ -56,6 +179,57 @@ def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.write(orjson.dumps(
         settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    if args.compare and (args.artifact is None or args.alerts_topic or args.dry_run
+                         or args.resume or args.snapshot or args.state != "frozen"):
+        sys.stderr.write("detector: error: --compare needs --artifact and replays frozen: "
+                         "no --alerts-topic, --dry-run, --resume, --snapshot or --state\n")
+        return EXIT_USAGE
+    opts = replay.ReplayOptions(
+        topic=args.topic or settings.input.topic,
+        time_from=args.time_from, time_to=args.time_to,
+        starts=dict(args.start), ends=dict(args.end), partitions=args.partitions,
+        alerts_topic=args.alerts_topic, output=args.output, scores_file=args.scores_file,
+        dry_run=args.dry_run, state=args.state, snapshot=args.snapshot, force=args.force,
+        progress_file=args.progress_file, resume=args.resume, show_progress=not args.quiet,
+        artifact=args.artifact,
+    )
+    if args.compare:
+        return compare.command(settings, opts)
+    return replay.command(settings, opts)
+
+
+def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    target_fpr: float = settings.scoring.target_fpr if args.target_fpr is None \
+        else args.target_fpr
+    if not 0 < target_fpr < 1 or not 0 < args.holdout < 1:
+        sys.stderr.write("detector: error: --target-fpr and --holdout must be in (0, 1)\n")
+        return EXIT_USAGE
+    ranged = args.time_from is not None or args.time_to is not None
+    if args.topic is None and (ranged or args.last_hours is not None
+                               or args.exclude_alerted or args.exclude_labelled):
+        sys.stderr.write("detector: error: --from and --to need --topic (so do "
+                         "--last-hours, --exclude-alerted and --exclude-labelled)\n")
+        return EXIT_USAGE
+    if args.last_hours is not None and (ranged or args.last_hours <= 0):
+        sys.stderr.write("detector: error: --last-hours takes a positive number and "
+                         "replaces --from/--to\n")
+        return EXIT_USAGE
+    if args.artifact is not None and not args.publish:
+        sys.stderr.write("detector: error: --artifact is for --publish of an existing "
+                         "artifact\n")
+        return EXIT_USAGE
+    return calibrate.command(settings, calibrate.CalibrateOptions(
+        normal=args.normal, topic=args.topic, artifact=args.artifact,
+        time_from=args.time_from, time_to=args.time_to, last_hours=args.last_hours,
+        exclude_alerted=args.exclude_alerted,
+        exclude_labelled=args.exclude_labelled, anomalies=args.anomalies,
+        label_field=args.label_field, target_fpr=target_fpr, select=args.select,
+        target_precision=args.target_precision, holdout=args.holdout, seed=args.seed,
+        bootstrap=args.bootstrap, out=args.out, report_dir=args.report_dir,
+        cache_dir=args.cache_dir, publish=args.publish))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,9 +36,3 @@ def install_stop_handlers(stop: asyncio.Event, *, announce: Callable[[int], None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
 
-
-def remove_stop_handlers() -> None:
-    """Give SIGTERM/SIGINT back to their defaults (tests; a loop that outlives a command)."""
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(signum)

@@ -1,25 +1,42 @@
-"""Test helpers around a real broker: produce, read back, run a detector in-process."""
+"""Helpers shared by test modules (test modules never import each other): a real
+broker's topics (produce, read back, run a detector in-process), unit vectors and
+artifacts without a broker, a fake sink and committer for the outbox, sample comments of
+two populations, and the rendered Helm chart."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import random
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from detector.calibration import artifact as cal
 from detector.commands import run as app
 from detector.config import Settings, load_settings
 from detector.embedders.base import Embedder, Matrix
+from detector.io import records as rec
 from detector.metrics import Metrics
+from detector.stream.delivery import Gate, Outbox, Work
+from devtools.sample_data import normal_comment
 
 NewTopic = Callable[..., Awaitable[str]]  # the new_topic fixture: a fresh topic's name
 
@@ -201,3 +218,146 @@ async def topic_configs(bootstrap: str, topic: str, deadline_s: float = 30.0) ->
 def metric(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
     value = metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+# Unit vectors and calibration artifacts of a small fake model (no broker, no embedder).
+
+DIM = 32
+MODEL = "fake-model"
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    out: np.ndarray = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+    return out
+
+
+def artifact(direction: np.ndarray, seed: int, *, model: str = MODEL
+             ) -> cal.CalibrationArtifact:
+    rng = np.random.default_rng(seed)
+    rows = unit(direction * 2.0 + rng.normal(size=(900, DIM)) * 0.5)
+    return cal.calibrate(rows[:600], rows[600:], None, model=model, dimension=DIM,
+                         bootstrap=10, seed=seed).artifact
+
+
+# The outbox without a broker: a sink whose futures the test resolves, a committer.
+
+TP = TopicPartition("comments", 0)
+
+
+class FakeSink:
+    """Hands out one future per send, resolved by the test; refuses the first `refuse`."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.refuse = refuse
+        self.sent: list[tuple[str, bytes, asyncio.Future[Any]]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None
+                   ) -> asyncio.Future[Any]:
+        if self.refuse:
+            self.refuse -= 1
+            raise KafkaTimeoutError
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, value, future))
+        return future
+
+    def ack_all(self) -> None:
+        for _, _, future in self.sent:
+            if not future.done():
+                future.set_result(None)
+
+
+class FakeCommitter:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.fail:
+            raise KafkaError("transaction fenced")
+        self.commits.append(dict(offsets))
+
+
+def outbox(sink: FakeSink, committer: FakeCommitter, *, gate: Gate | None = None,
+           metrics: Metrics | None = None, sleeps: list[float] | None = None) -> Outbox:
+    async def sleep(seconds: float) -> None:
+        if sleeps is not None:
+            sleeps.append(seconds)
+
+    return Outbox(sink, committer, metrics or Metrics(), alerts_topic="alerts",
+                  assigned=lambda: {TP}, gate=gate, sleep=sleep)
+
+
+def work(box: Outbox, offset: int, *topics: str) -> Work:
+    generation = box.track(TP, offset)
+    source = rec.Source(TP.topic, TP.partition, offset, 0, None)
+    return (source, generation, [(t, None, f"{t}-{offset}".encode()) for t in topics])
+
+
+# Ordinary comments of two populations: shop reviews (the majority) and medication
+# reviews (a minority key with its own baseline).
+
+_DRUGS = ["ibuprofen", "metformin", "sertraline", "lisinopril", "omeprazole", "atorvastatin",
+          "levothyroxine", "amoxicillin"]
+_CONDITIONS = ["my back pain", "type 2 diabetes", "anxiety", "high blood pressure",
+               "acid reflux", "high cholesterol", "an underactive thyroid", "a chest infection"]
+_EFFECTS = ["the symptoms eased within a week", "I had mild nausea for the first days",
+            "it made me dizzy in the mornings", "my readings are back to normal",
+            "I sleep better since I started", "the side effects were worse than the illness"]
+
+
+def drug_comment(rng: random.Random) -> str:
+    """An ordinary comment of the minority population: a patient's medication review."""
+    return (f"I have been taking {rng.choice(_DRUGS)} for {rng.choice(_CONDITIONS)} and "
+            f"{rng.choice(_EFFECTS)}.")
+
+
+def shop_comments(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [normal_comment(rng) for _ in range(n)]
+
+
+def drug_comments(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [drug_comment(rng) for _ in range(n)]
+
+
+# The Helm chart, rendered with `helm template`.
+
+CHART = Path("helm/detector")
+Doc = dict[str, Any]
+
+
+def helm() -> str:
+    """The helm binary: $HELM, else .cache/bin/helm, else PATH. Missing helm is a failure."""
+    for candidate in (os.environ.get("HELM"), ".cache/bin/helm", shutil.which("helm")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.fail("helm not found: run `bash scripts/ensure-helm.sh` (make test does), "
+                "or point $HELM at a helm binary")
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm(), *args], capture_output=True, text=True, check=False,
+                          timeout=120)
+
+
+@functools.cache
+def render(*args: str) -> tuple[Doc, ...]:
+    result = run_helm("template", "rel", str(CHART), *args)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def one(docs: tuple[Doc, ...], kind: str, name: str | None = None) -> Doc:
+    [doc] = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    return doc
+
+
+def pod_spec(docs: tuple[Doc, ...], kind: str = "StatefulSet") -> Doc:
+    spec: Doc = one(docs, kind)["spec"]["template"]["spec"]
+    return spec
+
+
+def rendered_config(docs: tuple[Doc, ...]) -> str:
+    text: str = one(docs, "ConfigMap", "rel-detector")["data"]["detector.yaml"]
+    return text

@@ -22,22 +22,7 @@ from detector.operating.adoption import Adopter
 from detector.state.published import encode, parse, version_of
 from detector.state.sharing import Scope, SharedBaselines
 from detector.state.store import SharedCentroid
-
-DIM = 32
-MODEL = "fake-model"
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    out: np.ndarray = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
-    return out
-
-
-def artifact(direction: np.ndarray, seed: int, *, model: str = MODEL
-             ) -> cal.CalibrationArtifact:
-    rng = np.random.default_rng(seed)
-    rows = unit(direction * 2.0 + rng.normal(size=(900, DIM)) * 0.5)
-    return cal.calibrate(rows[:600], rows[600:], None, model=model, dimension=DIM,
-                         bootstrap=10, seed=seed).artifact
+from tests.helpers import DIM, MODEL, artifact, unit
 
 
 class Model:

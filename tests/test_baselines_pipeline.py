@@ -4,7 +4,6 @@ nearest exemplars are real, earlier, accepted records."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +19,22 @@ from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref, encode_exemplars
 from detector.state.sharing import KeyRecord
 from detector.state.store import StateStore
-from devtools.sample_data import SPAM, normal_comment
+from devtools.sample_data import SPAM
 from tests.helpers import (
     NewTopic,
     detector_settings,
+    drug_comments,
     metric,
     produce,
     read_topic,
     running_detector,
+    shop_comments,
     unique,
     values,
     wait_for,
 )
 
 pytestmark = pytest.mark.kafka
-
-_DRUGS = ["ibuprofen", "metformin", "sertraline", "lisinopril", "omeprazole", "atorvastatin",
-          "levothyroxine", "amoxicillin"]
-_CONDITIONS = ["my back pain", "type 2 diabetes", "anxiety", "high blood pressure",
-               "acid reflux", "high cholesterol", "an underactive thyroid", "a chest infection"]
-_EFFECTS = ["the symptoms eased within a week", "I had mild nausea for the first days",
-            "it made me dizzy in the mornings", "my readings are back to normal",
-            "I sleep better since I started", "the side effects were worse than the illness"]
-
-
-def drug_comment(rng: random.Random) -> str:
-    """An ordinary comment of the minority population: a patient's medication review."""
-    return (f"I have been taking {rng.choice(_DRUGS)} for {rng.choice(_CONDITIONS)} and "
-            f"{rng.choice(_EFFECTS)}.")
-
-
-def shop_comments(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [normal_comment(rng) for _ in range(n)]
-
-
-def drug_comments(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [drug_comment(rng) for _ in range(n)]
-
 
 def message(text: str, channel: str, i: int) -> tuple[bytes, bytes]:
     return channel.encode(), orjson.dumps({"id": f"{channel}-{i}", "text": text,

@@ -17,12 +17,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from detector.calibration.artifact import load_artifact
 from detector.cli import main
+from detector.commands.calibrate import CalibrateOptions, run_calibration
 from detector.config import load_settings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from detector.operating import startup
 from devtools.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
-from tests.helpers import NewTopic
+from tests.helpers import NewTopic, drug_comments
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,33 @@ class TestCalibrateCommand:
         assert "--from and --to need --topic" in capsys.readouterr().err
 
 
+class TestExemplarSources:
+    async def test_exemplars_of_a_file_carry_the_lines_ids(
+        self, tmp_path: Path, local_embedder: LocalEmbedder
+    ) -> None:
+        """exemplars calibrated from a file keep each line's id (input.id_field) next to
+        the file name and line, as exemplars read from a topic do; a line without an id
+        gives a null id."""
+        normal = tmp_path / "normal.jsonl"
+        lines: list[dict[str, object]] = [{"id": f"c-{i}", "text": c.text}
+                                          for i, c in enumerate(stream(300, anomaly_rate=0.0,
+                                                                       seed=5))]
+        lines += [{"id": 7, "text": "An ordinary comment whose id is a number."},
+                  {"text": "An ordinary comment without any id at all."}]
+        normal.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+        settings = load_settings("config/detector.yaml")
+        opts = CalibrateOptions(normal=normal, target_fpr=0.05, bootstrap=20,
+                                out=tmp_path / "cal.json", cache_dir=tmp_path / "cache")
+        result, _ = await run_calibration(settings, opts, embedder=local_embedder)
+        refs = [e["ref"] for e in result.artifact.exemplars]
+        assert len(refs) == result.artifact.counts["train"]  # < reservoir_size: all kept
+        for ref in refs:
+            line = lines[ref["offset"]]
+            assert (ref["topic"], ref["partition"]) == ("file:normal.jsonl", -1)
+            assert ref["id"] == (str(line["id"]) if "id" in line else None)
+        assert sum(ref["id"] is not None for ref in refs) >= len(refs) - 1
+
+
 def iso(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
 
@@ -208,8 +236,6 @@ class TestPerKeyCalibration:
         """With scoring.key_field and method knn the artifact holds a baseline per key, an
         own threshold where the key's held-out normals reach 300, the pooled one
         otherwise, and exemplars; the daemon loads it only with the same method."""
-        from tests.test_baselines_pipeline import drug_comments
-
         normal = tmp_path / "normal.jsonl"
         lines = [{"text": c.text, "meta": {"channel": "shop"}}
                  for c in stream(1200, anomaly_rate=0.0, seed=23)]

@@ -7,68 +7,13 @@ A small fake `Sink` stands in for the producer; what is tested is our own protoc
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaError, KafkaTimeoutError
-from aiokafka.structs import TopicPartition
 
 from detector.errors import TransactionFailedError
-from detector.io import records as rec
 from detector.metrics import Metrics
-from detector.stream.delivery import Gate, Outbox, Work
-from tests.helpers import wait_for
-
-TP = TopicPartition("comments", 0)
-
-
-class FakeSink:
-    """Hands out one future per send, resolved by the test; refuses the first `refuse`."""
-
-    def __init__(self, refuse: int = 0) -> None:
-        self.refuse = refuse
-        self.sent: list[tuple[str, bytes, asyncio.Future[Any]]] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes | None = None
-                   ) -> asyncio.Future[Any]:
-        if self.refuse:
-            self.refuse -= 1
-            raise KafkaTimeoutError
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.sent.append((topic, value, future))
-        return future
-
-    def ack_all(self) -> None:
-        for _, _, future in self.sent:
-            if not future.done():
-                future.set_result(None)
-
-
-class FakeCommitter:
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.commits: list[dict[TopicPartition, int]] = []
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if self.fail:
-            raise KafkaError("transaction fenced")
-        self.commits.append(dict(offsets))
-
-
-def outbox(sink: FakeSink, committer: FakeCommitter, *, gate: Gate | None = None,
-           metrics: Metrics | None = None, sleeps: list[float] | None = None) -> Outbox:
-    async def sleep(seconds: float) -> None:
-        if sleeps is not None:
-            sleeps.append(seconds)
-
-    return Outbox(sink, committer, metrics or Metrics(), alerts_topic="alerts",
-                  assigned=lambda: {TP}, gate=gate, sleep=sleep)
-
-
-def work(box: Outbox, offset: int, *topics: str) -> Work:
-    generation = box.track(TP, offset)
-    source = rec.Source(TP.topic, TP.partition, offset, 0, None)
-    return (source, generation, [(t, None, f"{t}-{offset}".encode()) for t in topics])
+from detector.stream.delivery import Gate
+from tests.helpers import TP, FakeCommitter, FakeSink, outbox, wait_for, work
 
 
 class TestOutbox:

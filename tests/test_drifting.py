@@ -12,9 +12,18 @@ from detector.metrics import Metrics
 from detector.model.drift import DRIFT_SCHEMA
 from detector.model.scorer import Scorer
 from detector.operating.drift import DriftStage
-from tests.helpers import wait_for
-from tests.test_adoption import DIM, MODEL, artifact, unit
-from tests.test_delivery import TP, FakeCommitter, FakeSink, outbox, work
+from tests.helpers import (
+    DIM,
+    MODEL,
+    TP,
+    FakeCommitter,
+    FakeSink,
+    artifact,
+    outbox,
+    unit,
+    wait_for,
+    work,
+)
 
 
 class Stage:

@@ -4,14 +4,9 @@ the daemon's own settings code) and the Grafana dashboard (against the exported 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import orjson
@@ -20,12 +15,11 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
 from detector.cli import build_parser
-from detector.commands import calibrate, replay
 from detector.config import Settings, load_settings
 from detector.metrics import Metrics
 from detector.state.store import COMPACTED
+from tests.helpers import CHART, Doc, one, pod_spec, render, rendered_config, run_helm
 
-CHART = Path("helm/detector")
 ALL_ENABLED = CHART / "ci/all-enabled-values.yaml"
 KUBE_VERSION = "1.33.0"
 # Custom resources: kubernetes-validate bundles only the built-in API schemas. The
@@ -45,47 +39,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "hpa": ("--set", "hpa.enabled=true", "--set", "dashboard.enabled=true",
             "--set", "job.enabled=true"),
 }
-Doc = dict[str, Any]
 ALERTS = ("DetectorConsumerLagGrowing", "DetectorNoPartitionsAssigned",
           "DetectorEmbeddingErrors", "DetectorDeadLetterRate", "DetectorEmbedderFatal",
           "DetectorPublishRetries", "DetectorAlertRateHigh")
 POD_TMP = "/tmp"  # noqa: S108 - the mount path inside the pod, not a file used here
-
-
-def helm() -> str:
-    """The helm binary: $HELM, else .cache/bin/helm, else PATH. Missing helm is a failure."""
-    for candidate in (os.environ.get("HELM"), ".cache/bin/helm", shutil.which("helm")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    pytest.fail("helm not found: run `bash scripts/ensure-helm.sh` (make test does), "
-                "or point $HELM at a helm binary")
-
-
-def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([helm(), *args], capture_output=True, text=True, check=False,
-                          timeout=120)
-
-
-@functools.cache
-def render(*args: str) -> tuple[Doc, ...]:
-    result = run_helm("template", "rel", str(CHART), *args)
-    assert result.returncode == 0, result.stderr
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
-
-
-def one(docs: tuple[Doc, ...], kind: str, name: str | None = None) -> Doc:
-    [doc] = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    return doc
-
-
-def pod_spec(docs: tuple[Doc, ...], kind: str = "StatefulSet") -> Doc:
-    spec: Doc = one(docs, kind)["spec"]["template"]["spec"]
-    return spec
-
-
-def rendered_config(docs: tuple[Doc, ...]) -> str:
-    text: str = one(docs, "ConfigMap", "rel-detector")["data"]["detector.yaml"]
-    return text
 
 
 class TestLintAndSchemas:
@@ -251,11 +208,11 @@ class TestWorkload:
         job = pod_spec(docs, "Job")["containers"][0]
         parsed = parser.parse_args(job["args"])
         assert parsed.config == "/etc/detector/detector.yaml"
-        assert parsed.func.__module__ == calibrate.__name__
+        assert parsed.command == "calibrate"
         assert job["workingDir"] == "/work"
         assert "/work" in {m["mountPath"] for m in job["volumeMounts"]}
         default_job = pod_spec(render("--set", "job.enabled=true"), "Job")["containers"][0]
-        assert parser.parse_args(default_job["args"]).func.__module__ == replay.__name__
+        assert parser.parse_args(default_job["args"]).command == "replay"
 
 
     def test_recalibration_cronjob_calibrates_the_last_hours_and_publishes(self) -> None:
@@ -270,7 +227,7 @@ class TestWorkload:
         pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         container = pod["containers"][0]
         parsed = build_parser().parse_args(container["args"])
-        assert parsed.func.__module__ == calibrate.__name__
+        assert parsed.command == "calibrate"
         assert parsed.config == "/etc/detector/detector.yaml"
         assert (parsed.topic, parsed.last_hours, parsed.holdout) == ("comments", 12.0, 0.3)
         assert (parsed.exclude_alerted, parsed.exclude_labelled, parsed.publish) == (

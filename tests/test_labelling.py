@@ -19,7 +19,7 @@ from detector.model.scorer import Scorer
 from detector.operating import startup
 from detector.operating.labels import FeedbackStage
 from detector.state.store import ReplicaRecord, SharedCentroid
-from tests.test_adoption import DIM, MODEL, artifact, unit
+from tests.helpers import DIM, MODEL, artifact, unit
 
 
 class FixedEmbedder:

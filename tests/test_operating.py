@@ -25,15 +25,16 @@ from tests.helpers import (
     NewTopic,
     RunningDetector,
     detector_settings,
+    drug_comments,
     metric,
     produce,
     read_topic,
     running_detector,
+    shop_comments,
     unique,
     values,
     wait_for,
 )
-from tests.test_baselines_pipeline import drug_comments, shop_comments
 
 pytestmark = pytest.mark.kafka
 

@@ -7,7 +7,7 @@ import os
 import signal
 
 from detector.exits import by_signal
-from detector.signals import install_stop_handlers, remove_stop_handlers
+from detector.signals import install_stop_handlers
 from tests.helpers import wait_for
 
 
@@ -26,4 +26,6 @@ async def test_first_signal_stops_second_exits() -> None:
         assert exits == [by_signal(signal.SIGINT)] == [130]
         assert announced == [signal.SIGTERM]
     finally:
-        remove_stop_handlers()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

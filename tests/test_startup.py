@@ -26,8 +26,7 @@ from detector.commands import run as app
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from devtools.broker import LocalKafka, free_port
-from tests.helpers import NewTopic, detector_settings, unique
-from tests.test_helm import pod_spec, render, rendered_config
+from tests.helpers import NewTopic, detector_settings, pod_spec, render, rendered_config, unique
 
 BROKER_DELAY_S = 90.0
 FIELDS = {"event", "level", "logger", "timestamp"}

@@ -14,11 +14,13 @@ from detector.io.records import lookup
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One line of a samples file: its text and, when the file has one, its label."""
+    """One line of a samples file: its text and, when the file has them, its label, key
+    and id."""
 
     text: str
     label: bool | None = None
     key: str | None = None  # the value of the key field (per-key calibration)
+    id: str | None = None  # the value of input.id_field, as a record's comment id
 
 
 def read_samples(path: Path, settings: InputSettings, label_field: str | None = None,
@@ -26,7 +28,8 @@ def read_samples(path: Path, settings: InputSettings, label_field: str | None = 
     """Samples of a JSONL file (or raw lines when `settings.format` is raw).
 
     `key_field` is a dotted path to each line's key (``@key`` reads a field ``key``, where
-    a topic dump keeps the record key).
+    a topic dump keeps the record key). A line's id is read from `settings.id_field` the
+    way a record's is (a string or an integer, else none).
 
     Returns the samples and the number of lines skipped (blank text, bad JSON, no text
     field). A missing or unreadable file is a `ConfigError` naming it.
@@ -58,7 +61,10 @@ def read_samples(path: Path, settings: InputSettings, label_field: str | None = 
         if key_field is not None:
             raw_key = lookup(obj, "key" if key_field == "@key" else key_field)
             key = str(raw_key) if isinstance(raw_key, str | int | float | bool) else None
-        samples.append(Sample(text, label, key))
+        raw_id = lookup(obj, settings.id_field)
+        sample_id = str(raw_id) if isinstance(raw_id, str | int) and not isinstance(
+            raw_id, bool) else None
+        samples.append(Sample(text, label, key, sample_id))
     return samples, skipped
 
 

@@ -8,18 +8,17 @@ SHA-256), so a re-run with the same texts makes no embedding calls.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from detector.calibration import artifact as cal
 from detector.calibration import keys as keycal
@@ -28,11 +27,37 @@ from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
 from detector.errors import CalibrationError
-from detector.exits import EXIT_OK, EXIT_USAGE
+from detector.exits import EXIT_OK
 from detector.io import records as rec
-from detector.io.ranges import parse_time, read_plan, resolve_plan
+from detector.io.ranges import read_plan, resolve_plan
 from detector.model.reservoir import Ref, encode_exemplars
 from detector.progress import Progress
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """What `detector calibrate` calibrates on and how (its flags, parsed)."""
+
+    normal: Path | None = None  # JSONL file of normal comments, or
+    topic: str | None = None  # a topic's range read without a group, or
+    artifact: Path | None = None  # with `publish`: publish this artifact, calibrate nothing
+    time_from: int | None = None  # epoch ms (with `topic`)
+    time_to: int | None = None
+    last_hours: float | None = None  # instead of time_from/time_to
+    exclude_alerted: bool = False
+    exclude_labelled: bool = False
+    anomalies: Path | None = None
+    label_field: str | None = None
+    target_fpr: float = 0.01
+    select: cal.Method = "target_fpr"
+    target_precision: float = 0.9
+    holdout: float = 0.3
+    seed: int = 0
+    bootstrap: int = 1000
+    out: Path = Path("calibration.json")
+    report_dir: Path | None = None
+    cache_dir: Path = Path(".cache/embeddings")
+    publish: bool = False
 
 
 class EmbeddingCache:
@@ -108,21 +133,21 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
     return texts, skipped
 
 
-def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs: Matrix,
+def calibrate_vectors(settings: Settings, opts: CalibrateOptions, normal_vecs: Matrix,
                       anomaly_vecs: Matrix | None, *, keys: list[str | None],
                       refs: list[Ref], embedder: Embedder) -> cal.Result:
     """Split, fit the global baseline (centroid and reservoir) and, with a key field, the
     per-key baselines; choose the thresholds for the configured scoring method."""
-    train, hold = cal.split(len(normal_vecs), args.holdout, args.seed)
+    train, hold = cal.split(len(normal_vecs), opts.holdout, opts.seed)
     scoring = settings.scoring
     key_field = scoring.key_field
     train_refs = [refs[i] for i in train]
     fitted = keycal.fit(normal_vecs[train], train_refs, scoring.reservoir_size)
     result = cal.calibrate(
         normal_vecs[train], normal_vecs[hold], anomaly_vecs,
-        model=embedder.name, dimension=embedder.dimension, method=args.select,
-        target_fpr=args.target_fpr, target_precision=args.target_precision,
-        bootstrap=args.bootstrap, seed=args.seed,
+        model=embedder.name, dimension=embedder.dimension, method=opts.select,
+        target_fpr=opts.target_fpr, target_precision=opts.target_precision,
+        bootstrap=opts.bootstrap, seed=opts.seed,
         text_prefix=settings.embedding.text_prefix,
         score=lambda rows: fitted.scores(rows, scoring.method, scoring.k),
         scoring={"method": scoring.method, "k": scoring.k})
@@ -131,7 +156,7 @@ def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs:
     if key_field is not None:
         per_key = keycal.calibrate_keys(
             normal_vecs[train], [keys[i] for i in train], train_refs, normal_vecs[hold],
-            [keys[i] for i in hold], target_fpr=args.target_fpr, method=scoring.method,
+            [keys[i] for i in hold], target_fpr=opts.target_fpr, method=scoring.method,
             k=scoring.k, reservoir_size=scoring.key_reservoir_size,
             min_train=scoring.key_min_samples)
         extra["keys"] = per_key.to_json(key_field, scoring.key_min_samples,
@@ -140,53 +165,55 @@ def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs:
                       result.anomaly_sims)
 
 
-async def _topic_comments(settings: Settings, args: argparse.Namespace
+async def _topic_comments(settings: Settings, opts: CalibrateOptions, topic: str
                           ) -> tuple[list[rec.Comment], int]:
-    """The comments of `--topic` over the range, without the excluded ones."""
-    time_from = parse_time(args.time_from) if args.time_from else None
-    time_to = parse_time(args.time_to) if args.time_to else None
-    if getattr(args, "last_hours", None):
+    """The comments of `topic` over the options' range, without the excluded ones."""
+    time_from, time_to = opts.time_from, opts.time_to
+    if opts.last_hours:
         time_to = int(time.time() * 1000)
-        time_from = time_to - int(args.last_hours * 3_600_000)
-    comments, skipped = await read_topic_texts(settings, args.topic, time_from, time_to)
-    if getattr(args, "exclude_alerted", False) or getattr(args, "exclude_labelled", False):
+        time_from = time_to - int(opts.last_hours * 3_600_000)
+    comments, skipped = await read_topic_texts(settings, topic, time_from, time_to)
+    if opts.exclude_alerted or opts.exclude_labelled:
         from detector.calibration.exclusions import exclusions
 
-        left_out = await exclusions(settings, args.topic, time_from,
-                                    alerted=args.exclude_alerted,
-                                    labelled=args.exclude_labelled)
+        left_out = await exclusions(settings, topic, time_from,
+                                    alerted=opts.exclude_alerted,
+                                    labelled=opts.exclude_labelled)
         kept = [c for c in comments if not left_out.excludes(c)]
         sys.stderr.write(f"left out {len(comments) - len(kept)} alerted or "
-                         f"anomaly-labelled comments of {args.topic}\n")
+                         f"anomaly-labelled comments of {topic}\n")
         comments = kept
     return comments, skipped
 
 
-async def run_calibration(settings: Settings, args: argparse.Namespace,
+async def run_calibration(settings: Settings, opts: CalibrateOptions,
                           embedder: Embedder | None = None) -> tuple[cal.Result, int]:
     """Gather inputs, embed (cached), calibrate, write artifact and report."""
     key_field = settings.scoring.key_field
-    if args.normal is not None:
-        samples, skipped = read_samples(args.normal, settings.input, args.label_field,
+    if opts.normal is not None:
+        samples, skipped = read_samples(opts.normal, settings.input, opts.label_field,
                                         key_field)
         normal = [s.text for s in samples if not s.label]
         keys = [s.key for s in samples if not s.label]
-        refs = [Ref(f"file:{args.normal.name}", -1, i) for i, s in enumerate(samples)
+        refs = [Ref(f"file:{opts.normal.name}", -1, i, s.id) for i, s in enumerate(samples)
                 if not s.label]
         anomalies = [s.text for s in samples if s.label]
         if skipped:
-            sys.stderr.write(f"skipped {skipped} unusable lines of {args.normal}\n")
-    else:
-        comments, skipped = await _topic_comments(settings, args)
+            sys.stderr.write(f"skipped {skipped} unusable lines of {opts.normal}\n")
+    elif opts.topic is not None:
+        comments, skipped = await _topic_comments(settings, opts, opts.topic)
         normal = [c.text for c in comments]
         keys = [c.key for c in comments]
         refs = [Ref(c.source.topic, c.source.partition, c.source.offset, c.id)
                 for c in comments]
         anomalies = []
         if skipped:
-            sys.stderr.write(f"skipped {skipped} unusable records of {args.topic}\n")
-    if args.anomalies is not None:
-        more, _ = read_samples(args.anomalies, settings.input)
+            sys.stderr.write(f"skipped {skipped} unusable records of {opts.topic}\n")
+    else:
+        msg = "nothing to calibrate on: give a file of normal comments or a topic"
+        raise CalibrationError(msg)
+    if opts.anomalies is not None:
+        more, _ = read_samples(opts.anomalies, settings.input)
         anomalies += [s.text for s in more]
     if not normal:
         msg = "no normal comments to calibrate on (the input is empty or unusable)"
@@ -194,7 +221,7 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
     owned = embedder is None
     embedder = embedder or build_embedder(settings)
     text_prefix = settings.embedding.text_prefix
-    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", embedder.name,
+    cache = EmbeddingCache(opts.cache_dir / "embeddings.sqlite", embedder.name,
                            embedder.dimension, text_prefix)
     try:
         size = settings.embedding.batch_size
@@ -208,13 +235,13 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
     if settings.scoring.keep_exemplar_text:
         refs = [Ref(r.topic, r.partition, r.offset, r.id, text)
                 for r, text in zip(refs, normal, strict=True)]
-    result = calibrate_vectors(settings, args, normal_vecs, anomaly_vecs if len(anomalies)
+    result = calibrate_vectors(settings, opts, normal_vecs, anomaly_vecs if len(anomalies)
                                else None, keys=keys, refs=refs, embedder=embedder)
-    cal.save_artifact(result.artifact, args.out)
-    if args.report_dir is not None:
+    cal.save_artifact(result.artifact, opts.out)
+    if opts.report_dir is not None:
         from detector.calibration.report import write_report
 
-        write_report(result, args.report_dir)
+        write_report(result, opts.report_dir)
     return result, calls + more_calls
 
 
@@ -250,71 +277,16 @@ def summary_table(result: cal.Result, out: Path, calls: int) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n"
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register `detector calibrate`."""
-    p = subparsers.add_parser(
-        "calibrate", help="choose the threshold on your own data and write an artifact",
-        description="Build the centroid on a training split of normal comments and choose "
-                    "the threshold on held-out normals (and labelled anomalies if given).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--normal", type=Path, help="JSONL file of normal comments")
-    src.add_argument("--topic", help="read normal comments from this topic (no group)")
-    src.add_argument("--artifact", type=Path,
-                     help="with --publish: publish this existing artifact, calibrate nothing")
-    p.add_argument("--from", dest="time_from", help="with --topic: start time")
-    p.add_argument("--to", dest="time_to", help="with --topic: end time (exclusive)")
-    p.add_argument("--last-hours", type=float, metavar="H",
-                   help="with --topic: the last H hours (instead of --from/--to)")
-    p.add_argument("--exclude-alerted", action="store_true",
-                   help="with --topic: leave out comments alerts.topic alerted on")
-    p.add_argument("--exclude-labelled", action="store_true",
-                   help="with --topic: leave out comments labelled anomaly on feedback.topic")
-    p.add_argument("--anomalies", type=Path, help="JSONL file of labelled anomalies")
-    p.add_argument("--label-field", help="field marking anomalies (truthy) in --normal")
-    p.add_argument("--target-fpr", type=float, default=0.01,
-                   help="false-positive rate on held-out normals (default 0.01)")
-    p.add_argument("--select", choices=["target_fpr", "best_f1", "target_precision"],
-                   default="target_fpr", help="how to choose the threshold")
-    p.add_argument("--target-precision", type=float, default=0.9)
-    p.add_argument("--holdout", type=float, default=0.3,
-                   help="share of normals held out to choose the threshold (default 0.3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the CI")
-    p.add_argument("--out", type=Path, default=Path("calibration.json"))
-    p.add_argument("--report-dir", type=Path, default=None,
-                   help="write report.md, report.json and PNG plots here")
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
-    p.add_argument("--publish", action="store_true",
-                   help="put the artifact on the state topic: running replicas adopt it "
-                        "without a restart")
-    p.set_defaults(func=_cmd_calibrate)
-
-
-def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
-    if not 0 < args.target_fpr < 1 or not 0 < args.holdout < 1:
-        sys.stderr.write("detector: error: --target-fpr and --holdout must be in (0, 1)\n")
-        return EXIT_USAGE
-    if args.topic is None and (args.time_from or args.time_to or args.last_hours
-                               or args.exclude_alerted or args.exclude_labelled):
-        sys.stderr.write("detector: error: --from and --to need --topic (so do "
-                         "--last-hours, --exclude-alerted and --exclude-labelled)\n")
-        return EXIT_USAGE
-    if args.last_hours is not None and (args.time_from or args.time_to
-                                        or args.last_hours <= 0):
-        sys.stderr.write("detector: error: --last-hours takes a positive number and "
-                         "replaces --from/--to\n")
-        return EXIT_USAGE
-    if args.artifact is not None and not args.publish:
-        sys.stderr.write("detector: error: --artifact is for --publish of an existing "
-                         "artifact\n")
-        return EXIT_USAGE
+def command(settings: Settings, opts: CalibrateOptions) -> int:
+    """`detector calibrate`: calibrate (unless publishing an existing artifact), print the
+    summary table, and with `publish` put the artifact on the state topic."""
     # errors (DetectorError and its fatal embedding case, Kafka) are reported by the CLI
-    out = args.artifact
+    out = opts.artifact
     if out is None:
-        result, calls = asyncio.run(run_calibration(settings, args))
-        sys.stdout.write(summary_table(result, args.out, calls))
-        out = args.out
-    if args.publish:
+        result, calls = asyncio.run(run_calibration(settings, opts))
+        sys.stdout.write(summary_table(result, opts.out, calls))
+        out = opts.out
+    if opts.publish:
         version = asyncio.run(publish(settings, out))
         sys.stdout.write(f"published {out} as calibration {version} on "
                          f"{settings.state.topic!r} (detector {settings.name!r})\n")
@@ -344,8 +316,3 @@ async def publish(settings: Settings, path: Path) -> str:
     finally:
         await producer.stop()
     return published.version_of(artifact)
-
-
-def load_lines(path: Path) -> list[dict[str, Any]]:
-    """JSONL helper for tests and the quality bench."""
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

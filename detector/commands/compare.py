@@ -12,7 +12,6 @@ report counts alerts on each side, the added and removed ones per key (the comme
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import sys
@@ -25,11 +24,11 @@ import orjson
 import structlog
 
 from detector.calibration.artifact import load_artifact
-from detector.commands.replay import ReplayOptions, _announce_stop, _run_plan, options
+from detector.commands.replay import ReplayOptions, _announce_stop, _run_plan
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
-from detector.exits import EXIT_OK, EXIT_USAGE
+from detector.exits import EXIT_OK
 from detector.io.ranges import Plan
 from detector.operating import startup
 from detector.signals import install_stop_handlers
@@ -121,23 +120,23 @@ def _key(alert: dict[str, Any]) -> str:
     return NO_KEY if key is None else str(key)
 
 
-def command(args: argparse.Namespace, settings: Settings) -> int:
-    if args.artifact is None or args.alerts_topic or args.dry_run or args.resume \
-            or args.snapshot or args.state != "frozen":
-        sys.stderr.write("detector: error: --compare needs --artifact and replays frozen: "
-                         "no --alerts-topic, --dry-run, --resume, --snapshot or --state\n")
-        return EXIT_USAGE
-    opts = options(args, settings)
+def command(settings: Settings, opts: ReplayOptions) -> int:
+    """`detector replay --artifact FILE --compare`: the report of `opts.artifact` against
+    the artifact in force, as JSON to `opts.output` or stdout, and a summary on stderr."""
+    candidate = opts.artifact
+    if candidate is None:
+        msg = "--compare needs --artifact"
+        raise ConfigError(msg)
 
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
         install_stop_handlers(stop, announce=_announce_stop)
-        return await compare(settings, opts, args.artifact, stop=stop)
+        return await compare(settings, opts, candidate, stop=stop)
 
     report = asyncio.run(main())
     body = orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n"
-    if args.output:
-        args.output.write_bytes(body)
+    if opts.output:
+        opts.output.write_bytes(body)
     else:
         sys.stdout.buffer.write(body)
     sys.stderr.write(

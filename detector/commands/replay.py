@@ -11,12 +11,10 @@ so an interrupted replay resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +31,7 @@ from detector.errors import ConfigError
 from detector.exits import EXIT_INTERRUPTED, EXIT_OK
 from detector.io import records as rec
 from detector.io.kafka import ensure_topics, make_producer, reader_consumer
-from detector.io.ranges import Plan, parse_bounds, parse_time, resolve_plan
+from detector.io.ranges import Plan, resolve_plan
 from detector.metrics import Metrics
 from detector.model.baselines import Baselines
 from detector.model.centroid import Centroid
@@ -76,6 +74,7 @@ class ReplayOptions:
     progress_file: Path | None = None
     resume: bool = False
     show_progress: bool = True
+    artifact: Path | None = None  # score with this calibration artifact, not the configured one
 
     async def plan(self, settings: Settings) -> Plan:
         """The offset ranges these options name (times, offsets, partitions) on the topic."""
@@ -144,6 +143,9 @@ async def replay(settings: Settings, opts: ReplayOptions, *, stop: asyncio.Event
                  embedder: Embedder | None = None, out: IO[bytes] | None = None) -> Summary:
     """Replay the planned range; returns what was done (also when interrupted)."""
     stop = stop or asyncio.Event()
+    if opts.artifact is not None:
+        settings = settings.model_copy(update={"scoring": settings.scoring.model_copy(
+            update={"calibration_file": opts.artifact})})
     if opts.alerts_topic and opts.alerts_topic == settings.alerts.topic and not opts.force:
         msg = (f"refusing to write replay alerts to the live alerts topic "
                f"{opts.alerts_topic!r}; choose another topic or pass --force")
@@ -298,58 +300,9 @@ def _sample(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
 
 
-def add_parser(subparsers: Any, compare: Callable[[argparse.Namespace, Settings], int]
-               | None = None) -> None:
-    """Register `detector replay`; `compare` runs `--compare` (detector.commands.compare)."""
-    p = subparsers.add_parser(
-        "replay", help="re-score a range of a topic without touching the live group",
-        description="Re-score a bounded range of a topic with the live pipeline code. "
-                    "Without --alerts-topic or --output, alerts are written to stdout.")
-    p.add_argument("--topic", help="topic to replay (default: input.topic)")
-    p.add_argument("--from", dest="time_from", help="start time (ISO 8601, UTC if no zone, "
-                   "or epoch ms)")
-    p.add_argument("--to", dest="time_to", help="end time, exclusive")
-    p.add_argument("--start", action="append", default=[], metavar="P:OFFSET",
-                   help="explicit start offset of a partition (repeatable)")
-    p.add_argument("--end", action="append", default=[], metavar="P:OFFSET",
-                   help="explicit end offset (exclusive) of a partition (repeatable)")
-    p.add_argument("--partitions", help="comma-separated partitions to replay (default: all)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--alerts-topic", help="write alerts to this topic")
-    out.add_argument("--output", type=Path, help="write alerts to this JSONL file")
-    out.add_argument("--dry-run", action="store_true", help="print only the summary")
-    p.add_argument("--scores-file", type=Path, help="also write every score to this JSONL file")
-    p.add_argument("--state", choices=["frozen", "evolving"], default="frozen",
-                   help="frozen: score against the starting centroid; evolving: update it "
-                        "as the live daemon would (default: frozen)")
-    p.add_argument("--snapshot", metavar="NAME",
-                   help="start from the state snapshot of detector NAME instead of the "
-                        "calibration artifact or seed file")
-    p.add_argument("--force", action="store_true",
-                   help="allow writing to the live alerts topic")
-    p.add_argument("--progress-file", type=Path, default=Path("replay-progress.json"),
-                   help="where progress is saved (default: replay-progress.json)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the replay saved in --progress-file")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--artifact", type=Path,
-                   help="score with this calibration artifact (instead of "
-                        "scoring.calibration_file)")
-    p.add_argument("--compare", action="store_true",
-                   help="with --artifact: report which alerts it adds and removes against "
-                        "the artifact in force (JSON to --output or stdout; frozen)")
-    p.set_defaults(func=_cmd_replay, compare_command=compare)
-
-
-def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    if args.compare:  # detector.commands.compare, registered by the CLI (it builds on this module)
-        code: int = args.compare_command(args, settings)
-        return code
-    if args.artifact is not None:
-        settings = settings.model_copy(update={"scoring": settings.scoring.model_copy(
-            update={"calibration_file": args.artifact})})
-    opts = options(args, settings)
-
+def command(settings: Settings, opts: ReplayOptions) -> int:
+    """`detector replay`: replay until done or a signal, then the summary on stderr; the
+    exit code (interrupted: progress saved, resume with --resume)."""
     async def main() -> Summary:
         stop = asyncio.Event()
         install_stop_handlers(stop, announce=_announce_stop)
@@ -365,19 +318,6 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                          f"{opts.progress_file}. Resume with the same options plus --resume.\n")
         return EXIT_INTERRUPTED
     return EXIT_OK
-
-
-def options(args: argparse.Namespace, settings: Settings) -> ReplayOptions:
-    return ReplayOptions(
-        topic=args.topic or settings.input.topic,
-        time_from=parse_time(args.time_from) if args.time_from else None,
-        time_to=parse_time(args.time_to) if args.time_to else None,
-        starts=parse_bounds(args.start), ends=parse_bounds(args.end),
-        partitions=[int(p) for p in args.partitions.split(",")] if args.partitions else None,
-        alerts_topic=args.alerts_topic, output=args.output, scores_file=args.scores_file,
-        dry_run=args.dry_run, state=args.state, snapshot=args.snapshot, force=args.force,
-        progress_file=args.progress_file, resume=args.resume, show_progress=not args.quiet,
-    )
 
 
 def _announce_stop(_signum: int) -> None:
