@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -124,6 +125,28 @@ class TestEncode:
         assert out["schema"] == "detector.dead-letter/v1"
         assert out["reason"] == "invalid_utf8"
         assert base64.b64decode(out["value_b64"]) == b"\xff oops"
+
+    def test_dead_letter_keeps_every_admitted_byte_with_size_and_hash(self) -> None:
+        """a record as large as input.max_bytes admits is kept whole (it used to be cut at
+        64 KiB); a larger one keeps a documented prefix with its size and SHA-256."""
+        admitted = b'{"text": 1, "pad": "' + b"a" * (JSON.max_bytes - 30) + b'"}'
+        assert len(admitted) <= JSON.max_bytes
+        letter = rec.decode(FakeRecord(admitted), JSON)
+        assert isinstance(letter, rec.DeadLetter)
+        out = orjson.loads(rec.encode_dead_letter(letter, self.CTX))
+        assert base64.b64decode(out["value_b64"]) == admitted
+        assert (out["value_bytes"], out["value_truncated"]) == (len(admitted), False)
+        assert out["value_sha256"] == hashlib.sha256(admitted).hexdigest()
+        huge = b"x" * (rec.MAX_DEAD_LETTER_VALUE + 10)
+        big = rec.decode(FakeRecord(huge), JSON)
+        assert isinstance(big, rec.DeadLetter)
+        assert big.reason == "too_large"
+        encoded = rec.encode_dead_letter(big, self.CTX)
+        assert len(encoded) < 1_000_000  # under the broker's default message limit
+        cut = orjson.loads(encoded)
+        assert base64.b64decode(cut["value_b64"]) == huge[:rec.MAX_DEAD_LETTER_VALUE]
+        assert (cut["value_bytes"], cut["value_truncated"]) == (len(huge), True)
+        assert cut["value_sha256"] == hashlib.sha256(huge).hexdigest()
 
 
 class TestJsonEdgeCases:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,9 +23,11 @@ from detector.io.jsondoc import JsonRefusedError, parse
 ALERT_SCHEMA = "detector.alert/v1"
 SCORE_SCHEMA = "detector.score/v1"
 DEAD_LETTER_SCHEMA = "detector.dead-letter/v1"
-# A dead letter carries at most this much of the original value (base64 grows it by a
-# third and the broker refuses messages over ~1 MB); the source offset finds the rest.
-MAX_DEAD_LETTER_VALUE = 64 * 1024
+# A dead letter carries the original value whole up to this size: every record the default
+# `input.max_bytes` (256 KiB) admits. Base64 grows it by a third, to 683 KiB, under the
+# broker's default ~1 MB message limit; beyond it the first 512 KiB are kept, with the
+# original's size and SHA-256, and the source offset finds the rest.
+MAX_DEAD_LETTER_VALUE = 512 * 1024
 
 Message = tuple[str, bytes | None, bytes]  # an output to publish: topic, key, value
 
@@ -277,6 +280,7 @@ def encode_dead_letter(letter: DeadLetter, ctx: Context, detected_at: str | None
         else base64.b64encode(letter.value[:MAX_DEAD_LETTER_VALUE]).decode(),
         "value_bytes": None if letter.value is None else len(letter.value),
         "value_truncated": letter.value is not None and len(letter.value) > MAX_DEAD_LETTER_VALUE,
+        "value_sha256": None if letter.value is None else hashlib.sha256(letter.value).hexdigest(),
         "detector": {"name": ctx.detector_name, "version": ctx.detector_version},
         "detected_at": detected_at or utc_now(),
     })
