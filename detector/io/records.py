@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from detector.config import InputSettings
+from detector.io.invisible import has_visible
 from detector.io.jsondoc import JsonRefusedError, parse
 
 ALERT_SCHEMA = "detector.alert/v1"
@@ -168,8 +169,9 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
             if isinstance(raw_key, str | int | float | bool):
                 key = str(raw_key)
     assert isinstance(text, str)
-    if not text.strip() or not _has_visible(text):
-        return DeadLetter(source, "empty_text", "text is empty or only whitespace", raw)
+    if not has_visible(text):
+        return DeadLetter(source, "empty_text", "text is empty or only invisible characters "
+                          "(whitespace, default-ignorable, fillers, marks without a base)", raw)
     if estimate_tokens(text) > settings.max_tokens:
         if settings.on_too_long == "dead_letter":
             return DeadLetter(
@@ -178,12 +180,6 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
             )
         text = truncate_to_tokens(text, settings.max_tokens)
     return Comment(source, text, comment_id, key)
-
-
-def _has_visible(text: str) -> bool:
-    """False for text made only of whitespace, zero-width and other format characters."""
-    return any(ch.isprintable() and not ch.isspace() and ch not in "\u200b\u200c\u200d\u2060\ufeff"
-               for ch in text)
 
 
 @functools.lru_cache(maxsize=8)
