@@ -266,6 +266,50 @@ class TestJsonEdgeCases:
         assert reason_of(value, settings) == "duplicate_field"
 
 
+def many_fields(count: int, *, extra: str = '"id": 7, "meta": {"id": 1}') -> bytes:
+    """A record of `count` object members that takes the exact path (a nested "id")."""
+    body = ", ".join(f'"k{i}": "v{i}"' for i in range(count - 4))
+    return f'{{"text": "hello", {extra}, {body}}}'.encode()
+
+
+class TestFieldLimit:
+    def test_too_many_fields_is_its_own_dead_letter_reason(self) -> None:
+        """members of all objects count; the limit is input.max_fields."""
+        assert reason_of(many_fields(10_001)) == "too_many_fields"
+        assert isinstance(rec.decode(FakeRecord(many_fields(10_000)), JSON), rec.Comment)
+        small = InputSettings(max_fields=5)
+        assert reason_of(b'{"text": "a", "b": {"c": 1, "d": {"e": 2, "f": 3}}}',
+                         small) == "too_many_fields"
+        assert isinstance(rec.decode(FakeRecord(b'{"text": "a", "b": {"c": 1, "d": 2}}'),
+                                     small), rec.Comment)
+
+    def test_colons_inside_strings_are_not_fields(self) -> None:
+        """a text full of colons (times, URLs) is not refused."""
+        out = rec.decode(FakeRecord(orjson.dumps({"text": "12:00 http://x " * 1000})),
+                         InputSettings(max_fields=3))
+        assert isinstance(out, rec.Comment)
+
+    def test_the_exact_path_costs_about_what_the_fast_path_costs(self) -> None:
+        """a record forced onto the standard-library path by a nested "id" costs a small
+        multiple of the same record without it (it cost 10-60x: a Python callback per
+        integer and a walk of every string for lone surrogates)."""
+        def cost(value: bytes) -> float:
+            best = float("inf")
+            for _ in range(5):
+                start = time.perf_counter()
+                assert isinstance(rec.decode(FakeRecord(value), JSON), rec.Comment)
+                best = min(best, time.perf_counter() - start)
+            return best
+
+        numbers = b'{"text": "hello", "id": 7, "meta": {"id": 1}, "a": [' + b", ".join(
+            b"%d" % i for i in range(20_000)) + b"]}"
+        strings = b'{"text": "hello", "id": 7, "meta": {"id": 1}, "a": [' + b", ".join(
+            b'"s%d"' % i for i in range(20_000)) + b"]}"
+        for slow in (numbers, strings):
+            fast = slow.replace(b'{"id"', b'{"xx"')
+            assert cost(slow) < 5 * cost(fast) + 0.002
+
+
 class TestNestingScanner:
     @given(depth=st.integers(min_value=1, max_value=80),
            inner=st.text(alphabet='[]{}"\\\\:,ab \u4e0d\n', max_size=40),

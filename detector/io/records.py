@@ -87,7 +87,7 @@ class DeadLetter:
     """A record that cannot be scored, and why."""
 
     source: Source
-    reason: str  # invalid_json | duplicate_field | missing_text | empty_text | too_long ...
+    reason: str  # invalid_json | duplicate_field | too_many_fields | missing_text | ...
     error: str
     value: bytes | None
 
@@ -145,7 +145,8 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
         text: object = decoded
     else:
         try:
-            parsed = parse(decoded, _watched(settings.text_field, settings.id_field))
+            parsed = parse(decoded, _watched(settings.text_field, settings.id_field),
+                           settings.max_fields)
         except JsonRefusedError as exc:
             return DeadLetter(source, exc.reason, exc.message, raw)
         if not isinstance(parsed, dict):

@@ -48,6 +48,9 @@ from detector.stream.delivery import Outbox, Work
 from detector.stream.embedding import BatchEmbedder, Outcome
 
 log = structlog.get_logger("detector.stream.pipeline")
+# Longest stretch of decoding between two returns to the event loop (one record can take
+# longer; input.max_bytes and input.max_fields bound that).
+INGEST_SLICE_S = 0.01
 
 Item = tuple[rec.Comment, int]  # a comment and its offset-ledger generation
 
@@ -229,7 +232,7 @@ class Pipeline:
                         log.warning("fetch failed; retrying", error=repr(exc))
                         await asyncio.sleep(1.0)
                         continue
-                    self._ingest(fetched)
+                    await self._ingest(fetched)
         finally:
             stop_wait.cancel()
             if fetch is not None:
@@ -259,14 +262,24 @@ class Pipeline:
         last = self._last_offset.get((tp.topic, tp.partition))
         return last + 1 if last is not None else self.start_offsets.get(tp, 0)
 
-    def _ingest(self, fetched: dict[TopicPartition, list[rec.KafkaRecord]]) -> None:
+    async def _ingest(self, fetched: dict[TopicPartition, list[rec.KafkaRecord]]) -> None:
+        """Decode a fetch. Decoding yields to the event loop every `INGEST_SLICE_S`, so a
+        fetch of large or expensive records (up to fetch_max_bytes of them) does not stall
+        the other partitions' scoring, commits and heartbeats; records of a partition
+        revoked meanwhile are left to its next owner."""
         if self.bounds is not None:
             fetched = self._check_bounds(fetched)
         bad: list[Work] = []
+        loop = asyncio.get_running_loop()
+        slice_end = loop.time() + INGEST_SLICE_S
         for tp, records in fetched.items():
-            if records:
-                self._last_offset[(tp.topic, tp.partition)] = records[-1].offset
             for record in records:
+                if loop.time() > slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = loop.time() + INGEST_SLICE_S
+                    if tp not in self.consumer.assignment():
+                        break
+                self._last_offset[(tp.topic, tp.partition)] = record.offset
                 self.metrics.consumed.inc()
                 generation = self.outbox.track((tp.topic, tp.partition), record.offset)
                 decoded = rec.decode(record, self.settings.input,
