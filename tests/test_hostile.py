@@ -143,11 +143,11 @@ class TestHostileStream:
         topic = await new_topic(partitions=4)
         body = ", ".join(f'"k{i}": "v{i}"' for i in range(9_000))
         value = f'{{"id": 7, "meta": {{"id": 1}}, {body}}}'.encode()  # no text: dead letter
-        one = float("inf")
+        one = float("inf")  # CPU seconds of one decode
         for _ in range(3):
-            start = time.perf_counter()
+            start = time.thread_time()
             out = rec.decode(Record(value), InputSettings())
-            one = min(one, time.perf_counter() - start)
+            one = min(one, time.thread_time() - start)
         assert isinstance(out, rec.DeadLetter)
         assert out.reason == "missing_text"
         count = 32
@@ -160,12 +160,16 @@ class TestHostileStream:
                 return metric(det.metrics, "detector_records_consumed_total")
 
             async def probe() -> None:
+                # Each stretch between two probes is the time the loop was held; on a
+                # shared machine the thread may also wait for a core, so the bound is on
+                # the CPU time the loop's thread spent in the stretch (its wall lag too).
                 loop = asyncio.get_running_loop()
                 while not done.is_set():
-                    before = loop.time()
+                    before, cpu = loop.time(), time.thread_time()
                     await asyncio.sleep(0.002)
                     if consumed() > 0:  # from the first ingest on: start-up is not measured
-                        lags.append(loop.time() - before - 0.002)
+                        lags.append(min(loop.time() - before - 0.002,
+                                        time.thread_time() - cpu))
 
             probing = asyncio.create_task(probe())
             await wait_for(lambda: consumed() == count, what="every record consumed")
@@ -175,4 +179,4 @@ class TestHostileStream:
                                           {"reason": "missing_text"}) == count,
                            what="every record dead-lettered")
         assert lags
-        assert max(lags) < 4 * one + 0.1, (max(lags), one)
+        assert max(lags) < 4 * one + 0.05, (max(lags), one)
