@@ -273,6 +273,33 @@ def many_fields(count: int, *, extra: str = '"id": 7, "meta": {"id": 1}') -> byt
     return f'{{"text": "hello", {extra}, {body}}}'.encode()
 
 
+class TestNearDuplicateKeys:
+    @pytest.mark.parametrize("value", [
+        b'{"text": "a", "text ": "b"}', b'{"text": "a", " text": "b"}',
+        b'{"Text": "b", "text": "a"}', b'{"text": "a", "TEXT": "b"}',
+        b'{"text": "a", "te\\u200bxt": "b"}', '{"text": "a", "ｔｅｘｔ": "b"}'.encode(),
+        b'{"text": "a", "text\\t": "b"}', b'{"text": "a", "id": 1, "Id": 2}',
+    ])
+    def test_a_key_that_lenient_readers_take_for_the_text_is_dead_lettered(
+            self, value: bytes) -> None:
+        """{"text": "a", "text ": "b"} was scored as "a" with nothing to say that a reader
+        trimming or case-folding keys sees "b"."""
+        letter = rec.decode(FakeRecord(value), JSON)
+        assert isinstance(letter, rec.DeadLetter)
+        assert letter.reason == "near_duplicate_field"
+
+    def test_nested_paths_and_unrelated_keys(self) -> None:
+        nested = InputSettings(text_field="payload.body")
+        assert reason_of(b'{"payload": {"body": "a", "Body": "b"}}', nested) == (
+            "near_duplicate_field")
+        fine = [b'{"payload": {"body": "a"}, "Body": "b"}',  # not beside the path
+                b'{"payload": {"body": "a", "bodies": "b", "body_html": "c"}}']
+        for value in fine:
+            assert isinstance(rec.decode(FakeRecord(value), nested), rec.Comment)
+        assert isinstance(rec.decode(FakeRecord(b'{"text": "a", "texts": "b", "context": 1}'),
+                                     JSON), rec.Comment)
+
+
 class TestFieldLimit:
     def test_too_many_fields_is_its_own_dead_letter_reason(self) -> None:
         """members of all objects count; the limit is input.max_fields."""

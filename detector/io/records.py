@@ -11,6 +11,7 @@ import base64
 import functools
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from detector.config import InputSettings
-from detector.io.invisible import has_visible
+from detector.io.invisible import has_visible, visible
 from detector.io.jsondoc import JsonRefusedError, parse
 
 ALERT_SCHEMA = "detector.alert/v1"
@@ -87,7 +88,7 @@ class DeadLetter:
     """A record that cannot be scored, and why."""
 
     source: Source
-    reason: str  # invalid_json | duplicate_field | too_many_fields | missing_text | ...
+    reason: str  # invalid_json | duplicate_field | near_duplicate_field | missing_text ...
     error: str
     value: bytes | None
 
@@ -154,6 +155,12 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
                 source, "invalid_json", f"value is JSON {_json_type(parsed)}, not an object",
                 raw,
             )
+        near = _near_duplicate(parsed, _paths(settings.text_field, settings.id_field))
+        if near is not None:
+            return DeadLetter(
+                source, "near_duplicate_field",
+                f"field {near[0]!r} differs from {near[1]!r} only in case, spacing, invisible "
+                f"or compatibility characters", raw)
         text = lookup(parsed, settings.text_field, MISSING)
         if text is MISSING:
             return DeadLetter(source, "missing_text", f"no field {settings.text_field!r}", raw)
@@ -181,6 +188,42 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
             )
         text = truncate_to_tokens(text, settings.max_tokens)
     return Comment(source, text, comment_id, key)
+
+
+def _near_duplicate(parsed: dict[str, Any], paths: tuple[tuple[str, ...], ...]
+                    ) -> tuple[str, str] | None:
+    """A key beside a part of one of the `paths` that readers which trim, fold case or
+    normalise keys would take for it (``"text "``, ``"Text"``, ``"te\u200bxt"``, fullwidth
+    ``"ｔｅｘｔ"``): (that key, the part), or None. Only objects on the paths are looked at,
+    each once."""
+    forms_of: dict[int, list[str]] = {}
+    for path in paths:
+        current: object = parsed
+        for part in path:
+            if not isinstance(current, dict) or part not in current:
+                break
+            if len(current) > 1:
+                forms = forms_of.get(id(current))
+                if forms is None:
+                    forms = forms_of[id(current)] = list(map(_key_form, current))
+                target = _key_form(part)
+                if forms.count(target) > 1:
+                    return next(k for k in current if k != part and _key_form(k) == target), part
+            current = current[part]
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _paths(*dotted: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(d.split(".")) for d in dotted)
+
+
+@functools.lru_cache(maxsize=4096)  # records of one schema repeat their keys
+def _key_form(key: str) -> str:
+    """A key as a lenient reader sees it: NFKC, case-folded, without whitespace or
+    invisible characters."""
+    folded = unicodedata.normalize("NFKC", key).casefold()
+    return "".join(ch for ch in folded if visible(ch))
 
 
 @functools.lru_cache(maxsize=8)
