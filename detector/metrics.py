@@ -139,9 +139,11 @@ class Metrics:
             "detector_drift_keys_evicted", "Per-key drift streams evicted (drift.max_keys)",
             registry=r)
         self.feedback_labels = Counter(
-            "detector_feedback_labels", "Operator labels read, by outcome: taught, untaught, "
-            "excluded, unchanged, unresolved, skipped (another replica's), refused",
-            ["outcome"], registry=r)
+            "detector_feedback_labels", "Operator labels read, by outcome (taught, untaught, "
+            "excluded, unchanged, unresolved, skipped, refused) and reason (applied: cached or "
+            "text; skipped: unknown_id, other_topic, unknown_partition, other_replica; "
+            "unresolved: not_cached; refused: the dead-letter reason)",
+            ["outcome", "reason"], registry=r)
         self.feedback_true = Gauge(
             "detector_feedback_true_alerts", "Alerts of this replica labelled anomaly",
             registry=r)

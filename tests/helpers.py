@@ -201,3 +201,10 @@ async def topic_configs(bootstrap: str, topic: str, deadline_s: float = 30.0) ->
 def metric(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
     value = metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+def metric_sum(metrics: Metrics, name: str, labels: dict[str, str]) -> float:
+    """The sum of the samples of `name` whose labels include `labels` (any other labels)."""
+    return sum(sample.value for family in metrics.registry.collect()
+               for sample in family.samples if sample.name == name
+               and all(sample.labels.get(k) == v for k, v in labels.items()))

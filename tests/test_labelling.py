@@ -4,6 +4,7 @@ positions kept in the state record."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -95,7 +96,7 @@ async def test_a_normal_label_of_a_cached_alert_teaches_the_global_baseline() ->
     assert undone == "untaught"
     assert r.metrics.registry.get_sample_value("detector_feedback_true_alerts") == 1
     assert r.metrics.registry.get_sample_value(
-        "detector_feedback_labels_total", {"outcome": "taught"}) == 1
+        "detector_feedback_labels_total", {"outcome": "taught", "reason": "cached"}) == 1
 
 
 async def test_a_label_teaches_and_unteaches_the_alerts_key_baseline_too() -> None:
@@ -121,12 +122,13 @@ async def test_a_label_teaches_and_unteaches_the_alerts_key_baseline_too() -> No
 
 async def test_an_uncached_label_is_skipped_unless_its_text_is_ours_to_embed() -> None:
     r = Replica()
+    r.stage.input_partitions = 2
     other = label(source={"topic": "comments", "partition": 1, "offset": 5}, label="normal",
                   text="a comment")
     assert await r.stage.handle(0, 0, 0, None, other) == "skipped"
     no_text = label(source={"topic": "comments", "partition": 0, "offset": 5},
                     label="normal")
-    assert await r.stage.handle(0, 1, 0, None, no_text) == "skipped"
+    assert await r.stage.handle(0, 1, 0, None, no_text) == "unresolved"
     assert r.shared.own.updates == 0
     ours = label(source={"topic": "comments", "partition": 0, "offset": 5}, label="normal",
                  text="a comment")
@@ -165,3 +167,36 @@ def test_label_positions_travel_in_the_state_record_and_are_restored() -> None:
     assert fresh.feedback == {0: 12, 3: 4}
     plain = SharedCentroid.around(Centroid.from_vectors(np.eye(DIM)[:2]), "r2", "base", MODEL)
     assert "feedback" not in orjson.loads(plain.record(0.3).to_bytes("fb"))
+
+
+async def test_every_label_that_changes_nothing_is_counted_with_its_reason() -> None:
+    """skipped used to cover other topics, missing partitions, unknown ids and the
+    owner's own uncached labels alike; each now has its reason (README: Operator labels)."""
+    r = Replica()
+    r.stage.input_partitions = 2
+    r.score(unit(r.other * 2.0 + np.random.default_rng(5).normal(size=(1, DIM)) * 0.3))
+
+    def src(topic: str, partition: int) -> dict[str, object]:
+        return {"topic": topic, "partition": partition, "offset": 5}
+
+    cases = [
+        (label(id="nobody", label="normal", text="t"), "skipped", "unknown_id"),
+        (label(source=src("other", 0), label="normal", text="t"), "skipped", "other_topic"),
+        (label(source=src("comments", 7), label="normal", text="t"), "skipped",
+         "unknown_partition"),
+        (label(source=src("comments", 1), label="normal", text="t"), "skipped",
+         "other_replica"),
+        (label(source=src("comments", 0), label="normal"), "unresolved", "not_cached"),
+        (label(source=src("comments", 0), label="anomaly"), "unresolved", "not_cached"),
+        (label(id="c0", label="anomaly"), "excluded", "cached"),
+        (label(source=src("comments", 0), label="normal", text="t"), "taught", "text"),
+        (b"{}", "refused", "wrong_schema"),
+    ]
+    for offset, (value, outcome, _) in enumerate(cases):
+        assert await r.stage.handle(0, offset, 0, None, value) == outcome
+    counted = {(s.labels["outcome"], s.labels["reason"]): s.value
+               for f in r.metrics.registry.collect() for s in f.samples
+               if s.name == "detector_feedback_labels_total"}
+    assert counted == Counter((outcome, reason) for _, outcome, reason in cases)
+    assert r.stage.book.precision.unresolved == 1
+    assert r.shared.own.updates == 1  # only the text label taught

@@ -132,14 +132,30 @@ class FeedbackStage:
 
     async def handle(self, partition: int, offset: int, timestamp: int, key: bytes | None,
                      value: bytes | None) -> str:
-        """Apply one label record if it is this replica's; returns what happened."""
-        outcome = await self._handle(partition, offset, timestamp, key, value)
+        """Apply one label record if it is this replica's; returns what happened (the
+        outcome; the metric and the debug log also say why, see `_handle`)."""
+        outcome, reason = await self._handle(partition, offset, timestamp, key, value)
         self.positions[partition] = offset + 1
-        self.metrics.feedback_labels.labels(outcome).inc()
+        self.metrics.feedback_labels.labels(outcome=outcome, reason=reason).inc()
+        if outcome in ("skipped", "unresolved"):
+            log.debug("label not applied", outcome=outcome, reason=reason,
+                      partition=partition, offset=offset)
         return outcome
 
     async def _handle(self, partition: int, offset: int, timestamp: int, key: bytes | None,
-                      value: bytes | None) -> str:
+                      value: bytes | None) -> tuple[str, str]:
+        """(outcome, reason). Applied labels (taught, untaught, excluded, unchanged, and
+        unresolved from the book) give how the comment was found: ``cached`` or ``text``;
+        refused ones their dead-letter reason; the others:
+
+        * skipped ``unknown_id``: no source, and the id is not in this replica's cache
+          (another replica's alert, or one nobody caches: no replica can tell which);
+        * skipped ``other_topic``: the source is not on the input topic;
+        * skipped ``unknown_partition``: the input topic has no such partition;
+        * skipped ``other_replica``: another replica owns the source partition;
+        * unresolved ``not_cached``: this replica owns the source partition, the alert is
+          no longer cached and the label has no text to embed.
+        """
         parsed = parse_label(value)
         if not isinstance(parsed, Label):
             if self._owns(self.settings.input.topic, partition % self.input_partitions):
@@ -151,17 +167,27 @@ class FeedbackStage:
                             rec.encode_dead_letter(letter, self.context))])
                 log.warning("label refused", reason=parsed.reason, error=parsed.error,
                             partition=partition, offset=offset)
-            return "refused"
+            return "refused", parsed.reason
         alert = self.cache.find(parsed)
-        embedding = None
-        if alert is None:
-            target = parsed.source
-            if parsed.text is None or target is None or not self._owns(target.topic,
-                                                                      target.partition):
-                return "skipped"  # another replica's, or not resolvable here
-            embedding = np.asarray((await self.embedder.embed([parsed.text]))[0],
-                                   dtype=np.float64)
-        return self._apply(parsed, alert, embedding)
+        if alert is not None:
+            return self._apply(parsed, alert, None), "cached"
+        target = parsed.source
+        if target is None:
+            return "skipped", "unknown_id"
+        if target.topic != self.settings.input.topic:
+            return "skipped", "other_topic"
+        if target.partition >= self.input_partitions:
+            return "skipped", "unknown_partition"
+        if not self._owns(target.topic, target.partition):
+            return "skipped", "other_replica"
+        if parsed.text is None:
+            if parsed.label == "normal":  # the book counts it (`Precision.unresolved`), or
+                # says unchanged when the comment's latest label is normal already
+                return self.book.apply(parsed, self.baselines.global_.centroid), "not_cached"
+            return "unresolved", "not_cached"
+        embedding = np.asarray((await self.embedder.embed([parsed.text]))[0],
+                               dtype=np.float64)
+        return self._apply(parsed, None, embedding), "text"
 
     def _apply(self, label: Label, alert: CachedAlert | None,
                embedding: np.ndarray[Any, np.dtype[np.float64]] | None) -> str:
