@@ -19,7 +19,9 @@ positions travel in the same state record (`SharedCentroid.feedback`), published
 the contribution they produced: after a restart the replica resumes after the last label
 whose effect was published, so no label is applied twice and none whose effect was lost
 is skipped. A replica with no record yet starts at the end of the feedback topic (the
-labels before it were other replicas' to apply).
+labels before it were other replicas' to apply). A feedback topic that does not exist yet
+is waited for with back-off (detector.io.optional: a metric and /readyz say so) and,
+once it appears, read from its beginning.
 
 A label that cannot be used goes to the dead-letter topic with its reason, published by
 the replica owning input partition ``feedback partition mod input partitions`` (so once,
@@ -43,6 +45,7 @@ from detector.config import Settings
 from detector.embedders.base import Embedder
 from detector.io import records as rec
 from detector.io.kafka import reader_consumer, topic_partitions
+from detector.io.optional import wait_for_topic
 from detector.metrics import Metrics
 from detector.model.baselines import Baselines
 from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook, SourceRef, parse_label
@@ -101,20 +104,21 @@ class FeedbackStage:
         topic = self.settings.feedback.topic
         self.input_partitions = max(1, len(await topic_partitions(
             self.settings.kafka, self.settings.input.topic)))
-        partitions = await topic_partitions(self.settings.kafka, topic)
-        if not partitions:
-            log.warning("feedback topic does not exist; labels are not read", topic=topic)
-            return
+        # a topic created later (Strimzi, an operator) is waited for, then read from its
+        # beginning: every label in it came after this replica started
+        partitions, appeared = await wait_for_topic(self.settings.kafka, topic,
+                                                    reader="feedback", metrics=self.metrics)
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer = reader_consumer(self.settings.kafka)
         await consumer.start()
         try:
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
+            start = {tp.partition: self.positions.get(tp.partition, 0 if appeared else ends[tp])
+                     for tp in tps}
             for tp in tps:
-                consumer.seek(tp, self.positions.get(tp.partition, ends[tp]))
-            log.info("reading operator labels", topic=topic, positions={
-                tp.partition: self.positions.get(tp.partition, ends[tp]) for tp in tps})
+                consumer.seek(tp, start[tp.partition])
+            log.info("reading operator labels", topic=topic, positions=start)
             while True:
                 try:
                     fetched = await consumer.getmany(timeout_ms=1000)
