@@ -121,6 +121,9 @@ class InputSettings(Section):
     # Larger values are dead-lettered; kept well under the broker's ~1 MB message limit so
     # that an alert quoting the text can always be published.
     max_bytes: int = Field(default=262_144, ge=1)
+    # JSON with more object members (all objects together) is dead-lettered
+    # (too_many_fields) before it is parsed: bounds the time one record holds the loop.
+    max_fields: int = Field(default=10_000, ge=1)
     max_tokens: int = Field(default=8_192, ge=1)
     on_too_long: Literal["dead_letter", "truncate"] = "dead_letter"
 

@@ -139,21 +139,36 @@ class Metrics:
             "detector_drift_keys_evicted", "Per-key drift streams evicted (drift.max_keys)",
             registry=r)
         self.feedback_labels = Counter(
-            "detector_feedback_labels", "Operator labels read, by outcome: taught, untaught, "
-            "excluded, unchanged, unresolved, skipped (another replica's), refused",
-            ["outcome"], registry=r)
+            "detector_feedback_labels", "Operator labels read, by outcome (taught, untaught, "
+            "excluded, unchanged, unresolved, skipped, refused) and reason (applied: cached or "
+            "text; skipped: unknown_id, other_topic, unknown_partition, other_replica; "
+            "unresolved: not_cached; refused: the dead-letter reason)",
+            ["outcome", "reason"], registry=r)
         self.feedback_true = Gauge(
             "detector_feedback_true_alerts", "Alerts of this replica labelled anomaly",
             registry=r)
         self.feedback_false = Gauge(
             "detector_feedback_false_alerts", "Alerts of this replica labelled normal",
             registry=r)
+        self.topic_missing = Gauge(
+            "detector_topic_missing", "1 while a reader waits for its optional topic to "
+            "exist (feedback: operator labels, state: other replicas' records)",
+            ["reader", "topic"], registry=r)
+        self.missing_topics: dict[str, str] = {}  # reader -> topic, for /readyz
         self.ready = Gauge("detector_ready",
                            "1 once the consumer joined its group and the embedder is ok",
                            registry=r)
         self.assigned = Gauge("detector_assigned_partitions",
                               "Input partitions assigned to this replica (0: standby)",
                               registry=r)
+
+    def set_topic_missing(self, reader: str, topic: str, *, missing: bool) -> None:
+        """A reader of an optional topic waits for it (or no longer does)."""
+        self.topic_missing.labels(reader=reader, topic=topic).set(1 if missing else 0)
+        if missing:
+            self.missing_topics[reader] = topic
+        else:
+            self.missing_topics.pop(reader, None)
 
     def set_threshold_source(self, source: str) -> None:
         """Export where the threshold came from: calibration, seed or fixed."""

@@ -35,6 +35,11 @@ from detector.config import Settings, load_settings
 from detector.embedders.base import Embedder, Matrix
 from detector.io import records as rec
 from detector.metrics import Metrics
+from detector.model.centroid import Centroid
+from detector.model.scorer import Scorer
+from detector.operating import startup
+from detector.operating.labels import FeedbackStage
+from detector.state.store import SharedCentroid
 from detector.stream.delivery import Gate, Outbox, Work
 from devtools.sample_data import normal_comment
 
@@ -361,3 +366,76 @@ def pod_spec(docs: tuple[Doc, ...], kind: str = "StatefulSet") -> Doc:
 def rendered_config(docs: tuple[Doc, ...]) -> str:
     text: str = one(docs, "ConfigMap", "rel-detector")["data"]["detector.yaml"]
     return text
+
+
+def metric_sum(metrics: Metrics, name: str, labels: dict[str, str]) -> float:
+    """The sum of the samples of `name` whose labels include `labels` (any other labels)."""
+    return sum(sample.value for family in metrics.registry.collect()
+               for sample in family.samples if sample.name == name
+               and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+# Operator labels without a broker: a replica with its feedback stage, label records.
+
+class FixedEmbedder:
+    """Embeds every text as one fixed unit vector."""
+
+    name = MODEL
+    dimension = DIM
+
+    def __init__(self, vector: np.ndarray) -> None:
+        self.vector = vector
+        self.calls = 0
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        self.calls += 1
+        return np.tile(self.vector.astype(np.float32), (len(texts), 1))
+
+    async def aclose(self) -> None:
+        pass
+
+
+def label(**body: object) -> bytes:
+    return orjson.dumps({"schema": "detector.feedback/v1", **body})
+
+
+class Replica:
+    def __init__(self, seed: int = 1) -> None:
+        rng = np.random.default_rng(seed)
+        self.direction, self.other = unit(rng.normal(size=DIM)), unit(rng.normal(size=DIM))
+        first = artifact(self.direction, seed)
+        s = Settings(name="fb", feedback={"enabled": True, "weight": 50})
+        centroid = Centroid.from_dict(first.centroid)
+        self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
+                                       replica="r1")
+        self.shared = SharedCentroid(self.baselines.global_, "r1", "base", MODEL)
+        self.scorer = Scorer.from_settings(s, centroid, first.threshold,
+                                           rec.Context("d", "0", MODEL, DIM),
+                                           baselines=self.baselines)
+        self.sent: list[rec.Message] = []
+        self.metrics = Metrics()
+        self.embedder = FixedEmbedder(self.other)
+        self.stage = FeedbackStage(s, self.baselines, self.metrics, embedder=self.embedder,
+                                   emit=self.sent.extend,
+                                   context=rec.Context("d", "0", MODEL, DIM),
+                                   owned=lambda: frozenset({TopicPartition("comments", 0)}),
+                                   shared=self.shared)
+
+    def score(self, rows: np.ndarray, start: int = 0) -> list[float]:
+        items = [(rec.Comment(rec.Source("comments", 0, start + i, 0, None), "t",
+                              f"c{start + i}"), row) for i, row in enumerate(rows)]
+        verdicts = self.scorer.score(items)
+        self.stage.observe(items, verdicts)
+        return [v.similarity or 0.0 for v in verdicts]
+
+
+# A Kafka record as the decoder sees it.
+
+@dataclass
+class FakeRecord:
+    value: bytes | None
+    key: bytes | None = b"k1"
+    topic: str = "comments"
+    partition: int = 0
+    offset: int = 42
+    timestamp: int = 1_700_000_000_000

@@ -4,6 +4,8 @@ reason, and the daemon keeps running."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 import orjson
@@ -130,3 +132,51 @@ class TestHostileStream:
         assert big["value_bytes"] > 1_000_000
         group = await committed(kafka_bootstrap, settings_.kafka.group_id, topic)
         assert group == {0: len(hostile) + 1}
+
+    async def test_a_fetch_of_expensive_records_does_not_stall_the_event_loop(
+        self, kafka_bootstrap: str, new_topic: NewTopic, local_embedder: LocalEmbedder
+    ) -> None:
+        """records that take the exact JSON path (a top-level and a nested "id"; 9,000
+        fields each) are decoded in slices: the event loop's longest stall while the daemon
+        ingests a fetch of 32 of them (loop-time probes every 2 ms) stays near the cost of
+        one record, not of the whole fetch."""
+        topic = await new_topic(partitions=4)
+        body = ", ".join(f'"k{i}": "v{i}"' for i in range(9_000))
+        value = f'{{"id": 7, "meta": {{"id": 1}}, {body}}}'.encode()  # no text: dead letter
+        one = float("inf")  # CPU seconds of one decode
+        for _ in range(3):
+            start = time.thread_time()
+            out = rec.decode(Record(value), InputSettings())
+            one = min(one, time.thread_time() - start)
+        assert isinstance(out, rec.DeadLetter)
+        assert out.reason == "missing_text"
+        count = 32
+        await produce(kafka_bootstrap, topic, [(b"k%d" % i, value) for i in range(count)])
+        settings_ = detector_settings(kafka_bootstrap, topic)
+        lags: list[float] = []
+        done = asyncio.Event()
+        async with running_detector(settings_, RecordingEmbedder(local_embedder)) as det:
+            def consumed() -> float:
+                return metric(det.metrics, "detector_records_consumed_total")
+
+            async def probe() -> None:
+                # Each stretch between two probes is the time the loop was held; on a
+                # shared machine the thread may also wait for a core, so the bound is on
+                # the CPU time the loop's thread spent in the stretch (its wall lag too).
+                loop = asyncio.get_running_loop()
+                while not done.is_set():
+                    before, cpu = loop.time(), time.thread_time()
+                    await asyncio.sleep(0.002)
+                    if consumed() > 0:  # from the first ingest on: start-up is not measured
+                        lags.append(min(loop.time() - before - 0.002,
+                                        time.thread_time() - cpu))
+
+            probing = asyncio.create_task(probe())
+            await wait_for(lambda: consumed() == count, what="every record consumed")
+            done.set()
+            await probing
+            await wait_for(lambda: metric(det.metrics, "detector_dead_letters_total",
+                                          {"reason": "missing_text"}) == count,
+                           what="every record dead-lettered")
+        assert lags
+        assert max(lags) < 4 * one + 0.05, (max(lags), one)

@@ -4,74 +4,16 @@ positions kept in the state record."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
 
 import numpy as np
 import orjson
-from aiokafka.structs import TopicPartition
 
 from detector.config import Settings
-from detector.embedders.base import Matrix
 from detector.io import records as rec
-from detector.metrics import Metrics
 from detector.model.centroid import Centroid
-from detector.model.scorer import Scorer
-from detector.operating import startup
-from detector.operating.labels import FeedbackStage
 from detector.state.store import ReplicaRecord, SharedCentroid
-from tests.helpers import DIM, MODEL, artifact, unit
-
-
-class FixedEmbedder:
-    """Embeds every text as one fixed unit vector."""
-
-    name = MODEL
-    dimension = DIM
-
-    def __init__(self, vector: np.ndarray) -> None:
-        self.vector = vector
-        self.calls = 0
-
-    async def embed(self, texts: Sequence[str]) -> Matrix:
-        self.calls += 1
-        return np.tile(self.vector.astype(np.float32), (len(texts), 1))
-
-    async def aclose(self) -> None:
-        pass
-
-
-def label(**body: object) -> bytes:
-    return orjson.dumps({"schema": "detector.feedback/v1", **body})
-
-
-class Replica:
-    def __init__(self, seed: int = 1) -> None:
-        rng = np.random.default_rng(seed)
-        self.direction, self.other = unit(rng.normal(size=DIM)), unit(rng.normal(size=DIM))
-        first = artifact(self.direction, seed)
-        s = Settings(name="fb", feedback={"enabled": True, "weight": 50})
-        centroid = Centroid.from_dict(first.centroid)
-        self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
-                                       replica="r1")
-        self.shared = SharedCentroid(self.baselines.global_, "r1", "base", MODEL)
-        self.scorer = Scorer.from_settings(s, centroid, first.threshold,
-                                           rec.Context("d", "0", MODEL, DIM),
-                                           baselines=self.baselines)
-        self.sent: list[rec.Message] = []
-        self.metrics = Metrics()
-        self.embedder = FixedEmbedder(self.other)
-        self.stage = FeedbackStage(s, self.baselines, self.metrics, embedder=self.embedder,
-                                   emit=self.sent.extend,
-                                   context=rec.Context("d", "0", MODEL, DIM),
-                                   owned=lambda: frozenset({TopicPartition("comments", 0)}),
-                                   shared=self.shared)
-
-    def score(self, rows: np.ndarray, start: int = 0) -> list[float]:
-        items = [(rec.Comment(rec.Source("comments", 0, start + i, 0, None), "t",
-                              f"c{start + i}"), row) for i, row in enumerate(rows)]
-        verdicts = self.scorer.score(items)
-        self.stage.observe(items, verdicts)
-        return [v.similarity or 0.0 for v in verdicts]
+from tests.helpers import DIM, MODEL, Replica, label, unit
 
 
 async def test_a_normal_label_of_a_cached_alert_teaches_the_global_baseline() -> None:
@@ -95,7 +37,7 @@ async def test_a_normal_label_of_a_cached_alert_teaches_the_global_baseline() ->
     assert undone == "untaught"
     assert r.metrics.registry.get_sample_value("detector_feedback_true_alerts") == 1
     assert r.metrics.registry.get_sample_value(
-        "detector_feedback_labels_total", {"outcome": "taught"}) == 1
+        "detector_feedback_labels_total", {"outcome": "taught", "reason": "cached"}) == 1
 
 
 async def test_a_label_teaches_and_unteaches_the_alerts_key_baseline_too() -> None:
@@ -121,12 +63,13 @@ async def test_a_label_teaches_and_unteaches_the_alerts_key_baseline_too() -> No
 
 async def test_an_uncached_label_is_skipped_unless_its_text_is_ours_to_embed() -> None:
     r = Replica()
+    r.stage.input_partitions = 2
     other = label(source={"topic": "comments", "partition": 1, "offset": 5}, label="normal",
                   text="a comment")
     assert await r.stage.handle(0, 0, 0, None, other) == "skipped"
     no_text = label(source={"topic": "comments", "partition": 0, "offset": 5},
                     label="normal")
-    assert await r.stage.handle(0, 1, 0, None, no_text) == "skipped"
+    assert await r.stage.handle(0, 1, 0, None, no_text) == "unresolved"
     assert r.shared.own.updates == 0
     ours = label(source={"topic": "comments", "partition": 0, "offset": 5}, label="normal",
                  text="a comment")
@@ -165,3 +108,36 @@ def test_label_positions_travel_in_the_state_record_and_are_restored() -> None:
     assert fresh.feedback == {0: 12, 3: 4}
     plain = SharedCentroid.around(Centroid.from_vectors(np.eye(DIM)[:2]), "r2", "base", MODEL)
     assert "feedback" not in orjson.loads(plain.record(0.3).to_bytes("fb"))
+
+
+async def test_every_label_that_changes_nothing_is_counted_with_its_reason() -> None:
+    """skipped used to cover other topics, missing partitions, unknown ids and the
+    owner's own uncached labels alike; each now has its reason (README: Operator labels)."""
+    r = Replica()
+    r.stage.input_partitions = 2
+    r.score(unit(r.other * 2.0 + np.random.default_rng(5).normal(size=(1, DIM)) * 0.3))
+
+    def src(topic: str, partition: int) -> dict[str, object]:
+        return {"topic": topic, "partition": partition, "offset": 5}
+
+    cases = [
+        (label(id="nobody", label="normal", text="t"), "skipped", "unknown_id"),
+        (label(source=src("other", 0), label="normal", text="t"), "skipped", "other_topic"),
+        (label(source=src("comments", 7), label="normal", text="t"), "skipped",
+         "unknown_partition"),
+        (label(source=src("comments", 1), label="normal", text="t"), "skipped",
+         "other_replica"),
+        (label(source=src("comments", 0), label="normal"), "unresolved", "not_cached"),
+        (label(source=src("comments", 0), label="anomaly"), "unresolved", "not_cached"),
+        (label(id="c0", label="anomaly"), "excluded", "cached"),
+        (label(source=src("comments", 0), label="normal", text="t"), "taught", "text"),
+        (b"{}", "refused", "wrong_schema"),
+    ]
+    for offset, (value, outcome, _) in enumerate(cases):
+        assert await r.stage.handle(0, offset, 0, None, value) == outcome
+    counted = {(s.labels["outcome"], s.labels["reason"]): s.value
+               for f in r.metrics.registry.collect() for s in f.samples
+               if s.name == "detector_feedback_labels_total"}
+    assert counted == Counter((outcome, reason) for _, outcome, reason in cases)
+    assert r.stage.book.precision.unresolved == 1
+    assert r.shared.own.updates == 1  # only the text label taught

@@ -27,6 +27,7 @@ from tests.helpers import (
     detector_settings,
     drug_comments,
     metric,
+    metric_sum,
     produce,
     read_topic,
     running_detector,
@@ -244,13 +245,14 @@ class TestFeedback:
                 for alert in alerts] + [(None, b"not a label")])
 
             def taught(d: RunningDetector) -> float:
-                return metric(d.metrics, "detector_feedback_labels_total", {"outcome": "taught"})
+                return metric_sum(d.metrics, "detector_feedback_labels_total",
+                                  {"outcome": "taught"})
 
             await wait_for(lambda: taught(da) == 10 and taught(db) == 10,
                            what="each replica taught its own alerts' labels")
             for d in (da, db):
                 assert metric(d.metrics, "detector_feedback_labels_total",
-                              {"outcome": "skipped"}) == 10
+                              {"outcome": "skipped", "reason": "other_replica"}) == 10
                 assert metric(d.metrics, "detector_feedback_false_alerts") == 10
             await wait_for(lambda: all(metric(d.metrics, "detector_centroid_version")
                                        >= v + 20 for d, v in zip((da, db), start, strict=True)),
@@ -364,7 +366,7 @@ class TestRecalibration:
                 "source": {"topic": topic, "partition": 0, "offset": i}})) for i in offsets]
 
         def taught(d: RunningDetector) -> float:
-            return metric(d.metrics, "detector_feedback_labels_total", {"outcome": "taught"})
+            return metric_sum(d.metrics, "detector_feedback_labels_total", {"outcome": "taught"})
 
         async with running_detector(settings, local_embedder) as det:
             await wait_for(lambda: metric(det.metrics, "detector_assigned_partitions") == 1,
@@ -381,10 +383,11 @@ class TestRecalibration:
                                          "source": {"topic": topic, "partition": 0,
                                                     "offset": 999}}))
         async with running_detector(settings, local_embedder) as det:
-            # read in order: once the sentinel (not cached, no text) is skipped, every
-            # label before it has been read
+            # read in order: once the sentinel (ours, not cached, no text) is counted
+            # unresolved, every label before it has been read
             await produce(kafka_bootstrap, feedback_topic, [sentinel])
             await wait_for(lambda: metric(det.metrics, "detector_feedback_labels_total",
-                                          {"outcome": "skipped"}) == 1, what="sentinel read")
+                                          {"outcome": "unresolved", "reason": "not_cached"})
+                           == 1, what="sentinel read")
             assert taught(det) == 4, "exactly the labels sent while down were applied"
             assert metric(det.metrics, "detector_centroid_version") == start + 12

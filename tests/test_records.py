@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gc
+import hashlib
 import time
-from dataclasses import dataclass
 
 import orjson
 import pytest
@@ -14,17 +15,7 @@ from hypothesis import strategies as st
 from detector.config import InputSettings
 from detector.io import jsondoc
 from detector.io import records as rec
-
-
-@dataclass
-class FakeRecord:
-    value: bytes | None
-    key: bytes | None = b"k1"
-    topic: str = "comments"
-    partition: int = 0
-    offset: int = 42
-    timestamp: int = 1_700_000_000_000
-
+from tests.helpers import FakeRecord
 
 JSON = InputSettings()
 
@@ -124,6 +115,28 @@ class TestEncode:
         assert out["schema"] == "detector.dead-letter/v1"
         assert out["reason"] == "invalid_utf8"
         assert base64.b64decode(out["value_b64"]) == b"\xff oops"
+
+    def test_dead_letter_keeps_every_admitted_byte_with_size_and_hash(self) -> None:
+        """a record as large as input.max_bytes admits is kept whole (it used to be cut at
+        64 KiB); a larger one keeps a documented prefix with its size and SHA-256."""
+        admitted = b'{"text": 1, "pad": "' + b"a" * (JSON.max_bytes - 30) + b'"}'
+        assert len(admitted) <= JSON.max_bytes
+        letter = rec.decode(FakeRecord(admitted), JSON)
+        assert isinstance(letter, rec.DeadLetter)
+        out = orjson.loads(rec.encode_dead_letter(letter, self.CTX))
+        assert base64.b64decode(out["value_b64"]) == admitted
+        assert (out["value_bytes"], out["value_truncated"]) == (len(admitted), False)
+        assert out["value_sha256"] == hashlib.sha256(admitted).hexdigest()
+        huge = b"x" * (rec.MAX_DEAD_LETTER_VALUE + 10)
+        big = rec.decode(FakeRecord(huge), JSON)
+        assert isinstance(big, rec.DeadLetter)
+        assert big.reason == "too_large"
+        encoded = rec.encode_dead_letter(big, self.CTX)
+        assert len(encoded) < 1_000_000  # under the broker's default message limit
+        cut = orjson.loads(encoded)
+        assert base64.b64decode(cut["value_b64"]) == huge[:rec.MAX_DEAD_LETTER_VALUE]
+        assert (cut["value_bytes"], cut["value_truncated"]) == (len(huge), True)
+        assert cut["value_sha256"] == hashlib.sha256(huge).hexdigest()
 
 
 class TestJsonEdgeCases:
@@ -241,6 +254,82 @@ class TestJsonEdgeCases:
         settings = InputSettings(text_field="payload.body")
         value = b'{"payload": {"body": "spam", "body": "fine"}}'
         assert reason_of(value, settings) == "duplicate_field"
+
+
+def many_fields(count: int, *, extra: str = '"id": 7, "meta": {"id": 1}') -> bytes:
+    """A record of `count` object members that takes the exact path (a nested "id")."""
+    body = ", ".join(f'"k{i}": "v{i}"' for i in range(count - 4))
+    return f'{{"text": "hello", {extra}, {body}}}'.encode()
+
+
+class TestNearDuplicateKeys:
+    @pytest.mark.parametrize("value", [
+        b'{"text": "a", "text ": "b"}', b'{"text": "a", " text": "b"}',
+        b'{"Text": "b", "text": "a"}', b'{"text": "a", "TEXT": "b"}',
+        b'{"text": "a", "te\\u200bxt": "b"}', '{"text": "a", "ｔｅｘｔ": "b"}'.encode(),
+        b'{"text": "a", "text\\t": "b"}', b'{"text": "a", "id": 1, "Id": 2}',
+    ])
+    def test_a_key_that_lenient_readers_take_for_the_text_is_dead_lettered(
+            self, value: bytes) -> None:
+        """{"text": "a", "text ": "b"} was scored as "a" with nothing to say that a reader
+        trimming or case-folding keys sees "b"."""
+        letter = rec.decode(FakeRecord(value), JSON)
+        assert isinstance(letter, rec.DeadLetter)
+        assert letter.reason == "near_duplicate_field"
+
+    def test_nested_paths_and_unrelated_keys(self) -> None:
+        nested = InputSettings(text_field="payload.body")
+        assert reason_of(b'{"payload": {"body": "a", "Body": "b"}}', nested) == (
+            "near_duplicate_field")
+        fine = [b'{"payload": {"body": "a"}, "Body": "b"}',  # not beside the path
+                b'{"payload": {"body": "a", "bodies": "b", "body_html": "c"}}']
+        for value in fine:
+            assert isinstance(rec.decode(FakeRecord(value), nested), rec.Comment)
+        assert isinstance(rec.decode(FakeRecord(b'{"text": "a", "texts": "b", "context": 1}'),
+                                     JSON), rec.Comment)
+
+
+class TestFieldLimit:
+    def test_too_many_fields_is_its_own_dead_letter_reason(self) -> None:
+        """members of all objects count; the limit is input.max_fields."""
+        assert reason_of(many_fields(10_001)) == "too_many_fields"
+        assert isinstance(rec.decode(FakeRecord(many_fields(10_000)), JSON), rec.Comment)
+        small = InputSettings(max_fields=5)
+        assert reason_of(b'{"text": "a", "b": {"c": 1, "d": {"e": 2, "f": 3}}}',
+                         small) == "too_many_fields"
+        assert isinstance(rec.decode(FakeRecord(b'{"text": "a", "b": {"c": 1, "d": 2}}'),
+                                     small), rec.Comment)
+
+    def test_colons_inside_strings_are_not_fields(self) -> None:
+        """a text full of colons (times, URLs) is not refused."""
+        out = rec.decode(FakeRecord(orjson.dumps({"text": "12:00 http://x " * 1000})),
+                         InputSettings(max_fields=3))
+        assert isinstance(out, rec.Comment)
+
+    def test_the_exact_path_costs_about_what_the_fast_path_costs(self) -> None:
+        """a record forced onto the standard-library path by a nested "id" costs a small
+        multiple of the same record without it (it cost 10-60x: a Python callback per
+        integer and a walk of every string for lone surrogates)."""
+        def cost(value: bytes) -> float:  # CPU time of this thread: the machine is shared
+            best = float("inf")
+            gc.collect()
+            gc.disable()  # a collection that other tests' garbage triggers is not the cost
+            try:
+                for _ in range(5):
+                    start = time.thread_time()
+                    assert isinstance(rec.decode(FakeRecord(value), JSON), rec.Comment)
+                    best = min(best, time.thread_time() - start)
+            finally:
+                gc.enable()
+            return best
+
+        numbers = b'{"text": "hello", "id": 7, "meta": {"id": 1}, "a": [' + b", ".join(
+            b"%d" % i for i in range(20_000)) + b"]}"
+        strings = b'{"text": "hello", "id": 7, "meta": {"id": 1}, "a": [' + b", ".join(
+            b'"s%d"' % i for i in range(20_000)) + b"]}"
+        for slow in (numbers, strings):
+            fast = slow.replace(b'{"id"', b'{"xx"')
+            assert cost(slow) < 5 * cost(fast) + 0.002
 
 
 class TestNestingScanner:

@@ -204,7 +204,7 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
         if exactly_once:  # state stays out of the transactions
             state_producer = await _started(stack, make_producer(settings.kafka))
         sync = StateSync(store, shared, state_producer, settings.state.snapshot_interval_s,
-                         baselines=baselines, on_calibration=stages.adopt)
+                         baselines=baselines, on_calibration=stages.adopt, metrics=metrics)
         await stack.enter_async_context(sync)
     scorer = Scorer.from_settings(settings, shared.centroid, state.threshold, context,
                                   baselines=held)
@@ -239,7 +239,7 @@ async def _serve(stack: contextlib.AsyncExitStack, settings: Settings, started: 
     server = HealthServer(
         settings.server.host, settings.server.port, metrics,
         live=lambda: _live(task),
-        ready=lambda: _ready(started.pipeline),
+        ready=lambda: _ready(started.pipeline, metrics.missing_topics),
     )
     await stack.enter_async_context(server)
     log.info("http server listening", port=server.port)
@@ -251,16 +251,22 @@ def _live(task: asyncio.Task[object] | None) -> tuple[bool, str]:
     return True, "ok"
 
 
-def _ready(pipeline: Pipeline | None) -> tuple[bool, str]:
+def _ready(pipeline: Pipeline | None, missing: dict[str, str] | None = None
+           ) -> tuple[bool, str]:
+    """Readiness, and why; `missing` (reader -> topic: optional topics waited for) is
+    reported in the detail without making the replica unready: scoring does not need
+    them."""
     if pipeline is None:
         return False, "starting: connecting to Kafka, loading the centroid"
     if pipeline.fatal is not None:
         return False, f"embedder failed fatally: {pipeline.fatal.code or pipeline.fatal}"
     if not pipeline.joined:
         return False, "not yet a member of the consumer group"
+    detail = "".join(f"; waiting for topic {topic!r} ({reader}: not read until it exists)"
+                     for reader, topic in sorted((missing or {}).items()))
     if not pipeline.owned:
-        return True, "ok: standby, no partitions assigned"
-    return True, "ok"
+        return True, "ok: standby, no partitions assigned" + detail
+    return True, "ok" + detail
 
 
 def _announce_stop(signum: int) -> None:

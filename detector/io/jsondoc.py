@@ -34,6 +34,11 @@ _MAX_INT_DIGITS = 4_000  # Python's int() refuses more than 4,300 digits by defa
 _STRING_OR_TAIL = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 # In valid JSON: each string literal, and whether a colon follows it (then it is a key).
 _STRING_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"(\s*:)?', re.DOTALL)
+# A run of digits too long for int() (in a number or a string: either way rare).
+_LONG_DIGITS = re.compile(f"[0-9]{{{_MAX_INT_DIGITS + 1}}}")
+# An escape of a surrogate code point: the only way a lone surrogate gets into parsed text
+# (the text itself is valid UTF-8, so it holds none).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _STEPS = np.zeros(256, dtype=np.int8)
 _STEPS[[ord("["), ord("{")]] = 1
 _STEPS[[ord("]"), ord("}")]] = -1
@@ -48,17 +53,23 @@ class JsonRefusedError(ValueError):
         self.message = message
 
 
-def parse(text: str, watched: Collection[str] = ()) -> object:
-    """The parsed value of `text`; raises `JsonRefusedError` when it is not acceptable JSON or a
-    key named in `watched` is repeated within one object."""
+def parse(text: str, watched: Collection[str] = (), max_fields: int | None = None) -> object:
+    """The parsed value of `text`; raises `JsonRefusedError` when it is not acceptable JSON, a
+    key named in `watched` is repeated within one object, or its objects have more than
+    `max_fields` members in all (counted before any parser runs)."""
     if too_deep(text):
         raise JsonRefusedError("invalid_json", f"JSON nested deeper than {MAX_NESTING} levels")
+    if max_fields is not None:
+        fields = count_fields(text, max_fields)
+        if fields > max_fields:
+            raise JsonRefusedError("too_many_fields",
+                                   f"JSON has {fields} object members, limit {max_fields}")
     try:
         parsed = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return _parse_exact(text, watched, f"value is not JSON: {exc}")
+        return _parse_exact(text, watched, f"value is not JSON: {exc}", big_numbers=True)
     if watched and _may_repeat(text, watched):
-        _parse_exact(text, watched, "value is not JSON")
+        _parse_exact(text, watched, "value is not JSON", big_numbers=False)
     return parsed
 
 
@@ -69,6 +80,16 @@ def too_deep(text: str) -> bool:
     structure = _STRING_OR_TAIL.sub("", text).encode("utf-8", "surrogatepass")
     steps = _STEPS[np.frombuffer(structure, dtype=np.uint8)]
     return bool(len(steps)) and int(np.cumsum(steps, dtype=np.int32).max()) > MAX_NESTING
+
+
+def count_fields(text: str, limit: int) -> int:
+    """The number of object members in `text` (colons outside string literals), counted
+    exactly only when the colons of the whole text exceed `limit` (the common case costs
+    one `str.count`)."""
+    colons = text.count(":")
+    if colons <= limit:
+        return colons
+    return _STRING_OR_TAIL.sub("", text).count(":")
 
 
 def _may_repeat(text: str, watched: Collection[str]) -> bool:
@@ -82,28 +103,35 @@ def _may_repeat(text: str, watched: Collection[str]) -> bool:
     return any(m.group(1) and "\\" in m.group(0) for m in _STRING_TOKEN.finditer(text))
 
 
-def _parse_exact(text: str, watched: Collection[str], fast_error: str) -> object:
+def _parse_exact(text: str, watched: Collection[str], fast_error: str, *,
+                 big_numbers: bool) -> object:
     """The standard library's parser, as strict as JSON, reporting repeated keys."""
     body = text[1:] if text.startswith("\ufeff") else text
     repeated: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in items:
-            if key in obj and key in watched:
-                repeated.append(key)
-            obj[key] = value
+        obj = dict(items)
+        if len(obj) < len(items):  # some key repeats: is it a watched one?
+            keys = [key for key, _ in items]
+            repeated.extend(name for name in watched if name in obj and keys.count(name) > 1)
         return obj
 
+    # Python callbacks per integer and a walk of every string cost microseconds per value:
+    # only records that could need them pay for them.
+    # (orjson parsed every number of a record that is here only for a repeated key)
+    extra: dict[str, Any] = {}
+    if big_numbers and _LONG_DIGITS.search(body):
+        extra["parse_int"] = _integer
     try:
         parsed = json.loads(body, object_pairs_hook=pairs, parse_constant=_no_constant,
-                            parse_int=_integer)
+                            **extra)
     except (ValueError, RecursionError):
         raise JsonRefusedError("invalid_json", fast_error) from None
     if repeated:
         raise JsonRefusedError("duplicate_field",
                       f"field {repeated[0]!r} appears more than once in one object")
-    _check_strings(parsed)
+    if _SURROGATE_ESCAPE.search(body):
+        _check_strings(parsed)
     return parsed
 
 

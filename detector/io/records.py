@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -17,14 +19,17 @@ from typing import Any, Protocol
 import orjson
 
 from detector.config import InputSettings
+from detector.io.invisible import has_visible, visible
 from detector.io.jsondoc import JsonRefusedError, parse
 
 ALERT_SCHEMA = "detector.alert/v1"
 SCORE_SCHEMA = "detector.score/v1"
 DEAD_LETTER_SCHEMA = "detector.dead-letter/v1"
-# A dead letter carries at most this much of the original value (base64 grows it by a
-# third and the broker refuses messages over ~1 MB); the source offset finds the rest.
-MAX_DEAD_LETTER_VALUE = 64 * 1024
+# A dead letter carries the original value whole up to this size: every record the default
+# `input.max_bytes` (256 KiB) admits. Base64 grows it by a third, to 683 KiB, under the
+# broker's default ~1 MB message limit; beyond it the first 512 KiB are kept, with the
+# original's size and SHA-256, and the source offset finds the rest.
+MAX_DEAD_LETTER_VALUE = 512 * 1024
 
 Message = tuple[str, bytes | None, bytes]  # an output to publish: topic, key, value
 
@@ -83,7 +88,7 @@ class DeadLetter:
     """A record that cannot be scored, and why."""
 
     source: Source
-    reason: str  # invalid_json | duplicate_field | missing_text | empty_text | too_long ...
+    reason: str  # invalid_json | duplicate_field | near_duplicate_field | missing_text ...
     error: str
     value: bytes | None
 
@@ -141,7 +146,8 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
         text: object = decoded
     else:
         try:
-            parsed = parse(decoded, _watched(settings.text_field, settings.id_field))
+            parsed = parse(decoded, _watched(settings.text_field, settings.id_field),
+                           settings.max_fields)
         except JsonRefusedError as exc:
             return DeadLetter(source, exc.reason, exc.message, raw)
         if not isinstance(parsed, dict):
@@ -149,6 +155,12 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
                 source, "invalid_json", f"value is JSON {_json_type(parsed)}, not an object",
                 raw,
             )
+        near = _near_duplicate(parsed, _paths(settings.text_field, settings.id_field))
+        if near is not None:
+            return DeadLetter(
+                source, "near_duplicate_field",
+                f"field {near[0]!r} differs from {near[1]!r} only in case, spacing, invisible "
+                f"or compatibility characters", raw)
         text = lookup(parsed, settings.text_field, MISSING)
         if text is MISSING:
             return DeadLetter(source, "missing_text", f"no field {settings.text_field!r}", raw)
@@ -165,8 +177,9 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
             if isinstance(raw_key, str | int | float | bool):
                 key = str(raw_key)
     assert isinstance(text, str)
-    if not text.strip() or not _has_visible(text):
-        return DeadLetter(source, "empty_text", "text is empty or only whitespace", raw)
+    if not has_visible(text):
+        return DeadLetter(source, "empty_text", "text is empty or only invisible characters "
+                          "(whitespace, default-ignorable, fillers, marks without a base)", raw)
     if estimate_tokens(text) > settings.max_tokens:
         if settings.on_too_long == "dead_letter":
             return DeadLetter(
@@ -177,10 +190,40 @@ def decode(record: KafkaRecord, settings: InputSettings, key_field: str | None =
     return Comment(source, text, comment_id, key)
 
 
-def _has_visible(text: str) -> bool:
-    """False for text made only of whitespace, zero-width and other format characters."""
-    return any(ch.isprintable() and not ch.isspace() and ch not in "\u200b\u200c\u200d\u2060\ufeff"
-               for ch in text)
+def _near_duplicate(parsed: dict[str, Any], paths: tuple[tuple[str, ...], ...]
+                    ) -> tuple[str, str] | None:
+    """A key beside a part of one of the `paths` that readers which trim, fold case or
+    normalise keys would take for it (``"text "``, ``"Text"``, ``"te\u200bxt"``, fullwidth
+    ``"ｔｅｘｔ"``): (that key, the part), or None. Only objects on the paths are looked at,
+    each once."""
+    forms_of: dict[int, list[str]] = {}
+    for path in paths:
+        current: object = parsed
+        for part in path:
+            if not isinstance(current, dict) or part not in current:
+                break
+            if len(current) > 1:
+                forms = forms_of.get(id(current))
+                if forms is None:
+                    forms = forms_of[id(current)] = list(map(_key_form, current))
+                target = _key_form(part)
+                if forms.count(target) > 1:
+                    return next(k for k in current if k != part and _key_form(k) == target), part
+            current = current[part]
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _paths(*dotted: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(d.split(".")) for d in dotted)
+
+
+@functools.lru_cache(maxsize=4096)  # records of one schema repeat their keys
+def _key_form(key: str) -> str:
+    """A key as a lenient reader sees it: NFKC, case-folded, without whitespace or
+    invisible characters."""
+    folded = unicodedata.normalize("NFKC", key).casefold()
+    return "".join(ch for ch in folded if visible(ch))
 
 
 @functools.lru_cache(maxsize=8)
@@ -277,6 +320,7 @@ def encode_dead_letter(letter: DeadLetter, ctx: Context, detected_at: str | None
         else base64.b64encode(letter.value[:MAX_DEAD_LETTER_VALUE]).decode(),
         "value_bytes": None if letter.value is None else len(letter.value),
         "value_truncated": letter.value is not None and len(letter.value) > MAX_DEAD_LETTER_VALUE,
+        "value_sha256": None if letter.value is None else hashlib.sha256(letter.value).hexdigest(),
         "detector": {"name": ctx.detector_name, "version": ctx.detector_version},
         "detected_at": detected_at or utc_now(),
     })

@@ -19,7 +19,9 @@ positions travel in the same state record (`SharedCentroid.feedback`), published
 the contribution they produced: after a restart the replica resumes after the last label
 whose effect was published, so no label is applied twice and none whose effect was lost
 is skipped. A replica with no record yet starts at the end of the feedback topic (the
-labels before it were other replicas' to apply).
+labels before it were other replicas' to apply). A feedback topic that does not exist yet
+is waited for with back-off (detector.io.optional: a metric and /readyz say so) and,
+once it appears, read from its beginning.
 
 A label that cannot be used goes to the dead-letter topic with its reason, published by
 the replica owning input partition ``feedback partition mod input partitions`` (so once,
@@ -43,6 +45,7 @@ from detector.config import Settings
 from detector.embedders.base import Embedder
 from detector.io import records as rec
 from detector.io.kafka import reader_consumer, topic_partitions
+from detector.io.optional import wait_for_topic
 from detector.metrics import Metrics
 from detector.model.baselines import Baselines
 from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook, SourceRef, parse_label
@@ -103,20 +106,21 @@ class FeedbackStage:
         topic = self.settings.feedback.topic
         self.input_partitions = max(1, len(await topic_partitions(
             self.settings.kafka, self.settings.input.topic)))
-        partitions = await topic_partitions(self.settings.kafka, topic)
-        if not partitions:
-            log.warning("feedback topic does not exist; labels are not read", topic=topic)
-            return
+        # a topic created later (Strimzi, an operator) is waited for, then read from its
+        # beginning: every label in it came after this replica started
+        partitions, appeared = await wait_for_topic(self.settings.kafka, topic,
+                                                    reader="feedback", metrics=self.metrics)
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer = reader_consumer(self.settings.kafka)
         await consumer.start()
         try:
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
+            start = {tp.partition: self.positions.get(tp.partition, 0 if appeared else ends[tp])
+                     for tp in tps}
             for tp in tps:
-                consumer.seek(tp, self.positions.get(tp.partition, ends[tp]))
-            log.info("reading operator labels", topic=topic, positions={
-                tp.partition: self.positions.get(tp.partition, ends[tp]) for tp in tps})
+                consumer.seek(tp, start[tp.partition])
+            log.info("reading operator labels", topic=topic, positions=start)
             while True:
                 try:
                     fetched = await consumer.getmany(timeout_ms=1000)
@@ -134,14 +138,30 @@ class FeedbackStage:
 
     async def handle(self, partition: int, offset: int, timestamp: int, key: bytes | None,
                      value: bytes | None) -> str:
-        """Apply one label record if it is this replica's; returns what happened."""
-        outcome = await self._handle(partition, offset, timestamp, key, value)
+        """Apply one label record if it is this replica's; returns what happened (the
+        outcome; the metric and the debug log also say why, see `_handle`)."""
+        outcome, reason = await self._handle(partition, offset, timestamp, key, value)
         self.positions[partition] = offset + 1
-        self.metrics.feedback_labels.labels(outcome).inc()
+        self.metrics.feedback_labels.labels(outcome=outcome, reason=reason).inc()
+        if outcome in ("skipped", "unresolved"):
+            log.debug("label not applied", outcome=outcome, reason=reason,
+                      partition=partition, offset=offset)
         return outcome
 
     async def _handle(self, partition: int, offset: int, timestamp: int, key: bytes | None,
-                      value: bytes | None) -> str:
+                      value: bytes | None) -> tuple[str, str]:
+        """(outcome, reason). Applied labels (taught, untaught, excluded, unchanged, and
+        unresolved from the book) give how the comment was found: ``cached`` or ``text``;
+        refused ones their dead-letter reason; the others:
+
+        * skipped ``unknown_id``: no source, and the id is not in this replica's cache
+          (another replica's alert, or one nobody caches: no replica can tell which);
+        * skipped ``other_topic``: the source is not on the input topic;
+        * skipped ``unknown_partition``: the input topic has no such partition;
+        * skipped ``other_replica``: another replica owns the source partition;
+        * unresolved ``not_cached``: this replica owns the source partition, the alert is
+          no longer cached and the label has no text to embed.
+        """
         parsed = parse_label(value)
         if not isinstance(parsed, Label):
             if self._owns(self.settings.input.topic, partition % self.input_partitions):
@@ -153,17 +173,27 @@ class FeedbackStage:
                             rec.encode_dead_letter(letter, self.context))])
                 log.warning("label refused", reason=parsed.reason, error=parsed.error,
                             partition=partition, offset=offset)
-            return "refused"
+            return "refused", parsed.reason
         alert = self.cache.find(parsed)
-        embedding = None
-        if alert is None:
-            target = parsed.source
-            if parsed.text is None or target is None or not self._owns(target.topic,
-                                                                      target.partition):
-                return "skipped"  # another replica's, or not resolvable here
-            embedding = np.asarray((await self.embedder.embed([parsed.text]))[0],
-                                   dtype=np.float64)
-        return self._apply(parsed, alert, embedding)
+        if alert is not None:
+            return self._apply(parsed, alert, None), "cached"
+        target = parsed.source
+        if target is None:
+            return "skipped", "unknown_id"
+        if target.topic != self.settings.input.topic:
+            return "skipped", "other_topic"
+        if target.partition >= self.input_partitions:
+            return "skipped", "unknown_partition"
+        if not self._owns(target.topic, target.partition):
+            return "skipped", "other_replica"
+        if parsed.text is None:
+            if parsed.label == "normal":  # the book counts it (`Precision.unresolved`), or
+                # says unchanged when the comment's latest label is normal already
+                return self.book.apply(parsed, self.baselines.global_.centroid), "not_cached"
+            return "unresolved", "not_cached"
+        embedding = np.asarray((await self.embedder.embed([parsed.text]))[0],
+                               dtype=np.float64)
+        return self._apply(parsed, None, embedding), "text"
 
     def _apply(self, label: Label, alert: CachedAlert | None,
                embedding: np.ndarray[Any, np.dtype[np.float64]] | None) -> str:

@@ -38,7 +38,9 @@ from aiokafka.structs import TopicPartition
 
 from detector.config import Settings
 from detector.io.kafka import connection_kwargs, ensure_topics, reader_consumer, topic_partitions
+from detector.io.optional import wait_for_topic
 from detector.io.records import utc_now
+from detector.metrics import Metrics
 from detector.model.baselines import Baseline, Contribution
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Reservoir
@@ -268,11 +270,17 @@ class StateStore:
 
     async def follow(self, shared: SharedCentroid,
                      baselines: SharedBaselines | None = None,
-                     on_calibration: Callable[[bytes], object] | None = None) -> None:
+                     on_calibration: Callable[[bytes], object] | None = None,
+                     metrics: Metrics | None = None) -> None:
         """Apply other replicas' records as they arrive, and hand newly published artifacts
-        to `on_calibration` (runs until cancelled)."""
-        tps = list(self._ends) or [TopicPartition(self.topic, p) for p in
-                                   await topic_partitions(self.settings.kafka, self.topic)]
+        to `on_calibration` (runs until cancelled). A state topic that does not exist yet
+        (`kafka.create_topics: false`) is waited for with back-off (detector.io.optional),
+        then read from its beginning."""
+        tps = list(self._ends)
+        if not tps:
+            partitions, _ = await wait_for_topic(self.settings.kafka, self.topic,
+                                                 reader="state", metrics=metrics)
+            tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer = self._consumer()
         await consumer.start()
         try:
@@ -331,8 +339,10 @@ class StateSync:
 
     def __init__(self, store: StateStore, shared: SharedCentroid, producer: AIOKafkaProducer,
                  interval_s: float, *, baselines: SharedBaselines | None = None,
-                 on_calibration: Callable[[bytes], object] | None = None) -> None:
+                 on_calibration: Callable[[bytes], object] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.shared = shared
         self.baselines = baselines
         self.producer = producer
@@ -373,7 +383,8 @@ class StateSync:
         self._published = self._mark()
         self._tasks = [asyncio.create_task(self._every()),
                        asyncio.create_task(self.store.follow(self.shared, self.baselines,
-                                                             self.on_calibration))]
+                                                             self.on_calibration,
+                                                             self.metrics))]
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -43,6 +43,9 @@ from detector.stream.membership import Membership
 from detector.stream.reorder import Batch, ReorderWindow
 
 log = structlog.get_logger("detector.stream.pipeline")
+# Longest stretch of decoding between two returns to the event loop (one record can take
+# longer; input.max_bytes and input.max_fields bound that).
+INGEST_SLICE_S = 0.01
 
 
 class Pipeline:
@@ -199,7 +202,7 @@ class Pipeline:
                         log.warning("fetch failed; retrying", error=repr(exc))
                         await asyncio.sleep(1.0)
                         continue
-                    self._ingest(fetched)
+                    await self._ingest(fetched)
         finally:
             stop_wait.cancel()
             if fetch is not None:
@@ -207,10 +210,21 @@ class Pipeline:
                 with contextlib.suppress(asyncio.CancelledError, KafkaError):
                     await fetch
 
-    def _ingest(self, fetched: Fetched) -> None:
+    async def _ingest(self, fetched: Fetched) -> None:
+        """Decode a fetch. Decoding yields to the event loop every `INGEST_SLICE_S`, so a
+        fetch of large or expensive records (up to fetch_max_bytes of them) does not stall
+        the other partitions' scoring, commits and heartbeats; records of a partition
+        revoked meanwhile are left to its next owner."""
         bad: list[Work] = []
+        loop = asyncio.get_running_loop()
+        slice_end = loop.time() + INGEST_SLICE_S
         for tp, records in self.intake.clip(fetched).items():
             for record in records:
+                if loop.time() > slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = loop.time() + INGEST_SLICE_S
+                    if tp not in self.consumer.assignment():
+                        break
                 self.metrics.consumed.inc()
                 generation = self.outbox.track(tp, record.offset)
                 decoded = rec.decode(record, self.settings.input,
