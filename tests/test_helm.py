@@ -511,6 +511,41 @@ class TestDurableTopics:
         assert not [d for d in plain if d["kind"] == "KafkaTopic"
                     and d["spec"]["topicName"] == "detector-drift"]
 
+    @pytest.mark.parametrize("extra", [
+        (),
+        ("--set", "config.feedback.enabled=true"),
+        ("--set", "config.feedback.enabled=true", "--set", "config.feedback.topic=labels",
+         "--set", "config.drift.enabled=true", "--set", "config.alerts.scores_topic=sc",
+         "--set", "topics.strimzi.includeInput=true"),
+        ("--set", "config.state.enabled=false", "--set", "config.alerts.scores_topic=sc"),
+    ])
+    def test_strimzi_topic_for_every_topic_the_configuration_uses(
+        self, extra: tuple[str, ...], tmp_path: Path,
+    ) -> None:
+        """The KafkaTopics are exactly the topics the daemon would create with
+        create_topics (detector.commands.run.output_topics: alerts, dead letters, scores,
+        drift events, operator labels; plus the state topic), and the input topic with
+        includeInput; each once, with a distinct object name."""
+        from detector.commands.run import output_topics
+
+        docs = render("--set", "topics.strimzi.enabled=true",
+                      "--set", "topics.strimzi.clusterName=my-cluster", *extra)
+        settings = loaded_config(docs, tmp_path)
+        kafka_topics = [d for d in docs if d["kind"] == "KafkaTopic"]
+        names = [d["spec"]["topicName"] for d in kafka_topics]
+        expected = set(output_topics(settings))
+        if settings.state.enabled:
+            expected.add(settings.state.topic)
+        if "topics.strimzi.includeInput=true" in extra:
+            expected.add(settings.input.topic)
+        assert sorted(names) == sorted(expected)
+        assert len({d["metadata"]["name"] for d in kafka_topics}) == len(kafka_topics)
+        if settings.feedback.enabled:
+            [feedback] = [d for d in kafka_topics
+                          if d["spec"]["topicName"] == settings.feedback.topic]
+            assert feedback["metadata"]["name"].endswith("-feedback")
+            assert feedback["spec"]["partitions"] == 6
+
     def test_strimzi_needs_the_cluster_name(self) -> None:
         """KafkaTopics without strimzi.io/cluster are never reconciled: refused."""
         result = run_helm("template", "rel", str(CHART), "--set", "topics.strimzi.enabled=true")
