@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,13 +137,14 @@ class TestObjects:
 
     def test_all_enabled_renders_every_optional_object(self) -> None:
         """ServiceMonitor, ScaledObject, dashboard, Job, PDB, PrometheusRule,
-        NetworkPolicy and KafkaTopics appear when enabled."""
+        NetworkPolicy, KafkaTopics, the recalibration CronJob with its script and archive
+        PVC appear when enabled."""
         kinds = sorted(d["kind"] for d in render(*VARIANTS["all-enabled"]))
         for kind in ("ServiceMonitor", "ScaledObject", "Job", "PodDisruptionBudget",
                      "ServiceAccount", "StatefulSet", "Service", "PrometheusRule",
-                     "NetworkPolicy", "KafkaTopic", "CronJob"):
+                     "NetworkPolicy", "KafkaTopic", "CronJob", "PersistentVolumeClaim"):
             assert kind in kinds
-        assert kinds.count("ConfigMap") == 2
+        assert kinds.count("ConfigMap") == 3  # config, dashboard, recalibration script
         assert "HorizontalPodAutoscaler" not in kinds
         assert {d["kind"] for d in render()} == {
             "StatefulSet", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"}
@@ -258,29 +260,156 @@ class TestWorkload:
         assert parser.parse_args(default_job["args"]).func.__module__ == replay.__name__
 
 
-    def test_recalibration_cronjob_calibrates_the_last_hours_and_publishes(self) -> None:
-        """The CronJob runs `detector calibrate` on the input topic's last `hours` hours,
-        without alerted and anomaly-labelled comments, and publishes the artifact; one
-        run at a time, as the daemon's pods are configured (env, volumes, security)."""
+    def test_recalibration_cronjob_runs_one_script_with_deadlines_and_archive(self) -> None:
+        """The CronJob runs the rendered recalibration script (extraArgs as its
+        arguments), one run at a time, with its deadlines, as the daemon's pods are
+        configured (env, volumes, security), the archive PVC mounted at /archive."""
         docs = render(*VARIANTS["all-enabled"])
         cron = one(docs, "CronJob")
-        assert cron["spec"]["schedule"] == "30 2 * * *"
-        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        spec = cron["spec"]
+        assert spec["schedule"] == "30 2 * * *"
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["startingDeadlineSeconds"] == 3600
+        job_spec = spec["jobTemplate"]["spec"]
+        assert (job_spec["backoffLimit"], job_spec["activeDeadlineSeconds"]) == (0, 14400)
         assert cron["metadata"]["labels"]["app.kubernetes.io/component"] == "recalibrate"
-        pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        pod = job_spec["template"]["spec"]
         container = pod["containers"][0]
-        parsed = build_parser().parse_args(container["args"])
-        assert parsed.func.__module__ == calibrate.__name__
-        assert parsed.config == "/etc/detector/detector.yaml"
-        assert (parsed.topic, parsed.last_hours, parsed.holdout) == ("comments", 12.0, 0.3)
-        assert (parsed.exclude_alerted, parsed.exclude_labelled, parsed.publish) == (
-            True, True, True)
-        assert (parsed.time_from, parsed.time_to) == (None, None)
+        assert container["command"] == ["/bin/sh", "/etc/detector-recalibrate/recalibrate.sh"]
+        assert container["args"] == ["--holdout", "0.3"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert mounts["archive"] == "/archive"
+        claim = volumes["archive"]["persistentVolumeClaim"]["claimName"]
+        pvc = one(docs, "PersistentVolumeClaim", claim)
+        assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        script = volumes["recalibrate"]["configMap"]["name"]
+        assert "recalibrate.sh" in one(docs, "ConfigMap", script)["data"]
         job = pod_spec(docs, "Job")["containers"][0]  # configured as the one-off Job
         assert container["env"] == job["env"]
         assert container["securityContext"] == job["securityContext"]
         assert pod["automountServiceAccountToken"] is False
         assert not [d for d in render() if d["kind"] == "CronJob"]
+        plain = render("--set", "recalibration.enabled=true")
+        assert not [d for d in plain if d["kind"] == "PersistentVolumeClaim"]
+        plain_pod = one(plain, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert "archive" not in {v["name"] for v in plain_pod["volumes"]}
+
+
+FAKE_DETECTOR = """#!/usr/bin/env python3
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+def value(flag):
+    return args[args.index(flag) + 1] if flag in args else None
+if "calibrate" in args and "--publish" not in args:
+    open(value("--out"), "w").write('{"artifact": "candidate"}')
+    os.makedirs(value("--report-dir"))
+    sys.exit(int(os.environ.get("FAKE_CALIBRATE_EXIT", "0")))
+if "--compare" in args:
+    open(value("--output"), "w").write('{"bounds": {"within": false}}')
+    sys.exit(int(os.environ["FAKE_COMPARE_EXIT"]))
+sys.exit(0)
+"""
+
+
+class TestRecalibrationScript:
+    """The CronJob's script, run here with `sh` and a stand-in `detector` on PATH that
+    records its arguments and exits as told."""
+
+    def run(self, tmp_path: Path, values: tuple[str, ...], *, compare_exit: int = 0,
+            calibrate_exit: int = 0) -> tuple[int, list[list[str]], str]:
+        docs = render(*values)
+        name = one(docs, "CronJob")["metadata"]["name"]
+        tmp_path.mkdir(exist_ok=True)
+        script = tmp_path / "recalibrate.sh"
+        script.write_text(one(docs, "ConfigMap", name)["data"]["recalibrate.sh"])
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        fake = bin_dir / "detector"
+        fake.write_text(FAKE_DETECTOR)
+        fake.chmod(0o755)
+        log = tmp_path / "calls.jsonl"
+        log.write_text("")
+        container = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"][
+            "spec"]["containers"][0]
+        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
+               "FAKE_COMPARE_EXIT": str(compare_exit),
+               "FAKE_CALIBRATE_EXIT": str(calibrate_exit),
+               "RECALIBRATE_CONFIG": "/etc/detector/detector.yaml",
+               "RECALIBRATE_WORK": str(tmp_path / "work"),
+               "RECALIBRATE_ARCHIVE": str(tmp_path / "archive")}
+        if "recalibration.archive.enabled=true" not in values and \
+                values != VARIANTS["all-enabled"]:
+            del env["RECALIBRATE_ARCHIVE"]  # the script's own default: no archive
+        result = subprocess.run(["/bin/sh", str(script), *container.get("args", [])],
+                                env=env, capture_output=True, text=True, check=False,
+                                timeout=60)
+        calls = [orjson.loads(line) for line in log.read_text().splitlines()]
+        return result.returncode, calls, result.stderr
+
+    def test_publishes_only_a_candidate_within_the_compare_bounds(self, tmp_path: Path
+                                                                 ) -> None:
+        """calibrate (last hours, exclusions, extraArgs) → replay --compare of the
+        candidate over the last compare.hours with the bounds → publish of that very
+        file; every command parses with the real CLI. Out of bounds (exit 6): nothing is
+        published, the run fails with 6 and its outcome says why."""
+        code, calls, _ = self.run(tmp_path / "ok", VARIANTS["all-enabled"])
+        assert code == 0
+        parsed = [build_parser().parse_args(c) for c in calls]
+        assert [p.func.__module__ for p in parsed] == [calibrate.__name__, replay.__name__,
+                                                        calibrate.__name__]
+        cal_args, cmp_args, pub_args = parsed
+        assert (cal_args.topic, cal_args.last_hours, cal_args.holdout) == ("comments", 12.0,
+                                                                          0.3)
+        assert (cal_args.exclude_alerted, cal_args.exclude_labelled, cal_args.publish) == (
+            True, True, False)
+        assert cmp_args.compare
+        assert cmp_args.artifact == cal_args.out
+        assert (cmp_args.max_alert_ratio, cmp_args.max_threshold_move) == (1.5, 0.02)
+        start = datetime.fromisoformat(cmp_args.time_from)
+        assert abs((datetime.now(UTC) - start).total_seconds() - 6 * 3600) < 120
+        assert (pub_args.publish, pub_args.artifact) == (True, cal_args.out)
+        assert {p.config for p in parsed} == {"/etc/detector/detector.yaml"}
+        [run_dir] = (tmp_path / "ok/archive/runs").iterdir()
+        assert (run_dir / "outcome").read_text() == "published\n"
+        assert {f.name for f in run_dir.iterdir()} >= {"calibration.json", "report",
+                                                      "compare.json", "outcome"}
+
+        code, calls, err = self.run(tmp_path / "out", VARIANTS["all-enabled"],
+                                    compare_exit=6)
+        assert code == 6
+        assert len(calls) == 2
+        assert not any("--publish" in c for c in calls)
+        [run_dir] = (tmp_path / "out/archive/runs").iterdir()
+        assert "not published: compare exit 6" in (run_dir / "outcome").read_text()
+        assert "not published" in err
+
+        code, calls, _ = self.run(tmp_path / "failed", VARIANTS["all-enabled"],
+                                  calibrate_exit=5)
+        assert (code, len(calls)) == (5, 1)
+
+    def test_without_compare_it_publishes_unchecked(self, tmp_path: Path) -> None:
+        code, calls, _ = self.run(tmp_path, ("--set", "recalibration.enabled=true",
+                                             "--set", "recalibration.compare.enabled=false"))
+        assert code == 0
+        assert ["--compare" in c for c in calls] == [False, False]
+        assert "--publish" in calls[1]
+        assert (tmp_path / "work/runs").is_dir()
+
+    def test_the_archive_keeps_the_newest_runs(self, tmp_path: Path) -> None:
+        """archive.keep runs stay on the volume, the newest ones, whatever their outcome."""
+        for _ in range(5):
+            self.run(tmp_path, VARIANTS["all-enabled"])  # keep: 3
+        runs = sorted(p.name for p in (tmp_path / "archive/runs").iterdir())
+        assert len(runs) == 3
+        self.run(tmp_path, VARIANTS["all-enabled"], compare_exit=6)
+        after = sorted(p.name for p in (tmp_path / "archive/runs").iterdir())
+        assert len(after) == 3
+        assert after[:2] == runs[1:]
+        assert "not published" in (tmp_path / "archive/runs" / after[-1] / "outcome"
+                                   ).read_text()
 
 
 class TestSecrets:

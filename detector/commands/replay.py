@@ -31,7 +31,7 @@ from detector.commands.run import InitialState, initial_state
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
-from detector.exits import EXIT_INTERRUPTED, EXIT_OK
+from detector.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from detector.io import records as rec
 from detector.io.kafka import ensure_topics, make_producer, reader_consumer
 from detector.io.ranges import Plan, parse_bounds, parse_time, resolve_plan
@@ -334,6 +334,12 @@ def add_parser(subparsers: Any, compare: Callable[[argparse.Namespace, Settings]
     p.add_argument("--compare", action="store_true",
                    help="with --artifact: report which alerts it adds and removes against "
                         "the artifact in force (JSON to --output or stdout; frozen)")
+    p.add_argument("--max-alert-ratio", type=float, metavar="R",
+                   help="with --compare: exit 6 unless (candidate alerts + 1) / (alerts in "
+                        "force + 1) is within [1/R, R]")
+    p.add_argument("--max-threshold-move", type=float, metavar="D",
+                   help="with --compare: exit 6 if the candidate's threshold differs from "
+                        "the one in force by more than D")
     p.set_defaults(func=_cmd_replay, compare_command=compare)
 
 
@@ -341,6 +347,10 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.compare:  # detector.commands.compare, registered by the CLI (it builds on this module)
         code: int = args.compare_command(args, settings)
         return code
+    if args.max_alert_ratio is not None or args.max_threshold_move is not None:
+        sys.stderr.write("detector: error: --max-alert-ratio and --max-threshold-move are "
+                         "for --compare\n")
+        return EXIT_USAGE
     if args.artifact is not None:
         settings = settings.model_copy(update={"scoring": settings.scoring.model_copy(
             update={"calibration_file": args.artifact})})
