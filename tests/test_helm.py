@@ -49,7 +49,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 Doc = dict[str, Any]
 ALERTS = ("DetectorConsumerLagGrowing", "DetectorNoPartitionsAssigned",
           "DetectorEmbeddingErrors", "DetectorDeadLetterRate", "DetectorEmbedderFatal",
-          "DetectorPublishRetries", "DetectorAlertRateHigh")
+          "DetectorPublishRetries", "DetectorAlertRateHigh", "DetectorDriftEvents",
+          "DetectorCalibrationRefused")
 POD_TMP = "/tmp"  # noqa: S108 - the mount path inside the pod, not a file used here
 
 
@@ -60,6 +61,24 @@ def helm() -> str:
             return candidate
     pytest.fail("helm not found: run `bash scripts/ensure-helm.sh` (make test does), "
                 "or point $HELM at a helm binary")
+
+
+def promtool() -> str:
+    """promtool: $PROMTOOL, else .cache/bin/promtool, else PATH. Missing is a failure."""
+    for candidate in (os.environ.get("PROMTOOL"), ".cache/bin/promtool",
+                      shutil.which("promtool")):
+        if candidate and Path(candidate).is_file():
+            return str(Path(candidate).resolve())
+    pytest.fail("promtool not found: run `bash scripts/ensure-promtool.sh` (make test "
+                "does), or point $PROMTOOL at a promtool binary")
+
+
+def check_rules(groups: list[Doc], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`promtool check rules` on a rule file holding `groups`."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    return subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
+                          text=True, check=False, timeout=120)
 
 
 def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -552,6 +571,42 @@ class TestDashboard:
         ids = [p["id"] for p in self.DASHBOARD["panels"]]
         assert len(ids) == len(set(ids))
 
+    def test_shows_drift_labels_calibration_cache_and_retries(self) -> None:
+        """panels for drift events, label outcomes and precision, the calibration in
+        force and published artifacts, the cache hit ratio and publish retries."""
+        titles = {p["title"]: "\n".join(t["expr"] for t in p["targets"])
+                  for p in self.DASHBOARD["panels"]}
+        wanted = {
+            "Drift events": ["by (scope, moved, classification)",
+                             "detector_drift_events_total"],
+            "labels by outcome": ["by (outcome)", "detector_feedback_labels_total"],
+            "precision": ["detector_feedback_true_alerts", "detector_feedback_false_alerts"],
+            "Calibration": ["by (version)", "detector_calibration_info",
+                            "by (outcome)", "detector_calibrations_published_total"],
+            "cache hit ratio": ["detector_embedding_cache_hits_total",
+                                "detector_embedding_cache_misses_total"],
+            "Publish retries": ["detector_publish_retries_total"],
+        }
+        for part, needles in wanted.items():
+            [exprs] = [e for title, e in titles.items() if part in title]
+            for needle in needles:
+                assert needle in exprs, (part, needle)
+
+    def test_every_query_parses_with_promtool(self, tmp_path: Path) -> None:
+        """the queries, with Grafana's variables substituted, pass `promtool check rules`
+        as recording rules; a misspelt one fails."""
+        def rules(exprs: list[str]) -> list[Doc]:
+            subst = [e.replace("$__rate_interval", "5m").replace("$namespace", "ns")
+                     .replace("$pod", ".*") for e in exprs]
+            return [{"name": "dashboard", "rules": [
+                {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(subst)]}]
+
+        exprs = self.exprs()
+        result = check_rules(rules(exprs), tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        broken = check_rules(rules([*exprs, "sum(rate(detector_alerts_total[5m])"]), tmp_path)
+        assert broken.returncode != 0
+
     def test_configmap_carries_the_dashboard_for_the_grafana_sidecar(self) -> None:
         """the ConfigMap has the sidecar label and the JSON file unchanged."""
         cm = one(render(*VARIANTS["all-enabled"]), "ConfigMap", "rel-detector-dashboard")
@@ -777,7 +832,7 @@ class TestPrometheusOperator:
                 by_alias=True, exclude_none=True, mode="json") != broken
 
     def test_alerts_cover_the_failure_modes_and_use_exported_series(self) -> None:
-        """the seven alerts exist, each on this release's series (namespace and the
+        """the nine alerts exist, each on this release's series (namespace and the
         Service's job label), on metrics the daemon exports, with severity and a
         runbook link to a README section of the same name."""
         docs = render(*VARIANTS["all-enabled"])
@@ -795,6 +850,79 @@ class TestPrometheusOperator:
             assert r["labels"]["severity"] in ("warning", "critical")
             assert r["annotations"]["runbook_url"].endswith("#" + name.lower())
             assert f"#### {name}\n" in runbook, f"README runbook has no section {name}"
+
+    def test_rules_pass_promtool_and_a_promql_typo_fails(self, tmp_path: Path) -> None:
+        """the rendered PrometheusRule's groups pass `promtool check rules` (PromQL, for
+        durations, label and annotation templates); the same groups with one expression
+        misspelt do not."""
+        groups: list[Doc] = one(render(*VARIANTS["all-enabled"]), "PrometheusRule"
+                                )["spec"]["groups"]
+        result = check_rules(groups, tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+        broken = orjson.loads(orjson.dumps(groups))
+        broken[0]["rules"][-1]["expr"] = broken[0]["rules"][-1]["expr"].replace(
+            "clamp_min(", "clamp_min((", 1)  # one unbalanced parenthesis
+        result = check_rules(broken, tmp_path)
+        assert result.returncode != 0
+        assert "parse" in (result.stdout + result.stderr).lower()
+
+    def test_drift_and_refused_calibration_alerts_fire_on_a_first_event(
+        self, tmp_path: Path,
+    ) -> None:
+        """`promtool test rules` on the rendered rules: the counters' labelled series
+        appear at their first event with value 1 (prometheus_client creates a child on
+        its first inc), and that first event fires DetectorCalibrationRefused for 30
+        minutes and DetectorDriftEvents for an hour, then they resolve;
+        driftEventsPerHour is the number of events an hour that is still fine."""
+        docs = render("--set", "prometheusRule.enabled=true",
+                      "--set", "prometheusRule.driftEventsPerHour=1")
+        groups: list[Doc] = one(docs, "PrometheusRule")["spec"]["groups"]
+        rules = {r["alert"]: r for g in groups for r in g["rules"]}
+        (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+        series = 'namespace="default",job="rel-detector",pod="rel-detector-0"'
+        drift = 'scope="global",moved="alert_rate",classification="broad"'
+
+        def expected(alert: str, value: str, labels: dict[str, str]) -> list[Doc]:
+            annotations = {k: v.replace("{{ $value | humanize }}", value)
+                           .replace("{{ $labels.scope }}", labels.get("scope", ""))
+                           .replace("{{ $labels.moved }}", labels.get("moved", ""))
+                           .replace("{{ $labels.classification }}",
+                                    labels.get("classification", ""))
+                           for k, v in rules[alert]["annotations"].items()}
+            return [{"exp_labels": {"severity": "warning", **labels},
+                     "exp_annotations": annotations}]
+
+        drift_labels = {"scope": "global", "moved": "alert_rate", "classification": "broad"}
+        tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": "detector_calibrations_published_total{" + series
+                           + ',outcome="refused"}', "values": "_x10 1x90"},
+                {"series": "detector_drift_events_total{" + series + "," + drift + "}",
+                 "values": "_x5 1x10 2x150"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "DetectorCalibrationRefused",
+                 "exp_alerts": []},
+                {"eval_time": "15m", "alertname": "DetectorCalibrationRefused",
+                 "exp_alerts": expected("DetectorCalibrationRefused", "1", {})},
+                {"eval_time": "50m", "alertname": "DetectorCalibrationRefused",
+                 "exp_alerts": []},
+                {"eval_time": "10m", "alertname": "DetectorDriftEvents",
+                 "exp_alerts": []},  # one event: within driftEventsPerHour
+                {"eval_time": "20m", "alertname": "DetectorDriftEvents",
+                 "exp_alerts": expected("DetectorDriftEvents", "2", drift_labels)},
+                {"eval_time": "70m", "alertname": "DetectorDriftEvents",
+                 "exp_alerts": []},  # the first event left the hour: one in it
+                {"eval_time": "100m", "alertname": "DetectorDriftEvents",
+                 "exp_alerts": []},
+            ],
+        }]}
+        (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+        result = subprocess.run([promtool(), "test", "rules", "tests.yaml"], cwd=tmp_path,
+                                capture_output=True, text=True, check=False, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
 
     def test_alert_rate_threshold_is_a_multiple_of_the_target_fpr(self) -> None:
         """DetectorAlertRateHigh fires above alertRateFactor x the target FPR of the
