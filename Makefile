@@ -26,6 +26,7 @@ typecheck: venv
 
 test: venv
 	bash scripts/ensure-helm.sh
+	bash scripts/ensure-promtool.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

@@ -125,6 +125,12 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--compare", action="store_true",
                    help="with --artifact: report which alerts it adds and removes against "
                         "the artifact in force (JSON to --output or stdout; frozen)")
+    p.add_argument("--max-alert-ratio", type=float, metavar="R",
+                   help="with --compare: exit 6 unless (candidate alerts + 1) / (alerts in "
+                        "force + 1) is within [1/R, R]")
+    p.add_argument("--max-threshold-move", type=float, metavar="D",
+                   help="with --compare: exit 6 if the candidate's threshold differs from "
+                        "the one in force by more than D")
     p.set_defaults(func=_cmd_replay)
 
 
@@ -187,6 +193,16 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.write("detector: error: --compare needs --artifact and replays frozen: "
                          "no --alerts-topic, --dry-run, --resume, --snapshot or --state\n")
         return EXIT_USAGE
+    bounds = compare.Bounds(args.max_alert_ratio, args.max_threshold_move)
+    if bounds.set and not args.compare:
+        sys.stderr.write("detector: error: --max-alert-ratio and --max-threshold-move are "
+                         "for --compare\n")
+        return EXIT_USAGE
+    if (args.max_alert_ratio is not None and args.max_alert_ratio < 1) or (
+            args.max_threshold_move is not None and args.max_threshold_move < 0):
+        sys.stderr.write("detector: error: --max-alert-ratio must be at least 1 and "
+                         "--max-threshold-move at least 0\n")
+        return EXIT_USAGE
     opts = replay.ReplayOptions(
         topic=args.topic or settings.input.topic,
         time_from=args.time_from, time_to=args.time_to,
@@ -197,7 +213,7 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         artifact=args.artifact,
     )
     if args.compare:
-        return compare.command(settings, opts)
+        return compare.command(settings, opts, bounds)
     return replay.command(settings, opts)
 
 

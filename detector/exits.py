@@ -11,6 +11,7 @@ EXIT_USAGE = 2  # usage or configuration error, missing input topic, Kafka unrea
 EXIT_FATAL_EMBEDDING = 3  # the embedder failed fatally (bad key, no access, unpaid bill)
 EXIT_TRANSACTION = 4  # exactly_once: a transaction could not be committed
 EXIT_KAFKA = 5  # any other Kafka error
+EXIT_OUT_OF_BOUNDS = 6  # replay --compare: the candidate moved the alerts or threshold too far
 EXIT_INTERRUPTED = 130  # Ctrl-C: the command stopped before its end (replay: progress saved)
 
 

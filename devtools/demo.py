@@ -3,14 +3,22 @@
 Starts a single-node Kafka broker from cached Maven jars, creates the topics, starts
 `detector run` as a child process (seeded from config/normal_comments.jsonl), produces
 a stream of ordinary English and Chinese product comments with planted garbled, spam
-and off-topic ones plus a few malformed records, prints each alert as it arrives, and
-stops everything cleanly once every record has been consumed.
+and off-topic ones plus a few malformed records, prints each alert as it arrives with
+why it fired (the nearest normal exemplar, resolved to its text, and the baseline that
+judged it), and stops everything cleanly once every record has been consumed.
+
+Alerts name their nearest exemplars by reference only (topic, partition, offset;
+`scoring.keep_exemplar_text` is off by default). `Resolver` turns a reference into text:
+the demo's own produced comments by the partition and offset the broker acknowledged,
+seed-file exemplars (``seed:FILE``, partition -1) by their line in the seed file, and
+anything else by reading that record from the topic.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -21,8 +29,10 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import RecordMetadata, TopicPartition
 
-from detector.config import KafkaSettings
+from detector.calibration.samples import read_texts
+from detector.config import KafkaSettings, Settings
 from detector.io.kafka import ensure_topics
 from devtools.broker import LocalKafka, free_port
 from devtools.sample_data import stream
@@ -30,6 +40,76 @@ from devtools.sample_data import stream
 TOPICS = {"input": "comments", "alerts": "comment-alerts", "dlq": "comment-dead-letters"}
 MALFORMED: list[bytes] = [b"this is not json", b"\xff\xfe broken utf-8",
                           b'{"body": "no text field"}', b'{"text": "   "}']
+Source = tuple[str, int, int]  # topic, partition, offset
+
+
+class Resolver:
+    """Texts of exemplar references: produced by the demo, from the seed file, or read
+    back from the topic (then remembered)."""
+
+    def __init__(self, bootstrap: str, settings: Settings | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.texts: dict[Source, str] = {}
+        settings = settings or Settings()
+        seed = settings.scoring.seed_file
+        if seed is not None and seed.is_file():  # as detector.commands.run names seed rows
+            for i, text in enumerate(read_texts(seed, settings.input)):
+                self.texts[(f"seed:{seed.name}", -1, i)] = text
+        self.text_field = settings.input.text_field
+
+    def produced(self, topic: str, partition: int, offset: int, text: str) -> None:
+        self.texts[(topic, partition, offset)] = text
+
+    async def text(self, source: dict[str, object]) -> str | None:
+        """The text at `source` (an alert's `nearest[].source`), None if unreadable."""
+        key = (str(source["topic"]), int(str(source["partition"])),
+               int(str(source["offset"])))
+        if key not in self.texts and key[1] >= 0:
+            read = await self._read(*key)
+            if read is not None:
+                self.texts[key] = read
+        return self.texts.get(key)
+
+    async def _read(self, topic: str, partition: int, offset: int) -> str | None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            record = await asyncio.wait_for(consumer.getone(tp), 10)
+            body = orjson.loads(record.value) if record.value is not None else None
+        except (TimeoutError, orjson.JSONDecodeError):
+            return None
+        finally:
+            await consumer.stop()
+        text = body.get(self.text_field) if isinstance(body, dict) else None
+        return text if isinstance(text, str) else None
+
+
+async def explain(alert: dict[str, object], resolver: Resolver) -> list[str]:
+    """The lines under an alert that say why it fired: the nearest normal exemplar (its
+    text resolved) and the baseline with its threshold."""
+    lines = []
+    nearest = alert.get("nearest")
+    if isinstance(nearest, list) and nearest:
+        first = nearest[0]
+        source = first["source"]
+        where = f"{source['topic']}/{source['partition']}@{source['offset']}"
+        text = first.get("text") or await resolver.text(source)
+        shown = repr(str(text)[:70]) if text is not None else "(text not found)"
+        lines.append(f"         nearest normal  similarity={first['similarity']:+.3f}  "
+                     f"{shown}  [{where}]")
+    else:
+        lines.append("         nearest normal  (none: the baseline keeps no exemplars)")
+    baseline = alert.get("baseline")
+    if isinstance(baseline, dict):
+        scope = "global" if baseline.get("scope") != "key" else f"key {baseline['key']!r}"
+        lines.append(f"         baseline        {scope}, threshold "
+                     f"{float(baseline['threshold']):+.3f} ({baseline['threshold_source']}), "
+                     f"centroid similarity {float(str(alert['centroid_similarity'])):+.3f}")
+    return lines
 
 
 
@@ -61,8 +141,8 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes], deadline_s: float
     raise RuntimeError(msg)
 
 
-async def print_alerts(bootstrap: str, seen: list[dict[str, object]], done: asyncio.Event
-                       ) -> None:
+async def print_alerts(bootstrap: str, seen: list[dict[str, object]], done: asyncio.Event,
+                       resolver: Resolver) -> None:
     consumer = AIOKafkaConsumer(TOPICS["alerts"], TOPICS["dlq"], bootstrap_servers=bootstrap,
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
@@ -74,8 +154,9 @@ async def print_alerts(bootstrap: str, seen: list[dict[str, object]], done: asyn
                     body = orjson.loads(record.value)
                     seen.append(body)
                     if record.topic == TOPICS["alerts"]:
-                        print(f"  ALERT  similarity={body['similarity']:+.3f}  "
-                              f"{str(body['text'])[:70]!r}", flush=True)
+                        why = await explain(body, resolver)
+                        print("\n".join([f"  ALERT  similarity={body['similarity']:+.3f}  "
+                                          f"{str(body['text'])[:70]!r}", *why]), flush=True)
                     else:
                         print(f"  DEAD-LETTER  reason={body['reason']:<13} "
                               f"{str(body['error'])[:60]}", flush=True)
@@ -83,14 +164,24 @@ async def print_alerts(bootstrap: str, seen: list[dict[str, object]], done: asyn
         await consumer.stop()
 
 
-async def produce_stream(bootstrap: str, count: int, rate: float) -> tuple[int, list[str]]:
+def remember(resolver: Resolver, text: str, sent: asyncio.Future[RecordMetadata]) -> None:
+    """Once the broker acknowledged a produced comment: its text by partition and offset."""
+    if not sent.cancelled() and sent.exception() is None:
+        metadata = sent.result()
+        resolver.produced(metadata.topic, metadata.partition, metadata.offset, text)
+
+
+async def produce_stream(bootstrap: str, count: int, rate: float, resolver: Resolver
+                         ) -> tuple[int, list[str]]:
     comments = stream(count, anomaly_rate=0.06, seed=2026)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for i, comment in enumerate(comments):
             value = orjson.dumps({"id": f"demo-{i}", "text": comment.text, "kind": comment.kind})
-            await producer.send(TOPICS["input"], value=value, key=f"user-{i % 37}".encode())
+            sent = await producer.send(TOPICS["input"], value=value,
+                                       key=f"user-{i % 37}".encode())
+            sent.add_done_callback(functools.partial(remember, resolver, comment.text))
             if i % 50 == 25:
                 await producer.send(TOPICS["input"], value=MALFORMED[(i // 50) % len(MALFORMED)],
                                     key=b"bad")
@@ -126,9 +217,10 @@ async def demo(count: int, rate: float, workdir: Path) -> int:
                       flush=True)
                 seen: list[dict[str, object]] = []
                 done = asyncio.Event()
-                printer = asyncio.create_task(print_alerts(bootstrap, seen, done))
+                resolver = Resolver(bootstrap)
+                printer = asyncio.create_task(print_alerts(bootstrap, seen, done, resolver))
                 started = time.monotonic()
-                produced, planted = await produce_stream(bootstrap, count, rate)
+                produced, planted = await produce_stream(bootstrap, count, rate, resolver)
                 end = time.monotonic() + 120
                 metrics = ""
                 while time.monotonic() < end:

@@ -5,7 +5,11 @@ the daemon's own settings code) and the Grafana dashboard (against the exported 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import kubernetes_validate
@@ -41,8 +45,27 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 ALERTS = ("DetectorConsumerLagGrowing", "DetectorNoPartitionsAssigned",
           "DetectorEmbeddingErrors", "DetectorDeadLetterRate", "DetectorEmbedderFatal",
-          "DetectorPublishRetries", "DetectorAlertRateHigh")
+          "DetectorPublishRetries", "DetectorAlertRateHigh", "DetectorDriftEvents",
+          "DetectorCalibrationRefused")
 POD_TMP = "/tmp"  # noqa: S108 - the mount path inside the pod, not a file used here
+
+
+def promtool() -> str:
+    """promtool: $PROMTOOL, else .cache/bin/promtool, else PATH. Missing is a failure."""
+    for candidate in (os.environ.get("PROMTOOL"), ".cache/bin/promtool",
+                      shutil.which("promtool")):
+        if candidate and Path(candidate).is_file():
+            return str(Path(candidate).resolve())
+    pytest.fail("promtool not found: run `bash scripts/ensure-promtool.sh` (make test "
+                "does), or point $PROMTOOL at a promtool binary")
+
+
+def check_rules(groups: list[Doc], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`promtool check rules` on a rule file holding `groups`."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    return subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
+                          text=True, check=False, timeout=120)
 
 
 class TestLintAndSchemas:
@@ -93,13 +116,14 @@ class TestObjects:
 
     def test_all_enabled_renders_every_optional_object(self) -> None:
         """ServiceMonitor, ScaledObject, dashboard, Job, PDB, PrometheusRule,
-        NetworkPolicy and KafkaTopics appear when enabled."""
+        NetworkPolicy, KafkaTopics, the recalibration CronJob with its script and archive
+        PVC appear when enabled."""
         kinds = sorted(d["kind"] for d in render(*VARIANTS["all-enabled"]))
         for kind in ("ServiceMonitor", "ScaledObject", "Job", "PodDisruptionBudget",
                      "ServiceAccount", "StatefulSet", "Service", "PrometheusRule",
-                     "NetworkPolicy", "KafkaTopic", "CronJob"):
+                     "NetworkPolicy", "KafkaTopic", "CronJob", "PersistentVolumeClaim"):
             assert kind in kinds
-        assert kinds.count("ConfigMap") == 2
+        assert kinds.count("ConfigMap") == 3  # config, dashboard, recalibration script
         assert "HorizontalPodAutoscaler" not in kinds
         assert {d["kind"] for d in render()} == {
             "StatefulSet", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"}
@@ -215,29 +239,155 @@ class TestWorkload:
         assert parser.parse_args(default_job["args"]).command == "replay"
 
 
-    def test_recalibration_cronjob_calibrates_the_last_hours_and_publishes(self) -> None:
-        """The CronJob runs `detector calibrate` on the input topic's last `hours` hours,
-        without alerted and anomaly-labelled comments, and publishes the artifact; one
-        run at a time, as the daemon's pods are configured (env, volumes, security)."""
+    def test_recalibration_cronjob_runs_one_script_with_deadlines_and_archive(self) -> None:
+        """The CronJob runs the rendered recalibration script (extraArgs as its
+        arguments), one run at a time, with its deadlines, as the daemon's pods are
+        configured (env, volumes, security), the archive PVC mounted at /archive."""
         docs = render(*VARIANTS["all-enabled"])
         cron = one(docs, "CronJob")
-        assert cron["spec"]["schedule"] == "30 2 * * *"
-        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        spec = cron["spec"]
+        assert spec["schedule"] == "30 2 * * *"
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["startingDeadlineSeconds"] == 3600
+        job_spec = spec["jobTemplate"]["spec"]
+        assert (job_spec["backoffLimit"], job_spec["activeDeadlineSeconds"]) == (0, 14400)
         assert cron["metadata"]["labels"]["app.kubernetes.io/component"] == "recalibrate"
-        pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        pod = job_spec["template"]["spec"]
         container = pod["containers"][0]
-        parsed = build_parser().parse_args(container["args"])
-        assert parsed.command == "calibrate"
-        assert parsed.config == "/etc/detector/detector.yaml"
-        assert (parsed.topic, parsed.last_hours, parsed.holdout) == ("comments", 12.0, 0.3)
-        assert (parsed.exclude_alerted, parsed.exclude_labelled, parsed.publish) == (
-            True, True, True)
-        assert (parsed.time_from, parsed.time_to) == (None, None)
+        assert container["command"] == ["/bin/sh", "/etc/detector-recalibrate/recalibrate.sh"]
+        assert container["args"] == ["--holdout", "0.3"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert mounts["archive"] == "/archive"
+        claim = volumes["archive"]["persistentVolumeClaim"]["claimName"]
+        pvc = one(docs, "PersistentVolumeClaim", claim)
+        assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        script = volumes["recalibrate"]["configMap"]["name"]
+        assert "recalibrate.sh" in one(docs, "ConfigMap", script)["data"]
         job = pod_spec(docs, "Job")["containers"][0]  # configured as the one-off Job
         assert container["env"] == job["env"]
         assert container["securityContext"] == job["securityContext"]
         assert pod["automountServiceAccountToken"] is False
         assert not [d for d in render() if d["kind"] == "CronJob"]
+        plain = render("--set", "recalibration.enabled=true")
+        assert not [d for d in plain if d["kind"] == "PersistentVolumeClaim"]
+        plain_pod = one(plain, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert "archive" not in {v["name"] for v in plain_pod["volumes"]}
+
+
+FAKE_DETECTOR = """#!/usr/bin/env python3
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+def value(flag):
+    return args[args.index(flag) + 1] if flag in args else None
+if "calibrate" in args and "--publish" not in args:
+    open(value("--out"), "w").write('{"artifact": "candidate"}')
+    os.makedirs(value("--report-dir"))
+    sys.exit(int(os.environ.get("FAKE_CALIBRATE_EXIT", "0")))
+if "--compare" in args:
+    open(value("--output"), "w").write('{"bounds": {"within": false}}')
+    sys.exit(int(os.environ["FAKE_COMPARE_EXIT"]))
+sys.exit(0)
+"""
+
+
+class TestRecalibrationScript:
+    """The CronJob's script, run here with `sh` and a stand-in `detector` on PATH that
+    records its arguments and exits as told."""
+
+    def run(self, tmp_path: Path, values: tuple[str, ...], *, compare_exit: int = 0,
+            calibrate_exit: int = 0) -> tuple[int, list[list[str]], str]:
+        docs = render(*values)
+        name = one(docs, "CronJob")["metadata"]["name"]
+        tmp_path.mkdir(exist_ok=True)
+        script = tmp_path / "recalibrate.sh"
+        script.write_text(one(docs, "ConfigMap", name)["data"]["recalibrate.sh"])
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        fake = bin_dir / "detector"
+        fake.write_text(FAKE_DETECTOR)
+        fake.chmod(0o755)
+        log = tmp_path / "calls.jsonl"
+        log.write_text("")
+        container = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"][
+            "spec"]["containers"][0]
+        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
+               "FAKE_COMPARE_EXIT": str(compare_exit),
+               "FAKE_CALIBRATE_EXIT": str(calibrate_exit),
+               "RECALIBRATE_CONFIG": "/etc/detector/detector.yaml",
+               "RECALIBRATE_WORK": str(tmp_path / "work"),
+               "RECALIBRATE_ARCHIVE": str(tmp_path / "archive")}
+        if "recalibration.archive.enabled=true" not in values and \
+                values != VARIANTS["all-enabled"]:
+            del env["RECALIBRATE_ARCHIVE"]  # the script's own default: no archive
+        result = subprocess.run(["/bin/sh", str(script), *container.get("args", [])],
+                                env=env, capture_output=True, text=True, check=False,
+                                timeout=60)
+        calls = [orjson.loads(line) for line in log.read_text().splitlines()]
+        return result.returncode, calls, result.stderr
+
+    def test_publishes_only_a_candidate_within_the_compare_bounds(self, tmp_path: Path
+                                                                 ) -> None:
+        """calibrate (last hours, exclusions, extraArgs) → replay --compare of the
+        candidate over the last compare.hours with the bounds → publish of that very
+        file; every command parses with the real CLI. Out of bounds (exit 6): nothing is
+        published, the run fails with 6 and its outcome says why."""
+        code, calls, _ = self.run(tmp_path / "ok", VARIANTS["all-enabled"])
+        assert code == 0
+        parsed = [build_parser().parse_args(c) for c in calls]
+        assert [p.command for p in parsed] == ["calibrate", "replay", "calibrate"]
+        cal_args, cmp_args, pub_args = parsed
+        assert (cal_args.topic, cal_args.last_hours, cal_args.holdout) == ("comments", 12.0,
+                                                                          0.3)
+        assert (cal_args.exclude_alerted, cal_args.exclude_labelled, cal_args.publish) == (
+            True, True, False)
+        assert cmp_args.compare
+        assert cmp_args.artifact == cal_args.out
+        assert (cmp_args.max_alert_ratio, cmp_args.max_threshold_move) == (1.5, 0.02)
+        start = datetime.fromtimestamp(cmp_args.time_from / 1000, UTC)  # parsed to epoch ms
+        assert abs((datetime.now(UTC) - start).total_seconds() - 6 * 3600) < 120
+        assert (pub_args.publish, pub_args.artifact) == (True, cal_args.out)
+        assert {p.config for p in parsed} == {"/etc/detector/detector.yaml"}
+        [run_dir] = (tmp_path / "ok/archive/runs").iterdir()
+        assert (run_dir / "outcome").read_text() == "published\n"
+        assert {f.name for f in run_dir.iterdir()} >= {"calibration.json", "report",
+                                                      "compare.json", "outcome"}
+
+        code, calls, err = self.run(tmp_path / "out", VARIANTS["all-enabled"],
+                                    compare_exit=6)
+        assert code == 6
+        assert len(calls) == 2
+        assert not any("--publish" in c for c in calls)
+        [run_dir] = (tmp_path / "out/archive/runs").iterdir()
+        assert "not published: compare exit 6" in (run_dir / "outcome").read_text()
+        assert "not published" in err
+
+        code, calls, _ = self.run(tmp_path / "failed", VARIANTS["all-enabled"],
+                                  calibrate_exit=5)
+        assert (code, len(calls)) == (5, 1)
+
+    def test_without_compare_it_publishes_unchecked(self, tmp_path: Path) -> None:
+        code, calls, _ = self.run(tmp_path, ("--set", "recalibration.enabled=true",
+                                             "--set", "recalibration.compare.enabled=false"))
+        assert code == 0
+        assert ["--compare" in c for c in calls] == [False, False]
+        assert "--publish" in calls[1]
+        assert (tmp_path / "work/runs").is_dir()
+
+    def test_the_archive_keeps_the_newest_runs(self, tmp_path: Path) -> None:
+        """archive.keep runs stay on the volume, the newest ones, whatever their outcome."""
+        for _ in range(5):
+            self.run(tmp_path, VARIANTS["all-enabled"])  # keep: 3
+        runs = sorted(p.name for p in (tmp_path / "archive/runs").iterdir())
+        assert len(runs) == 3
+        self.run(tmp_path, VARIANTS["all-enabled"], compare_exit=6)
+        after = sorted(p.name for p in (tmp_path / "archive/runs").iterdir())
+        assert len(after) == 3
+        assert after[:2] == runs[1:]
+        assert "not published" in (tmp_path / "archive/runs" / after[-1] / "outcome"
+                                   ).read_text()
 
 
 class TestSecrets:
@@ -380,6 +530,42 @@ class TestDashboard:
         ids = [p["id"] for p in self.DASHBOARD["panels"]]
         assert len(ids) == len(set(ids))
 
+    def test_shows_drift_labels_calibration_cache_and_retries(self) -> None:
+        """panels for drift events, label outcomes and precision, the calibration in
+        force and published artifacts, the cache hit ratio and publish retries."""
+        titles = {p["title"]: "\n".join(t["expr"] for t in p["targets"])
+                  for p in self.DASHBOARD["panels"]}
+        wanted = {
+            "Drift events": ["by (scope, moved, classification)",
+                             "detector_drift_events_total"],
+            "labels by outcome": ["by (outcome)", "detector_feedback_labels_total"],
+            "precision": ["detector_feedback_true_alerts", "detector_feedback_false_alerts"],
+            "Calibration": ["by (version)", "detector_calibration_info",
+                            "by (outcome)", "detector_calibrations_published_total"],
+            "cache hit ratio": ["detector_embedding_cache_hits_total",
+                                "detector_embedding_cache_misses_total"],
+            "Publish retries": ["detector_publish_retries_total"],
+        }
+        for part, needles in wanted.items():
+            [exprs] = [e for title, e in titles.items() if part in title]
+            for needle in needles:
+                assert needle in exprs, (part, needle)
+
+    def test_every_query_parses_with_promtool(self, tmp_path: Path) -> None:
+        """the queries, with Grafana's variables substituted, pass `promtool check rules`
+        as recording rules; a misspelt one fails."""
+        def rules(exprs: list[str]) -> list[Doc]:
+            subst = [e.replace("$__rate_interval", "5m").replace("$namespace", "ns")
+                     .replace("$pod", ".*") for e in exprs]
+            return [{"name": "dashboard", "rules": [
+                {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(subst)]}]
+
+        exprs = self.exprs()
+        result = check_rules(rules(exprs), tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        broken = check_rules(rules([*exprs, "sum(rate(detector_alerts_total[5m])"]), tmp_path)
+        assert broken.returncode != 0
+
     def test_configmap_carries_the_dashboard_for_the_grafana_sidecar(self) -> None:
         """the ConfigMap has the sidecar label and the JSON file unchanged."""
         cm = one(render(*VARIANTS["all-enabled"]), "ConfigMap", "rel-detector-dashboard")
@@ -467,6 +653,41 @@ class TestDurableTopics:
         plain = render(*args)
         assert not [d for d in plain if d["kind"] == "KafkaTopic"
                     and d["spec"]["topicName"] == "detector-drift"]
+
+    @pytest.mark.parametrize("extra", [
+        (),
+        ("--set", "config.feedback.enabled=true"),
+        ("--set", "config.feedback.enabled=true", "--set", "config.feedback.topic=labels",
+         "--set", "config.drift.enabled=true", "--set", "config.alerts.scores_topic=sc",
+         "--set", "topics.strimzi.includeInput=true"),
+        ("--set", "config.state.enabled=false", "--set", "config.alerts.scores_topic=sc"),
+    ])
+    def test_strimzi_topic_for_every_topic_the_configuration_uses(
+        self, extra: tuple[str, ...], tmp_path: Path,
+    ) -> None:
+        """The KafkaTopics are exactly the topics the daemon would create with
+        create_topics (detector.commands.run.output_topics: alerts, dead letters, scores,
+        drift events, operator labels; plus the state topic), and the input topic with
+        includeInput; each once, with a distinct object name."""
+        from detector.commands.run import output_topics
+
+        docs = render("--set", "topics.strimzi.enabled=true",
+                      "--set", "topics.strimzi.clusterName=my-cluster", *extra)
+        settings = loaded_config(docs, tmp_path)
+        kafka_topics = [d for d in docs if d["kind"] == "KafkaTopic"]
+        names = [d["spec"]["topicName"] for d in kafka_topics]
+        expected = set(output_topics(settings))
+        if settings.state.enabled:
+            expected.add(settings.state.topic)
+        if "topics.strimzi.includeInput=true" in extra:
+            expected.add(settings.input.topic)
+        assert sorted(names) == sorted(expected)
+        assert len({d["metadata"]["name"] for d in kafka_topics}) == len(kafka_topics)
+        if settings.feedback.enabled:
+            [feedback] = [d for d in kafka_topics
+                          if d["spec"]["topicName"] == settings.feedback.topic]
+            assert feedback["metadata"]["name"].endswith("-feedback")
+            assert feedback["spec"]["partitions"] == 6
 
     def test_strimzi_needs_the_cluster_name(self) -> None:
         """KafkaTopics without strimzi.io/cluster are never reconciled: refused."""
@@ -570,7 +791,7 @@ class TestPrometheusOperator:
                 by_alias=True, exclude_none=True, mode="json") != broken
 
     def test_alerts_cover_the_failure_modes_and_use_exported_series(self) -> None:
-        """the seven alerts exist, each on this release's series (namespace and the
+        """the nine alerts exist, each on this release's series (namespace and the
         Service's job label), on metrics the daemon exports, with severity and a
         runbook link to a README section of the same name."""
         docs = render(*VARIANTS["all-enabled"])
@@ -588,6 +809,79 @@ class TestPrometheusOperator:
             assert r["labels"]["severity"] in ("warning", "critical")
             assert r["annotations"]["runbook_url"].endswith("#" + name.lower())
             assert f"#### {name}\n" in runbook, f"README runbook has no section {name}"
+
+    def test_rules_pass_promtool_and_a_promql_typo_fails(self, tmp_path: Path) -> None:
+        """the rendered PrometheusRule's groups pass `promtool check rules` (PromQL, for
+        durations, label and annotation templates); the same groups with one expression
+        misspelt do not."""
+        groups: list[Doc] = one(render(*VARIANTS["all-enabled"]), "PrometheusRule"
+                                )["spec"]["groups"]
+        result = check_rules(groups, tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
+        broken = orjson.loads(orjson.dumps(groups))
+        broken[0]["rules"][-1]["expr"] = broken[0]["rules"][-1]["expr"].replace(
+            "clamp_min(", "clamp_min((", 1)  # one unbalanced parenthesis
+        result = check_rules(broken, tmp_path)
+        assert result.returncode != 0
+        assert "parse" in (result.stdout + result.stderr).lower()
+
+    def test_drift_and_refused_calibration_alerts_fire_on_a_first_event(
+        self, tmp_path: Path,
+    ) -> None:
+        """`promtool test rules` on the rendered rules: the counters' labelled series
+        appear at their first event with value 1 (prometheus_client creates a child on
+        its first inc), and that first event fires DetectorCalibrationRefused for 30
+        minutes and DetectorDriftEvents for an hour, then they resolve;
+        driftEventsPerHour is the number of events an hour that is still fine."""
+        docs = render("--set", "prometheusRule.enabled=true",
+                      "--set", "prometheusRule.driftEventsPerHour=1")
+        groups: list[Doc] = one(docs, "PrometheusRule")["spec"]["groups"]
+        rules = {r["alert"]: r for g in groups for r in g["rules"]}
+        (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+        series = 'namespace="default",job="rel-detector",pod="rel-detector-0"'
+        drift = 'scope="global",moved="alert_rate",classification="broad"'
+
+        def expected(alert: str, value: str, labels: dict[str, str]) -> list[Doc]:
+            annotations = {k: v.replace("{{ $value | humanize }}", value)
+                           .replace("{{ $labels.scope }}", labels.get("scope", ""))
+                           .replace("{{ $labels.moved }}", labels.get("moved", ""))
+                           .replace("{{ $labels.classification }}",
+                                    labels.get("classification", ""))
+                           for k, v in rules[alert]["annotations"].items()}
+            return [{"exp_labels": {"severity": "warning", **labels},
+                     "exp_annotations": annotations}]
+
+        drift_labels = {"scope": "global", "moved": "alert_rate", "classification": "broad"}
+        tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": "detector_calibrations_published_total{" + series
+                           + ',outcome="refused"}', "values": "_x10 1x90"},
+                {"series": "detector_drift_events_total{" + series + "," + drift + "}",
+                 "values": "_x5 1x10 2x150"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "DetectorCalibrationRefused",
+                 "exp_alerts": []},
+                {"eval_time": "15m", "alertname": "DetectorCalibrationRefused",
+                 "exp_alerts": expected("DetectorCalibrationRefused", "1", {})},
+                {"eval_time": "50m", "alertname": "DetectorCalibrationRefused",
+                 "exp_alerts": []},
+                {"eval_time": "10m", "alertname": "DetectorDriftEvents",
+                 "exp_alerts": []},  # one event: within driftEventsPerHour
+                {"eval_time": "20m", "alertname": "DetectorDriftEvents",
+                 "exp_alerts": expected("DetectorDriftEvents", "2", drift_labels)},
+                {"eval_time": "70m", "alertname": "DetectorDriftEvents",
+                 "exp_alerts": []},  # the first event left the hour: one in it
+                {"eval_time": "100m", "alertname": "DetectorDriftEvents",
+                 "exp_alerts": []},
+            ],
+        }]}
+        (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+        result = subprocess.run([promtool(), "test", "rules", "tests.yaml"], cwd=tmp_path,
+                                capture_output=True, text=True, check=False, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
 
     def test_alert_rate_threshold_is_a_multiple_of_the_target_fpr(self) -> None:
         """DetectorAlertRateHigh fires above alertRateFactor x the target FPR of the

@@ -295,24 +295,36 @@ def command(settings: Settings, opts: CalibrateOptions) -> int:
 
 async def publish(settings: Settings, path: Path) -> str:
     """Write the artifact at `path` to the state topic (detector.state.published); returns its
-    version."""
+    version. A record larger than one Kafka message goes in parts (detector.state.chunks),
+    and the parts of the artifact it replaces are deleted once its head is written."""
     from detector.io.kafka import make_producer
-    from detector.state import published
+    from detector.state import chunks, published
     from detector.state.store import StateStore
 
     if not settings.state.enabled:
         msg = "state.enabled is false: there is no state topic to publish the artifact on"
         raise CalibrationError(msg)
     artifact = cal.load_artifact(path)
+    version = published.version_of(artifact)
     store = StateStore(settings)
     if settings.kafka.create_topics:
         await store.ensure_topic()
+    await store.load()  # the artifact published now, whose parts this one replaces
+    replaced = [] if store.calibration is None else chunks.part_keys_of(
+        settings.name, store.calibration)
+    pairs = chunks.split(settings.name, version, published.encode(settings.name, artifact))
     producer = make_producer(settings.kafka)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.state.topic,
-                                     key=published.record_key(settings.name),
-                                     value=published.encode(settings.name, artifact))
+        parts = [await producer.send(settings.state.topic, key=key, value=value)
+                 for key, value in pairs[:-1]]
+        await asyncio.gather(*parts)  # every part is stored before the head names them
+        key, value = pairs[-1]
+        await producer.send_and_wait(settings.state.topic, key=key, value=value)
+        keep = {key for key, _ in pairs}
+        gone = [await producer.send(settings.state.topic, key=old, value=None)
+                for old in replaced if old not in keep]
+        await asyncio.gather(*gone)
     finally:
         await producer.stop()
-    return published.version_of(artifact)
+    return version

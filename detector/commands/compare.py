@@ -8,6 +8,12 @@ use: published on the state topic unless the configured file is newer, detector.
 and once from the candidate. Alerts are matched by source (topic, partition, offset). The
 report counts alerts on each side, the added and removed ones per key (the comment's
 `scoring.key_field` value; ``(none)`` without one) and quotes a few examples of each.
+
+With `--max-alert-ratio R` and/or `--max-threshold-move D` the report says whether the
+candidate stays within those bounds (`bounds`), and the command exits
+`EXIT_OUT_OF_BOUNDS` when it does not: the alert ratio, (candidate alerts + 1) / (alerts
+in force + 1), must lie in [1/R, R], and the candidate's threshold must be within D of
+the one in force. The recalibration CronJob publishes only a candidate within bounds.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import io
 import sys
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +34,7 @@ from detector.commands.replay import ReplayOptions, _announce_stop, _run_plan
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.errors import ConfigError
-from detector.exits import EXIT_OK
+from detector.exits import EXIT_OK, EXIT_OUT_OF_BOUNDS
 from detector.io.ranges import Plan
 from detector.operating import startup
 from detector.signals import install_stop_handlers
@@ -76,9 +82,35 @@ async def compare(settings: Settings, opts: ReplayOptions, candidate: Path, *,
         str(p): list(r) for p, r in sorted(plan.ranges.items())}, "records": plan.total()}
     report["in_force"]["version"] = current.version
     report["in_force"]["source"] = current.origin if current.version else "seed"
+    report["in_force"]["threshold"] = current.threshold
     report["candidate"]["version"] = version_of(load_artifact(candidate))
     report["candidate"]["file"] = str(candidate)
+    report["candidate"]["threshold"] = proposed.threshold
+    return with_moves(report)
+
+
+def with_moves(report: dict[str, Any]) -> dict[str, Any]:
+    """Add the alert ratio, (candidate + 1) / (in force + 1) (add-one smoothed, so an
+    empty side does not divide by zero), and the threshold move, candidate − in force."""
+    before, after = report["in_force"], report["candidate"]
+    report["alert_ratio"] = (after["alerts"] + 1) / (before["alerts"] + 1)
+    report["threshold_move"] = after["threshold"] - before["threshold"]
     return report
+
+
+def check_bounds(report: dict[str, Any], *, max_alert_ratio: float | None,
+                 max_threshold_move: float | None) -> dict[str, Any]:
+    """The `bounds` section of a report: the limits, whether the candidate is within
+    them, and why not. Pure."""
+    violations = []
+    ratio, move = report["alert_ratio"], report["threshold_move"]
+    if max_alert_ratio is not None and not 1 / max_alert_ratio <= ratio <= max_alert_ratio:
+        violations.append(f"alert ratio {ratio:.3g} outside [{1 / max_alert_ratio:.3g}, "
+                          f"{max_alert_ratio:.3g}]")
+    if max_threshold_move is not None and abs(move) > max_threshold_move:
+        violations.append(f"threshold moved {move:+.4f}, more than {max_threshold_move:g}")
+    return {"max_alert_ratio": max_alert_ratio, "max_threshold_move": max_threshold_move,
+            "within": not violations, "violations": violations}
 
 
 async def _published(settings: Settings, embedder: Embedder) -> Published | None:
@@ -120,9 +152,23 @@ def _key(alert: dict[str, Any]) -> str:
     return NO_KEY if key is None else str(key)
 
 
-def command(settings: Settings, opts: ReplayOptions) -> int:
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """Limits a candidate must stay within (None: not checked)."""
+
+    max_alert_ratio: float | None = None
+    max_threshold_move: float | None = None
+
+    @property
+    def set(self) -> bool:
+        return self.max_alert_ratio is not None or self.max_threshold_move is not None
+
+
+def command(settings: Settings, opts: ReplayOptions, bounds: Bounds | None = None) -> int:
     """`detector replay --artifact FILE --compare`: the report of `opts.artifact` against
-    the artifact in force, as JSON to `opts.output` or stdout, and a summary on stderr."""
+    the artifact in force, as JSON to `opts.output` or stdout, and a summary on stderr;
+    exit EXIT_OUT_OF_BOUNDS when the candidate is outside `bounds`."""
+    bounds = bounds or Bounds()
     candidate = opts.artifact
     if candidate is None:
         msg = "--compare needs --artifact"
@@ -134,6 +180,10 @@ def command(settings: Settings, opts: ReplayOptions) -> int:
         return await compare(settings, opts, candidate, stop=stop)
 
     report = asyncio.run(main())
+    bounded = bounds.set
+    if bounded:
+        report["bounds"] = check_bounds(report, max_alert_ratio=bounds.max_alert_ratio,
+                                        max_threshold_move=bounds.max_threshold_move)
     body = orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n"
     if opts.output:
         opts.output.write_bytes(body)
@@ -142,5 +192,11 @@ def command(settings: Settings, opts: ReplayOptions) -> int:
     sys.stderr.write(
         f"compare summary: records={report['range']['records']} "
         f"in_force={report['in_force']['alerts']} candidate={report['candidate']['alerts']} "
-        f"added={report['added']['count']} removed={report['removed']['count']}\n")
+        f"added={report['added']['count']} removed={report['removed']['count']} "
+        f"alert_ratio={report['alert_ratio']:.3g} "
+        f"threshold_move={report['threshold_move']:+.4f}\n")
+    if bounded and not report["bounds"]["within"]:
+        sys.stderr.write("compare: candidate outside bounds: "
+                         + "; ".join(report["bounds"]["violations"]) + "\n")
+        return EXIT_OUT_OF_BOUNDS
     return EXIT_OK

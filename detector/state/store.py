@@ -44,6 +44,7 @@ from detector.metrics import Metrics
 from detector.model.baselines import Baseline, Contribution
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Reservoir
+from detector.state import chunks
 from detector.state.published import is_published
 from detector.state.sharing import ExemplarChunk, KeyRecord, SharedBaselines
 from detector.state.sharing import parse as parse_shared
@@ -186,6 +187,8 @@ class StateStore:
         self.shared: dict[bytes, KeyRecord | ExemplarChunk] = {}
         # the newest published calibration artifact (detector.state.published), raw
         self.calibration: bytes | None = None
+        # artifacts too large for one record come in parts (detector.state.chunks)
+        self._parts = chunks.Reassembler()
 
     async def ensure_topic(self) -> list[str]:
         """Create the compacted state topic when missing; return it if it was created."""
@@ -240,7 +243,15 @@ class StateStore:
               on_calibration: Callable[[bytes], object] | None = None) -> ReplicaRecord | None:
         if key is None or value is None or not key.startswith(self.prefix):
             return None
-        if is_published(value):
+        if chunks.is_part(value):
+            self._parts.part(value)
+            return None
+        if chunks.is_head(value) or is_published(value):
+            try:
+                value = self._parts.head(value)
+            except chunks.IncompleteError as exc:
+                log.warning("ignoring incomplete published calibration", error=str(exc))
+                return None
             self.calibration = value
             if on_calibration is not None:
                 on_calibration(value)
