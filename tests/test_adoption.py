@@ -7,7 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.calibration import artifact as cal
+from detector.calibration.artifact import CalibrationArtifact, calibrate, save_artifact
 from detector.config import Settings
 from detector.errors import ConfigError
 from detector.io import records as rec
@@ -30,10 +30,10 @@ def unit(rows: np.ndarray) -> np.ndarray:
 
 
 def artifact(direction: np.ndarray, seed: int, *, model: str = MODEL
-             ) -> cal.CalibrationArtifact:
+             ) -> CalibrationArtifact:
     rng = np.random.default_rng(seed)
     rows = unit(direction * 2.0 + rng.normal(size=(900, DIM)) * 0.5)
-    return cal.calibrate(rows[:600], rows[600:], None, model=model, dimension=DIM,
+    return calibrate(rows[:600], rows[600:], None, model=model, dimension=DIM,
                          bootstrap=10, seed=seed).artifact
 
 
@@ -48,7 +48,7 @@ def comment(offset: int) -> rec.Comment:
 class Replica:
     """A scorer with its shared state bookkeeping, started from one artifact."""
 
-    def __init__(self, first: cal.CalibrationArtifact) -> None:
+    def __init__(self, first: CalibrationArtifact) -> None:
         s = settings()
         centroid = Centroid.from_dict(first.centroid)
         self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
@@ -132,7 +132,7 @@ def test_in_force_prefers_the_published_artifact_unless_the_file_is_newer(tmp_pa
     newer = first.model_copy(update={"created_at": "2999-01-01T00:00:00+00:00"})
     older = first.model_copy(update={"created_at": "2000-01-01T00:00:00+00:00"})
     path = tmp_path / "cal.json"
-    cal.save_artifact(first, path)
+    save_artifact(first, path)
     s = Settings(scoring={"calibration_file": path})
     assert in_force(s, parse(encode("d", newer))) == (newer, version_of(newer))
     assert in_force(s, parse(encode("d", older))) == (first, version_of(first))

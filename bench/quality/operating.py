@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detector.calibration import artifact as cal
+from detector.calibration.stats import fpr, min_holdout, similarity_profile, split, threshold_at_fpr
 from detector.config import DriftSettings, FeedbackSettings
 from detector.model.centroid import Centroid
 from detector.model.drift import DriftConfig, DriftMonitor, Observation, Reference
@@ -112,12 +112,12 @@ def build_stream(movie: list[str], drug: list[str], campaign: list[str], embed: 
 
 def calibrate(rows: Floats, seed: int) -> tuple[Centroid, Reference]:
     """The detector's calibration: centroid on half, threshold on the held-out half."""
-    train, held = cal.split(len(rows), 0.5 if len(rows) < 1500 else 1 / 3, seed)
+    train, held = split(len(rows), 0.5 if len(rows) < 1500 else 1 / 3, seed)
     centroid = Centroid.from_vectors(rows[train])
     sims = centroid.similarity(rows[held])
-    threshold = cal.threshold_at_fpr(sims, TARGET_FPR)
-    return centroid, Reference.from_calibration(threshold, len(held), cal.fpr(sims, threshold),
-                                                cal.similarity_profile(sims, rows[held], seed))
+    threshold = threshold_at_fpr(sims, TARGET_FPR)
+    return centroid, Reference.from_calibration(threshold, len(held), fpr(sims, threshold),
+                                                similarity_profile(sims, rows[held], seed))
 
 
 def drift_config() -> DriftConfig:
@@ -179,8 +179,8 @@ def run_variant(name: str, stream: Stream, seed_rows: Floats, seed: int,
             keep = [i for i in range(len(rows))
                     if not alerted[i] and not book.excluded(refs[i], None)]
             eligible.append(rows[keep])
-            pool = np.concatenate(eligible)[-2 * cal.min_holdout(TARGET_FPR):]
-            if len(pool) >= 2 * cal.min_holdout(TARGET_FPR):
+            pool = np.concatenate(eligible)[-2 * min_holdout(TARGET_FPR):]
+            if len(pool) >= 2 * min_holdout(TARGET_FPR):
                 centroid, reference = calibrate(pool, seed + w)
                 monitor.adopt(reference)
     return {"fpr": fpr, "recall": recall, "events": events, "learnt": learnt, "taught": taught,

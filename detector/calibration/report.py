@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from detector.calibration import artifact as cal
+from detector.calibration.artifact import Result
+from detector.calibration.stats import roc_points
 
 
-def write_report(result: cal.Result, directory: Path) -> list[Path]:
+def write_report(result: Result, directory: Path) -> list[Path]:
     """Write report.json, report.md and the plots; return the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     a = result.artifact
@@ -41,7 +42,7 @@ def write_report(result: cal.Result, directory: Path) -> list[Path]:
     return written + plots
 
 
-def _plots(result: cal.Result, directory: Path) -> list[Path]:
+def _plots(result: Result, directory: Path) -> list[Path]:
     try:
         import matplotlib
 
@@ -65,7 +66,7 @@ def _plots(result: cal.Result, directory: Path) -> list[Path]:
     fig.savefig(out[-1], dpi=100)
     plt.close(fig)
     if len(result.anomaly_sims):
-        fpr, tpr = cal.roc_points(result.holdout_sims, result.anomaly_sims)
+        fpr, tpr = roc_points(result.holdout_sims, result.anomaly_sims)
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.plot(fpr, tpr,
                 label=f"AUC {result.artifact.metrics['roc_auc']:.3f}")

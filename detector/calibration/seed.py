@@ -27,8 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from detector.calibration.artifact import min_holdout, threshold_at_fpr
 from detector.calibration.samples import read_texts
+from detector.calibration.stats import min_holdout, threshold_at_fpr
 from detector.config import Settings
 from detector.embedders.base import Embedder
 from detector.errors import ConfigError

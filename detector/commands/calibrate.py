@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from detector.calibration import artifact as cal
 from detector.calibration import keys as keycal
+from detector.calibration.artifact import Result, calibrate, load_artifact, save_artifact
 from detector.calibration.samples import read_samples
+from detector.calibration.stats import split
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
@@ -110,15 +111,15 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
 
 def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs: Matrix,
                       anomaly_vecs: Matrix | None, *, keys: list[str | None],
-                      refs: list[Ref], embedder: Embedder) -> cal.Result:
+                      refs: list[Ref], embedder: Embedder) -> Result:
     """Split, fit the global baseline (centroid and reservoir) and, with a key field, the
     per-key baselines; choose the thresholds for the configured scoring method."""
-    train, hold = cal.split(len(normal_vecs), args.holdout, args.seed)
+    train, hold = split(len(normal_vecs), args.holdout, args.seed)
     scoring = settings.scoring
     key_field = scoring.key_field
     train_refs = [refs[i] for i in train]
     fitted = keycal.fit(normal_vecs[train], train_refs, scoring.reservoir_size)
-    result = cal.calibrate(
+    result = calibrate(
         normal_vecs[train], normal_vecs[hold], anomaly_vecs,
         model=embedder.name, dimension=embedder.dimension, method=args.select,
         target_fpr=args.target_fpr, target_precision=args.target_precision,
@@ -136,7 +137,7 @@ def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs:
             min_train=scoring.key_min_samples)
         extra["keys"] = per_key.to_json(key_field, scoring.key_min_samples,
                                         keep_text=scoring.keep_exemplar_text)
-    return cal.Result(result.artifact.model_copy(update=extra), result.holdout_sims,
+    return Result(result.artifact.model_copy(update=extra), result.holdout_sims,
                       result.anomaly_sims)
 
 
@@ -163,7 +164,7 @@ async def _topic_comments(settings: Settings, args: argparse.Namespace
 
 
 async def run_calibration(settings: Settings, args: argparse.Namespace,
-                          embedder: Embedder | None = None) -> tuple[cal.Result, int]:
+                          embedder: Embedder | None = None) -> tuple[Result, int]:
     """Gather inputs, embed (cached), calibrate, write artifact and report."""
     key_field = settings.scoring.key_field
     if args.normal is not None:
@@ -210,7 +211,7 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
                 for r, text in zip(refs, normal, strict=True)]
     result = calibrate_vectors(settings, args, normal_vecs, anomaly_vecs if len(anomalies)
                                else None, keys=keys, refs=refs, embedder=embedder)
-    cal.save_artifact(result.artifact, args.out)
+    save_artifact(result.artifact, args.out)
     if args.report_dir is not None:
         from detector.calibration.report import write_report
 
@@ -218,7 +219,7 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
     return result, calls + more_calls
 
 
-def summary_table(result: cal.Result, out: Path, calls: int) -> str:
+def summary_table(result: Result, out: Path, calls: int) -> str:
     a = result.artifact
     m = a.metrics
     rows: list[tuple[str, Any]] = [
@@ -331,7 +332,7 @@ async def publish(settings: Settings, path: Path) -> str:
     if not settings.state.enabled:
         msg = "state.enabled is false: there is no state topic to publish the artifact on"
         raise CalibrationError(msg)
-    artifact = cal.load_artifact(path)
+    artifact = load_artifact(path)
     store = StateStore(settings)
     if settings.kafka.create_topics:
         await store.ensure_topic()
