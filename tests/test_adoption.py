@@ -58,8 +58,7 @@ class Replica:
         self.shared_baselines = SharedBaselines(
             self.baselines, Scope("r1", "calibration:old", MODEL, DIM))
         self.metrics = Metrics()
-        self.scorer = Scorer.from_settings(s, centroid, first.threshold,
-                                           rec.Context("d", "0", MODEL, DIM),
+        self.scorer = Scorer.from_settings(s, rec.Context("d", "0", MODEL, DIM),
                                            baselines=self.baselines)
         self.adopter = Adopter(s, self.baselines, self.metrics, model=MODEL,
                                version=version_of(first), shared=self.shared,

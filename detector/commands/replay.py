@@ -219,9 +219,8 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
                     continue
                 await _replay_partition(
                     replay_settings, plan, partition, sink=sink, committer=committer,
-                    embedder=embedder, centroid=centroid, threshold=base.threshold,
-                    metrics=metrics, context=context, stop=stop, quiet=opts.dry_run,
-                    baselines=baselines)
+                    embedder=embedder, metrics=metrics, context=context, stop=stop,
+                    quiet=opts.dry_run, baselines=baselines)
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
@@ -236,9 +235,9 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
 
 
 async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, sink: Sink,
-                            committer: ProgressCommitter, embedder: Embedder, centroid: Centroid,
-                            threshold: float, metrics: Metrics, context: rec.Context,
-                            stop: asyncio.Event, quiet: bool, baselines: Baselines) -> None:
+                            committer: ProgressCommitter, embedder: Embedder, metrics: Metrics,
+                            context: rec.Context, stop: asyncio.Event, quiet: bool,
+                            baselines: Baselines) -> None:
     tp = TopicPartition(plan.topic, partition)
     consumer = reader_consumer(settings.kafka, isolation_level="read_committed",
                                max_poll_records=settings.kafka.max_poll_records)
@@ -249,8 +248,7 @@ async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, s
         outbox = Outbox(sink, committer, metrics, alerts_topic=settings.alerts.topic,
                         assigned=consumer.assignment)
         pipeline = Pipeline(settings, consumer=consumer, embedder=embedder,
-                            scorer=Scorer.from_settings(settings, centroid, threshold, context,
-                                                        baselines=baselines),
+                            scorer=Scorer.from_settings(settings, context, baselines=baselines),
                             outbox=outbox, metrics=metrics,
                             bounds={tp: plan.ranges[partition][1]},
                             start_offsets={tp: plan.position(partition)},

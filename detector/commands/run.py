@@ -268,8 +268,7 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
                          settings.state.snapshot_interval_s, baselines=baselines)
         await stack.enter_async_context(sync)
     context = rec.Context(settings.name, __version__, embedder.name, embedder.dimension)
-    scorer = Scorer.from_settings(settings, shared.centroid, state.threshold, context,
-                                  baselines=baselines.baselines)
+    scorer = Scorer.from_settings(settings, context, baselines=baselines.baselines)
     held = baselines.baselines
     metrics.baseline_keys.set_function(lambda: len(held.keys))
     metrics.key_evictions.set_function(lambda: held.evictions)
