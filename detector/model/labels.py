@@ -18,8 +18,8 @@ id; when it has been evicted, the label's optional ``text`` can be embedded inst
 label teaches the centroid the comment's embedding with weight `weight` (as a merged
 increment, the form replicas share through the state topic); repeating it changes
 nothing; an ``anomaly`` label never teaches, undoes an earlier ``normal`` label of the
-same comment, and marks the comment for exclusion from calibration (`excluded`). Labels
-of cached alerts count as true or false alerts: the alert precision.
+same comment (calibration leaves such comments out: detector.calibration.exclusions).
+Labels of cached alerts count as true or false alerts: the alert precision.
 """
 
 from __future__ import annotations
@@ -213,7 +213,6 @@ class _Entry:
     label: LabelValue
     taught: bool  # a normal label added the comment to the centroid
     alert: bool  # the comment was a cached alert (counts towards precision)
-    id: str | None
 
 
 @dataclass(slots=True)
@@ -248,7 +247,6 @@ class LabelBook:
         self._undo: OrderedDict[tuple[Any, ...], npt.NDArray[np.float32]] = OrderedDict()
         self.precision = Precision()
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
-        self._ids: dict[str, tuple[Any, ...]] = {}
 
     def apply(self, label: Label, centroid: Centroid, *, alert: CachedAlert | None = None,
               embedding: Floats | None = None) -> Outcome:
@@ -285,27 +283,11 @@ class LabelBook:
             while len(self._undo) > self.undo_capacity:
                 self._undo.popitem(last=False)
             taught, outcome = True, "taught"
-        comment_id = alert.id if alert is not None and alert.id is not None else label.id
-        self._entries[item] = _Entry(label.label, taught, is_alert, comment_id)
+        self._entries[item] = _Entry(label.label, taught, is_alert)
         self._entries.move_to_end(item)
-        if comment_id is not None:
-            self._ids[comment_id] = item
         while len(self._entries) > self.max_labels:
-            _, old = self._entries.popitem(last=False)
-            if old.id is not None and old.id in self._ids and self._ids[old.id] not in \
-                    self._entries:
-                del self._ids[old.id]
+            self._entries.popitem(last=False)
         return outcome
-
-    def excluded(self, source: SourceRef | None, comment_id: str | None) -> bool:
-        """Whether this comment's latest label is `anomaly` (kept out of calibration)."""
-        items: list[tuple[Any, ...] | None] = []
-        if source is not None:
-            items.append(("source", *source))
-        if comment_id is not None:
-            items += [("id", comment_id), self._ids.get(comment_id)]
-        entries = [self._entries.get(item) for item in items if item is not None]
-        return any(e is not None and e.label == "anomaly" for e in entries)
 
     def __len__(self) -> int:
         return len(self._entries)
