@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from detector.model.baselines import Baseline, Baselines, KeyBase, Policy, Verdict
+from detector.model.baselines import Baseline, Baselines, Judgement, KeyBase, Policy
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref, Reservoir
 
@@ -34,7 +34,7 @@ def ref(i: int) -> Ref:
     return Ref("comments", 0, i, f"c{i}")
 
 
-def judge_all(baselines: Baselines, rows: npt.ArrayLike, start: int = 0) -> list[Verdict]:
+def judge_all(baselines: Baselines, rows: npt.ArrayLike, start: int = 0) -> list[Judgement]:
     """Judge rows in order, as the global baseline's comments at offsets from `start`."""
     return [baselines.judge(row, None, ref(start + i))
             for i, row in enumerate(np.asarray(rows, dtype=np.float64))]

@@ -15,7 +15,7 @@ from detector.config import InputSettings
 from detector.embedders.local import LocalEmbedder
 from detector.io import records as rec
 from detector.model.alerts import encode_alert
-from detector.model.baselines import Verdict
+from detector.model.baselines import Judgement
 from tests.helpers import (
     NewTopic,
     RecordingEmbedder,
@@ -73,7 +73,7 @@ class TestDecodeProperties:
             assert out.reason in REASONS
             orjson.loads(rec.encode_dead_letter(out, ctx))
         else:
-            judged = Verdict(None, "global", 0.1, 0.1, 0.2, "global", 0, 1.0, anomaly=True,
+            judged = Judgement(None, "global", 0.1, 0.1, 0.2, "global", 0, 1.0, anomaly=True,
                              accepted=False)
             orjson.loads(encode_alert(out, judged, method="centroid", ctx=ctx))
 

@@ -15,7 +15,7 @@ from detector.config import InputSettings
 from detector.io import jsondoc
 from detector.io import records as rec
 from detector.model.alerts import encode_alert
-from detector.model.baselines import Verdict
+from detector.model.baselines import Judgement
 from detector.model.reservoir import Neighbour, Ref
 
 
@@ -107,7 +107,7 @@ class TestEncode:
 
     def test_alert_schema(self) -> None:
         """an alert (detector.alert/v2) carries every documented field."""
-        judged = Verdict(key="shop", judged_by="key", score=0.1, similarity=0.15,
+        judged = Judgement(key="shop", judged_by="key", score=0.1, similarity=0.15,
                          threshold=0.2, threshold_source="key", centroid_version=3,
                          centroid_count=10.0, anomaly=True, accepted=False,
                          nearest=(Neighbour(0.9, Ref("comments", 1, 7, "c0", "near")),))

@@ -35,7 +35,8 @@ from detector.errors import ConfigError
 from detector.model.centroid import Centroid
 
 log = structlog.get_logger("detector.calibration.seed")
-ThresholdSource = Literal["calibration", "seed", "fixed"]
+# where the starting global threshold came from (the seed is the one decided here)
+ThresholdOrigin = Literal["calibration", "seed", "fixed"]
 
 Floats = npt.NDArray[np.float64]
 
@@ -130,7 +131,7 @@ class SeedStart:
 
     centroid: Centroid
     threshold: float
-    source: ThresholdSource
+    source: ThresholdOrigin
     rows: npt.NDArray[np.float32] | None = None  # the embedded seed (exemplars at start)
 
 

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from detector import __version__
 from detector.calibration.artifact import CalibrationArtifact
-from detector.calibration.seed import ThresholdSource, seed_start
+from detector.calibration.seed import ThresholdOrigin, seed_start
 from detector.config import Settings
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
@@ -66,7 +66,7 @@ class InitialState:
     centroid: Centroid
     threshold: float
     origin: str
-    source: ThresholdSource = "fixed"  # calibration | seed (derived) | fixed (configured)
+    source: ThresholdOrigin = "fixed"  # calibration | seed (derived) | fixed (configured)
     artifact: CalibrationArtifact | None = None
     seed: tuple[Matrix, list[Ref]] | None = None  # embedded seed rows and their references
     version: str | None = None  # the artifact's version (detector.state.published)

@@ -32,8 +32,7 @@ from detector.config import Settings
 from detector.io import records as rec
 from detector.metrics import Metrics
 from detector.model.alerts import encode_alert
-from detector.model.baselines import Baselines
-from detector.model.baselines import Verdict as Judgement
+from detector.model.baselines import Baselines, Judgement
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref
 
