@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
+from detector.io.records import Position
 from detector.model.centroid import Centroid
 from detector.model.labels import (
     FEEDBACK_SCHEMA,
@@ -18,11 +19,10 @@ from detector.model.labels import (
     LabelBook,
     LabelValue,
     Rejected,
-    SourceRef,
     parse_label,
 )
 
-REF = SourceRef("comments", 2, 41)
+REF = Position("comments", 2, 41)
 
 
 def record(**fields: Any) -> bytes:
@@ -40,7 +40,7 @@ def unit(v: list[float]) -> np.ndarray:
 
 
 def alert(offset: int, vector: list[float], comment_id: str | None = None) -> CachedAlert:
-    return CachedAlert(SourceRef("comments", 2, offset), comment_id, unit(vector), 0.1)
+    return CachedAlert(Position("comments", 2, offset), comment_id, unit(vector), 0.1)
 
 
 class TestParse:
@@ -92,7 +92,7 @@ class TestAlertCache:
             assert (found.source, found.id) == (REF, "c-1")
             assert found.embedding.dtype == np.float32  # half the memory of float64
             np.testing.assert_allclose(found.embedding, cached.embedding, rtol=1e-6)
-        assert cache.find(Label(SourceRef("comments", 2, 42), "c-1", "normal")) is None
+        assert cache.find(Label(Position("comments", 2, 42), "c-1", "normal")) is None
 
     def test_the_oldest_alerts_are_evicted(self) -> None:
         cache = AlertCache(2)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,11 @@ import numpy.typing as npt
 
 from detector.calibration.stats import fpr, min_holdout, similarity_profile, split, threshold_at_fpr
 from detector.config import DriftSettings, FeedbackSettings
+from detector.io.records import Position
 from detector.model.baselines import Baseline, Baselines, Policy
 from detector.model.centroid import Centroid
 from detector.model.drift import DriftConfig, DriftMonitor, Observation, Reference
-from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook, SourceRef
+from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook
 from detector.model.reservoir import Ref, Reservoir
 
 Floats = npt.NDArray[np.float64]
@@ -171,10 +172,10 @@ def run_variant(name: str, stream: Stream, seed_rows: Floats, seed: int,
         fpr.append(float(alerted[is_normal].mean()))
         recall.append(float(alerted[~is_normal].mean()) if (~is_normal).any() else None)
         window_events = []
-        refs = [SourceRef("comments", 0, offset + i) for i in range(len(rows))]
+        refs = [Position("comments", 0, offset + i) for i in range(len(rows))]
         for i, row in enumerate(rows):
             obs = Observation(float(sims[i]), bool(alerted[i]),
-                              row if alerted[i] else None, refs[i]._asdict())
+                              row if alerted[i] else None, asdict(refs[i]))
             window_events += monitor.observe(None, obs, float(offset + i))
             if alerted[i]:
                 cache.remember(CachedAlert(refs[i], None, row, float(sims[i])))

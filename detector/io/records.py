@@ -49,12 +49,27 @@ class KafkaRecord(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
-    """Where a record came from; echoed in every output so it can be traced back."""
+class Position:
+    """Where a record sits: topic, partition, offset (a seed or calibration file uses
+    partition -1 and the line number). `Source` and the reservoir's `Ref` are positions
+    that say more about the record; `position` is the bare one, for sets and keys."""
 
     topic: str
     partition: int
     offset: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.topic, self.partition, self.offset)
+
+    def astuple(self) -> tuple[str, int, int]:
+        return (self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Source(Position):
+    """Where a record came from; echoed in every output so it can be traced back."""
+
     timestamp: int  # milliseconds since the epoch, as the broker stamped it
     key: bytes | None
 

@@ -28,12 +28,13 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from detector.io.records import Position
 from detector.model.centroid import Centroid
 
 FEEDBACK_SCHEMA = "detector.feedback/v1"
@@ -44,19 +45,11 @@ LabelValue = Literal["normal", "anomaly"]
 Outcome = Literal["taught", "untaught", "excluded", "unchanged", "unresolved"]
 
 
-class SourceRef(NamedTuple):
-    """Where a scored comment was read from."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
 @dataclass(frozen=True, slots=True)
 class Label:
     """A valid operator label."""
 
-    source: SourceRef | None
+    source: Position | None
     id: str | None
     label: LabelValue
     text: str | None = None
@@ -116,7 +109,7 @@ class _FieldError(ValueError):
     pass
 
 
-def _source(value: object) -> SourceRef | None:
+def _source(value: object) -> Position | None:
     if value is None:
         return None
     if not isinstance(value, dict) or set(value) != {"topic", "partition", "offset"}:
@@ -130,7 +123,7 @@ def _source(value: object) -> SourceRef | None:
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             msg = f"source.{name} must be a non-negative integer"
             raise _FieldError(msg)
-    return SourceRef(topic, partition, offset)
+    return Position(topic, partition, offset)
 
 
 def _short_text(body: dict[str, Any], name: str, *, number_ok: bool = False) -> str | None:
@@ -163,7 +156,7 @@ def _time(value: object) -> str | None:
 class CachedAlert:
     """What the daemon remembers of an alert it published."""
 
-    source: SourceRef
+    source: Position
     id: str | None
     embedding: npt.NDArray[np.floating[Any]]
     similarity: float
@@ -179,8 +172,8 @@ class AlertCache:
             raise ValueError(msg)
         self.capacity = capacity
         self.evictions = 0
-        self._by_source: OrderedDict[SourceRef, CachedAlert] = OrderedDict()
-        self._by_id: dict[str, SourceRef] = {}
+        self._by_source: OrderedDict[Position, CachedAlert] = OrderedDict()
+        self._by_id: dict[str, Position] = {}
 
     def __len__(self) -> int:
         return len(self._by_source)
@@ -303,5 +296,5 @@ def _identity(label: Label, alert: CachedAlert | None) -> tuple[Any, ...]:
     """One key per comment: its source when known (from the label or the cache), else id."""
     source = alert.source if alert is not None else label.source
     if source is not None:
-        return ("source", *source)
+        return ("source", *source.astuple())
     return ("id", label.id)
