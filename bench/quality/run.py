@@ -39,6 +39,7 @@ import numpy.typing as npt
 from detector.calibration.keys import fit
 from detector.calibration.stats import fpr, roc_auc, threshold_at_fpr
 from detector.commands.calibrate import EmbeddingCache, embed_all
+from detector.config import EmbeddingSettings
 from detector.embedders.local import LocalEmbedder
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref
@@ -199,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     rt = rotten_tomatoes()
     drugs = drug_reviews()
     model = LocalEmbedder()
-    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", model.name, model.dimension)
+    # default embedding settings are this local model's
+    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", EmbeddingSettings(),
+                           model.dimension)
     embed = Vectors(model, cache)
     rng = np.random.default_rng(0)
     reviews = rt["fresh"] + rt["rotten"]

@@ -2,15 +2,15 @@
 threshold on held-out normals, and write the artifact `detector run` loads plus a report.
 
 Inputs come from JSONL files or from a topic's time range read without any consumer
-group. Embeddings are cached on disk (SQLite, keyed by model, dimension and the text's
-SHA-256), so a re-run with the same texts makes no embedding calls.
+group. Embeddings are cached on disk (SQLite, keyed like the daemon's in-memory cache:
+detector.embedders.cache.cache_key), so a re-run with the same texts makes no embedding
+calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import sqlite3
 import sys
 import time
@@ -25,9 +25,10 @@ from detector.calibration import keys as keycal
 from detector.calibration.artifact import Result, calibrate, load_artifact, save_artifact
 from detector.calibration.samples import read_samples
 from detector.calibration.stats import split
-from detector.config import Settings
+from detector.config import EmbeddingSettings, Settings
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
+from detector.embedders.cache import cache_key, cache_namespace
 from detector.errors import CalibrationError
 from detector.exits import EXIT_OK, EXIT_USAGE
 from detector.io import records as rec
@@ -37,19 +38,18 @@ from detector.progress import Progress
 
 
 class EmbeddingCache:
-    """Vectors by (model, dimension, sha256(text)) in one SQLite file."""
+    """Vectors of the embedder `settings` describe, by `cache_key` (hex), in one SQLite
+    file; `dimension` is the embedder's."""
 
-    def __init__(self, path: Path, model: str, dimension: int, text_prefix: str = "") -> None:
+    def __init__(self, path: Path, settings: EmbeddingSettings, dimension: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB)")
-        # a text prefix changes every vector: it is part of the key (none: the old keys)
-        tag = f"{hashlib.sha256(text_prefix.encode()).hexdigest()[:16]}|" if text_prefix else ""
-        self.prefix = f"{model}|{dimension}|{tag}"
+        self.namespace = cache_namespace(settings)
         self.dimension = dimension
 
     def key(self, text: str) -> str:
-        return self.prefix + hashlib.sha256(text.encode()).hexdigest()
+        return cache_key(self.namespace, text).hex()
 
     def get(self, texts: Sequence[str]) -> dict[str, Matrix]:
         keys = {self.key(t): t for t in texts}
@@ -194,9 +194,8 @@ async def run_calibration(settings: Settings, args: argparse.Namespace,
         raise CalibrationError(msg)
     owned = embedder is None
     embedder = embedder or build_embedder(settings)
-    text_prefix = settings.embedding.text_prefix
-    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", embedder.name,
-                           embedder.dimension, text_prefix)
+    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", settings.embedding,
+                           embedder.dimension)
     try:
         size = settings.embedding.batch_size
         normal_vecs, calls = await embed_all(normal, embedder, cache, size, "normal")
