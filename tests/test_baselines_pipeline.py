@@ -79,14 +79,14 @@ async def keyed_artifact(embedder: LocalEmbedder, path: Path, *, exemplars: bool
     train_refs = [refs[i] for i in train]
     fitted = keycal.fit(vectors[train], train_refs, 2000)
     result = calibrate(vectors[train], vectors[hold], None, model=embedder.name,
-                           dimension=embedder.dimension, target_fpr=0.01, bootstrap=20)
+                       dimension=embedder.dimension, target_fpr=0.01, bootstrap=20)
     per_key = keycal.calibrate_keys(vectors[train], [keys[i] for i in train], train_refs,
                                     vectors[hold], [keys[i] for i in hold], target_fpr=0.01,
                                     reservoir_size=100, min_train=4)
-    extra: dict[str, Any] = {"keys": per_key.to_json("meta.channel", 4, keep_text=False)}
-    if exemplars:
-        extra["exemplars"] = encode_exemplars(fitted.reservoir.exemplars(), keep_text=False)
-    save_artifact(result.artifact.model_copy(update=extra), path)
+    encoded = (encode_exemplars(fitted.reservoir.exemplars(), keep_text=False) if exemplars
+               else [])
+    save_artifact(result.artifact.with_baselines(
+        encoded, per_key.to_json("meta.channel", 4, keep_text=False)), path)
     return path
 
 

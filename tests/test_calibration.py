@@ -7,9 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pytest
 
-from detector.calibration.artifact import calibrate, check_compatible, load_artifact, save_artifact
+from detector.calibration.artifact import (
+    Scoring,
+    calibrate,
+    check_compatible,
+    load_artifact,
+    save_artifact,
+)
+from detector.calibration.keys import calibrate_keys, fit
 from detector.calibration.stats import (
     at_precision,
     best_f1,
@@ -22,6 +30,8 @@ from detector.calibration.stats import (
     threshold_at_fpr,
 )
 from detector.errors import CalibrationError, ConfigError
+from detector.model.reservoir import Ref, encode_exemplars
+from detector.state.published import version_of
 
 
 def unit_cluster(n: int, seed: int, spread: float = 0.3) -> npt.NDArray[np.float64]:
@@ -151,9 +161,13 @@ class TestCalibrate:
         train, hold = split(800, 0.5, seed=0)
         result = calibrate(normal[train], normal[hold], anomalies, model="m",
                                dimension=16, method="best_f1", target_fpr=0.01)
-        assert result.artifact.metrics["roc_auc"] > 0.9
-        assert result.artifact.threshold == result.artifact.metrics["best_f1"]["threshold"]
-        assert result.artifact.counts == {"train": 400, "holdout": 400, "anomalies": 50}
+        metrics = result.artifact.metrics
+        assert metrics.roc_auc is not None
+        assert metrics.roc_auc > 0.9
+        assert metrics.best_f1 is not None
+        assert result.artifact.threshold == metrics.best_f1.threshold
+        assert result.artifact.counts.to_json() == {"train": 400, "holdout": 400,
+                                                    "anomalies": 50}
 
     def test_threshold_is_chosen_on_held_out_normals(self) -> None:
         """train and held-out splits are disjoint and cover every sample."""
@@ -178,6 +192,73 @@ class TestArtifact:
         with pytest.raises(ConfigError, match="recalibrate"):
             check_compatible(loaded, "other", 16)
 
+    def test_v2_artifact_is_written_again_byte_for_byte(self, tmp_path: Path) -> None:
+        """a v2 artifact with anomaly metrics, kNN scoring, exemplars (with and without
+        text) and per-key baselines (one pooled) loads into typed sections and is saved
+        again to the same bytes, with the same version."""
+        normal, anomalies = unit_cluster(800, 6), unit_cluster(40, 7, spread=3.0)
+        train, hold = split(800, 0.5, seed=0)
+        keys = ["a" if i % 2 else "b" for i in range(800)]
+        refs = [Ref("t", 0, i, f"c{i}", "text" if i % 3 == 0 else None) for i in range(800)]
+        fitted = fit(normal[train], [refs[i] for i in train], 50)
+        result = calibrate(normal[train], normal[hold], anomalies, model="m", dimension=16,
+                           method="target_precision", target_precision=0.5, bootstrap=20,
+                           scoring={"method": "knn", "k": 3},
+                           score=lambda rows: fitted.scores(rows, "knn", 3))
+        per_key = calibrate_keys(normal[train], [keys[i] for i in train],
+                                 [refs[i] for i in train], normal[hold],
+                                 [keys[i] for i in hold], target_fpr=0.01,
+                                 reservoir_size=20, min_train=10)
+        artifact = result.artifact.with_baselines(
+            encode_exemplars(fitted.reservoir.exemplars(), keep_text=True),
+            per_key.to_json("meta.channel", 10, keep_text=True))
+        first, second = tmp_path / "first.json", tmp_path / "second.json"
+        save_artifact(artifact, first)
+        loaded = load_artifact(first)
+        save_artifact(loaded, second)
+        assert second.read_bytes() == first.read_bytes()
+        assert loaded.to_json() == orjson.loads(first.read_bytes())
+        assert version_of(loaded) == version_of(artifact)
+        assert loaded.keys is not None
+        assert loaded.keys.baselines["a"].threshold is None  # too few held out: pooled
+        assert loaded.keys.pooled_threshold is not None
+        assert loaded.metrics.at_precision is not None
+        assert loaded.scoring.method == "knn"
+        assert any(e.ref.text == "text" for e in loaded.exemplars)
+        assert any(e.ref.text is None for e in loaded.exemplars)
+        assert [e.ref for e in loaded.decoded_exemplars(16)] == \
+            [e.ref for e in fitted.reservoir.exemplars()]
+
+    def test_v1_artifact_keeps_its_sections_as_written(self, tmp_path: Path) -> None:
+        """a v1 artifact (no text prefix, exemplars, keys or similarity profile) loads, and
+        its sections are written back as they were, absent keys absent."""
+        v1 = {"schema": "detector.calibration/v1",
+              "centroid": {"dimension": 2, "sum": [1.0, 0.5], "weight": 2.0, "version": 0,
+                           "decay": 1.0},
+              "threshold": 0.4, "method": "target_fpr", "target": 0.01,
+              "model": {"name": "m", "dimension": 2},
+              "counts": {"train": 700, "holdout": 300, "anomalies": 0},
+              "metrics": {"holdout_fpr": 0.01, "threshold_ci95": [0.3, 0.5],
+                          "target_fpr": 0.01,
+                          "holdout_similarity": {"mean": 0.8, "min": 0.1, "p01": 0.3,
+                                                 "p50": 0.85}},
+              "created_at": "2025-01-01T00:00:00+00:00"}
+        path = tmp_path / "v1.json"
+        path.write_bytes(orjson.dumps(v1, option=orjson.OPT_INDENT_2))
+        loaded = load_artifact(path)
+        assert loaded.model.text_prefix == ""
+        assert loaded.metrics.similarity_profile is None
+        body = loaded.to_json()
+        assert list(body) == ["centroid", "threshold", "method", "target", "model", "counts",
+                              "metrics", "scoring", "created_at", "exemplars", "keys",
+                              "schema"]
+        for name in ("centroid", "model", "counts", "metrics"):
+            assert orjson.dumps(body[name]) == orjson.dumps(v1[name])
+        assert (body["scoring"], body["exemplars"], body["keys"]) == ({}, [], None)
+        again = tmp_path / "again.json"
+        save_artifact(loaded, again)
+        assert load_artifact(again).to_json() == body
+
     def test_invalid_files_name_the_path(self, tmp_path: Path) -> None:
         """missing, non-JSON and foreign files are ConfigErrors naming the file."""
         with pytest.raises(ConfigError, match=r"nope\.json"):
@@ -192,6 +273,7 @@ class TestArtifact:
         rows = unit_cluster(1000, 5)
         artifact = calibrate(rows[:600], rows[600:], None, model="m", dimension=16).artifact
         path = tmp_path / "centred.json"
-        save_artifact(artifact.model_copy(update={"scoring": {"center": [0.0] * 16}}), path)
+        centred = Scoring(center=[0.0] * 16, method="centroid")
+        save_artifact(artifact.model_copy(update={"scoring": centred}), path)
         with pytest.raises(ConfigError, match=r"centred\.json.*scoring\.center"):
             load_artifact(path)

@@ -333,7 +333,7 @@ class TestRecalibration:
         assert code == 0, captured.err
         assert f"left out 31 alerted or anomaly-labelled comments of {topic}" in captured.err
         artifact = load_artifact(out)
-        assert artifact.counts["train"] + artifact.counts["holdout"] == 399
+        assert artifact.counts.train + artifact.counts.holdout == 399
         settings = detector_settings(kafka_bootstrap, topic, name=name,
                                      state={"enabled": True, "topic": state_topic})
         store = StateStore(settings)

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import yaml
 
-from detector.calibration.artifact import calibrate, check_compatible, load_artifact
+from detector.calibration.artifact import ModelInfo, calibrate, check_compatible, load_artifact
 from detector.calibration.samples import read_texts
 from detector.calibration.stats import split
 from detector.cli import main
@@ -126,12 +126,12 @@ class TestCalibration:
         assert server.stats.texts - before == len(set(texts)), "no cache hits across prefixes"
 
         artifact = load_artifact(prefixed)
-        assert artifact.model["text_prefix"] == "query: "
+        assert artifact.model.text_prefix == "query: "
         train, _ = split(len(texts), 0.75, 0)
         centroid = np.asarray(artifact.centroid["sum"]) / np.linalg.norm(artifact.centroid["sum"])
         np.testing.assert_allclose(
             centroid, mean_direction([f"query: {texts[i]}" for i in train]), atol=1e-5)
-        assert load_artifact(plain).model["text_prefix"] == ""
+        assert load_artifact(plain).model.text_prefix == ""
 
         for prefix, path in (("", prefixed), ("passage: ", prefixed), ("query: ", plain)):
             settings = settings_for(server, prefix, calibration_file=str(path))
@@ -154,8 +154,8 @@ class TestCalibration:
         refused with one."""
         rows = np.eye(4)[[0, 0, 1, 0, 0, 0]] + 0.1
         result = calibrate(rows[:2], rows[2:], None, model="m", dimension=4,
-                               target_fpr=0.9, bootstrap=10)
-        old = result.artifact.model_copy(update={"model": {"name": "m", "dimension": 4}})
+                           target_fpr=0.9, bootstrap=10)
+        old = result.artifact.model_copy(update={"model": ModelInfo(name="m", dimension=4)})
         check_compatible(old, "m", 4)
         check_compatible(old, "m", 4, "")
         with pytest.raises(ConfigError, match=r"text_prefix '' but the configured one is 'q: '"):

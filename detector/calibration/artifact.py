@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detector.calibration.stats import (
     Floats,
@@ -33,11 +33,148 @@ from detector.calibration.stats import (
 )
 from detector.errors import CalibrationError, ConfigError
 from detector.model.centroid import Centroid
+from detector.model.reservoir import Exemplar, decode_exemplars
 
 ARTIFACT_SCHEMA = "detector.calibration/v2"
 # v1 artifacts (no exemplars, no keys, centroid scoring) still load
 READABLE_SCHEMAS = ("detector.calibration/v1", ARTIFACT_SCHEMA)
 CHUNK_ROWS = 8192  # rows converted to float64 at once (8192 x 1024 dims = 64 MB)
+
+
+class Section(BaseModel):
+    """A nested section of the artifact, typed. Written back as it was read: keys absent
+    from the file stay absent (`to_json`), unknown keys are kept."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_unset=True)
+
+
+class ModelInfo(Section):
+    """The embedding model the artifact was made with (no text prefix before v2)."""
+
+    name: str
+    dimension: int
+    text_prefix: str = ""
+
+
+class Counts(Section):
+    """Samples behind the artifact."""
+
+    train: int
+    holdout: int
+    anomalies: int = 0
+
+
+class SimilaritySummary(Section):
+    """The held-out normals' similarities."""
+
+    mean: float
+    min: float
+    p01: float
+    p50: float
+
+
+class Pairwise(Section):
+    """Quantiles of the held-out normals' pairwise cosines (None: fewer than 2 rows)."""
+
+    q50: float | None = Field(None, alias="q0.5")
+    q90: float | None = Field(None, alias="q0.9")
+    q99: float | None = Field(None, alias="q0.99")
+    q999: float | None = Field(None, alias="q0.999")
+    pairs: int = 0
+
+
+class SimilarityProfile(Section):
+    """What drift monitoring compares live windows with (stats.similarity_profile)."""
+
+    quantiles: list[float]
+    pairwise: Pairwise
+
+
+class BestF1(Section):
+    threshold: float
+    f1: float
+
+
+class AtPrecision(Section):
+    precision: float
+    recall: float
+
+
+class Metrics(Section):
+    """How the threshold does on held-out normals (and labelled anomalies, when given);
+    `calibrate` records them all, an artifact that lacks some still loads."""
+
+    holdout_fpr: float | None = None
+    threshold_ci95: list[float] = []
+    target_fpr: float | None = None
+    holdout_similarity: SimilaritySummary | None = None
+    similarity_profile: SimilarityProfile | None = None  # absent before drift monitoring
+    roc_auc: float | None = None  # these with labelled anomalies only
+    pr_auc: float | None = None
+    recall_at_target_fpr: float | None = None
+    best_f1: BestF1 | None = None
+    at_precision: AtPrecision | None = None
+
+
+class Scoring(Section):
+    """The score the threshold was chosen on (empty in v1: the centroid cosine)."""
+
+    center: list[float] | None = None  # reserved; an artifact that sets it is refused
+    method: str = "centroid"
+    k: int | None = None
+
+
+class ExemplarRef(Section):
+    topic: str
+    partition: int
+    offset: int
+    id: str | None = None
+    text: str | None = None
+
+
+class EncodedExemplar(Section):
+    """One exemplar as detector.model.reservoir.encode_exemplars writes it: int8 vector
+    `v` with scale `s`, or float32 `f`."""
+
+    p: float
+    ref: ExemplarRef
+    origin: str = ""
+    v: str | None = None
+    s: float | None = None
+    f: str | None = None
+
+
+def _decode(exemplars: list[EncodedExemplar], dimension: int) -> list[Exemplar]:
+    return decode_exemplars([e.to_json() for e in exemplars], dimension)
+
+
+class KeyCounts(Section):
+    train: int = 0
+    holdout: int = 0
+
+
+class KeyBaseline(Section):
+    """One key's baseline (detector.calibration.keys.KeyCalibration.to_json)."""
+
+    centroid: dict[str, Any]  # Centroid.to_dict, as on the state topic
+    threshold: float | None = None  # None: the pooled key threshold applies
+    counts: KeyCounts = KeyCounts()
+    exemplars: list[EncodedExemplar] = []
+
+    def decoded_exemplars(self, dimension: int) -> list[Exemplar]:
+        return _decode(self.exemplars, dimension)
+
+
+class Keys(Section):
+    """The per-key baselines, made with `scoring.key_field` `field`."""
+
+    field: str
+    min_train: int | None = None
+    pooled_threshold: float | None = None
+    baselines: dict[str, KeyBaseline] = {}
 
 
 class CalibrationArtifact(BaseModel):
@@ -46,24 +183,43 @@ class CalibrationArtifact(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_: str = ARTIFACT_SCHEMA
-    centroid: dict[str, Any]
+    centroid: dict[str, Any]  # Centroid.to_dict, as on the state topic
     threshold: float
     method: Method
     target: float
-    model: dict[str, Any]
-    counts: dict[str, int]
-    metrics: dict[str, Any]
-    scoring: dict[str, Any] = {}
+    model: ModelInfo
+    counts: Counts
+    metrics: Metrics
+    scoring: Scoring = Scoring()
     created_at: str
-    # v2: exemplars of the global reservoir (detector.model.reservoir.encode_exemplars) and
-    # per-key baselines (detector.calibration.keys.KeyCalibration.to_json); absent in v1
-    exemplars: list[dict[str, Any]] = []
-    keys: dict[str, Any] | None = None
+    # v2: exemplars of the global reservoir and per-key baselines; absent in v1
+    exemplars: list[EncodedExemplar] = []
+    keys: Keys | None = None
 
     def to_json(self) -> dict[str, Any]:
         body = self.model_dump()
+        for name, value in self:
+            if isinstance(value, Section):
+                body[name] = value.to_json()
+            elif isinstance(value, list):
+                body[name] = [v.to_json() if isinstance(v, Section) else v for v in value]
         body["schema"] = body.pop("schema_")
         return body
+
+    def with_baselines(self, exemplars: list[dict[str, Any]],
+                       keys: dict[str, Any] | None = None) -> CalibrationArtifact:
+        """This artifact with the global reservoir's `exemplars`
+        (detector.model.reservoir.encode_exemplars) and per-key baselines `keys`
+        (detector.calibration.keys.KeyCalibration.to_json)."""
+        update: dict[str, Any] = {
+            "exemplars": [EncodedExemplar.model_validate(e) for e in exemplars]}
+        if keys is not None:
+            update["keys"] = Keys.model_validate(keys)
+        return self.model_copy(update=update)
+
+    def decoded_exemplars(self, dimension: int) -> list[Exemplar]:
+        """The global reservoir's exemplars."""
+        return _decode(self.exemplars, dimension)
 
 
 @dataclass(frozen=True)
@@ -204,7 +360,7 @@ def parse_artifact(body: Any, name: str) -> CalibrationArtifact:
     except (ValidationError, ValueError, KeyError) as exc:
         msg = f"calibration artifact {path} is invalid: {exc}"
         raise ConfigError(msg) from None
-    if artifact.scoring.get("center") is not None:
+    if artifact.scoring.center is not None:
         # reserved for embedding post-processing; bench/quality found none worth applying
         msg = (f"calibration artifact {path} asks for scoring.center, which this detector "
                f"does not apply; recalibrate with this version")
@@ -216,13 +372,13 @@ def check_compatible(artifact: CalibrationArtifact, model: str, dimension: int,
                      text_prefix: str = "") -> None:
     """Refuse an artifact made with another embedding model, dimension or text prefix
     (artifacts from before text prefixes existed were made without one)."""
-    made = (artifact.model.get("name"), artifact.model.get("dimension"))
+    made = (artifact.model.name, artifact.model.dimension)
     if made != (model, dimension):
         msg = (f"the calibration artifact was made with {made[0]} ({made[1]} dimensions) but "
                f"the configured embedder is {model} ({dimension} dimensions); recalibrate "
                f"with `detector calibrate` or point scoring.calibration_file elsewhere")
         raise ConfigError(msg)
-    made_prefix = artifact.model.get("text_prefix", "")
+    made_prefix = artifact.model.text_prefix
     if made_prefix != text_prefix:
         msg = (f"the calibration artifact was made with embedding.text_prefix "
                f"{made_prefix!r} but the configured one is {text_prefix!r}: the same model "

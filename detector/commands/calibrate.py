@@ -127,18 +127,19 @@ def calibrate_vectors(settings: Settings, args: argparse.Namespace, normal_vecs:
         text_prefix=settings.embedding.text_prefix,
         score=lambda rows: fitted.scores(rows, scoring.method, scoring.k),
         scoring={"method": scoring.method, "k": scoring.k})
-    extra: dict[str, Any] = {"exemplars": encode_exemplars(
-        fitted.reservoir.exemplars(), keep_text=scoring.keep_exemplar_text)}
+    exemplars = encode_exemplars(fitted.reservoir.exemplars(),
+                                 keep_text=scoring.keep_exemplar_text)
+    keys_section = None
     if key_field is not None:
         per_key = keycal.calibrate_keys(
             normal_vecs[train], [keys[i] for i in train], train_refs, normal_vecs[hold],
             [keys[i] for i in hold], target_fpr=args.target_fpr, method=scoring.method,
             k=scoring.k, reservoir_size=scoring.key_reservoir_size,
             min_train=scoring.key_min_samples)
-        extra["keys"] = per_key.to_json(key_field, scoring.key_min_samples,
-                                        keep_text=scoring.keep_exemplar_text)
-    return Result(result.artifact.model_copy(update=extra), result.holdout_sims,
-                      result.anomaly_sims)
+        keys_section = per_key.to_json(key_field, scoring.key_min_samples,
+                                       keep_text=scoring.keep_exemplar_text)
+    return Result(result.artifact.with_baselines(exemplars, keys_section),
+                  result.holdout_sims, result.anomaly_sims)
 
 
 async def _topic_comments(settings: Settings, args: argparse.Namespace
@@ -222,28 +223,27 @@ def summary_table(result: Result, out: Path, calls: int) -> str:
     a = result.artifact
     m = a.metrics
     rows: list[tuple[str, Any]] = [
-        ("model", f"{a.model['name']} ({a.model['dimension']} dims)"
-                  + (f", text prefix {a.model['text_prefix']!r}"
-                     if a.model.get("text_prefix") else "")),
-        ("samples", f"train {a.counts['train']}, held-out {a.counts['holdout']}, "
-                    f"anomalies {a.counts['anomalies']}"),
+        ("model", f"{a.model.name} ({a.model.dimension} dims)"
+                  + (f", text prefix {a.model.text_prefix!r}" if a.model.text_prefix else "")),
+        ("samples", f"train {a.counts.train}, held-out {a.counts.holdout}, "
+                    f"anomalies {a.counts.anomalies}"),
         ("method", f"{a.method} (target {a.target:.4g})"),
-        ("threshold", f"{a.threshold:.4f}  (95% CI {m['threshold_ci95'][0]:.4f} .. "
-                      f"{m['threshold_ci95'][1]:.4f} at the target FPR)"),
-        ("held-out FPR", f"{m['holdout_fpr']:.2%}"),
+        ("threshold", f"{a.threshold:.4f}  (95% CI {m.threshold_ci95[0]:.4f} .. "
+                      f"{m.threshold_ci95[1]:.4f} at the target FPR)"),
+        ("held-out FPR", f"{m.holdout_fpr:.2%}"),
     ]
-    if "roc_auc" in m:
-        rows += [("ROC AUC", f"{m['roc_auc']:.3f}"), ("PR AUC", f"{m['pr_auc']:.3f}"),
-                 ("best F1", f"{m['best_f1']['f1']:.3f} at {m['best_f1']['threshold']:.4f}")]
+    if m.roc_auc is not None and m.best_f1 is not None:
+        rows += [("ROC AUC", f"{m.roc_auc:.3f}"), ("PR AUC", f"{m.pr_auc:.3f}"),
+                 ("best F1", f"{m.best_f1.f1:.3f} at {m.best_f1.threshold:.4f}")]
     if a.keys is not None:
-        baselines = a.keys["baselines"]
-        own = sum(b["threshold"] is not None for b in baselines.values())
-        pooled = a.keys["pooled_threshold"]
+        baselines = a.keys.baselines
+        own = sum(b.threshold is not None for b in baselines.values())
+        pooled = a.keys.pooled_threshold
         rows.append(("per-key baselines",
-                     f"{len(baselines)} keys of {a.keys['field']} ({own} with their own "
+                     f"{len(baselines)} keys of {a.keys.field} ({own} with their own "
                      f"threshold; pooled key threshold "
                      f"{'none' if pooled is None else f'{pooled:.4f}'})"))
-    rows += [("scoring", f"{a.scoring.get('method', 'centroid')}, "
+    rows += [("scoring", f"{a.scoring.method}, "
                          f"{len(a.exemplars)} exemplars"),
              ("embedding calls", calls), ("artifact", out)]
     width = max(len(k) for k, _ in rows)

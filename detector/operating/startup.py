@@ -13,28 +13,26 @@ are not used.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
-from detector.calibration.artifact import CalibrationArtifact
+from detector.calibration.artifact import CalibrationArtifact, Keys
 from detector.config import ScoringSettings
 from detector.errors import ConfigError
 from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
 from detector.model.centroid import Centroid
-from detector.model.reservoir import Ref, Reservoir, decode_exemplars
+from detector.model.reservoir import Ref, Reservoir
 
 
 def check_artifact(artifact: CalibrationArtifact, scoring: ScoringSettings) -> None:
     """Refuse an artifact calibrated for another scoring method or key field."""
-    method = artifact.scoring.get("method", "centroid")
+    method = artifact.scoring.method
     if method != scoring.method:
         msg = (f"the calibration artifact's threshold was chosen for scoring.method "
                f"{method!r}, but scoring.method is {scoring.method!r}; recalibrate with "
                f"the configured method")
         raise ConfigError(msg)
-    made_for = artifact.keys["field"] if artifact.keys is not None else None
+    made_for = artifact.keys.field if artifact.keys is not None else None
     if made_for is not None and scoring.key_field is not None and made_for != scoring.key_field:
         msg = (f"the calibration artifact has per-key baselines for key field {made_for!r}, "
                f"but scoring.key_field is {scoring.key_field!r}")
@@ -53,11 +51,11 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
     samples = round(centroid.weight)
     if artifact is not None:
         check_artifact(artifact, scoring)
-        reservoir.merge(decode_exemplars(artifact.exemplars, dimension))
+        reservoir.merge(artifact.decoded_exemplars(dimension))
         if artifact.keys is not None and scoring.key_field is not None:
             bases = _key_bases(artifact.keys, dimension)
-            pooled = artifact.keys.get("pooled_threshold")
-        samples = artifact.counts.get("train", samples)
+            pooled = artifact.keys.pooled_threshold
+        samples = artifact.counts.train
     elif seed is not None:
         for row, ref in zip(*seed, strict=True):
             reservoir.offer(row, ref)
@@ -66,12 +64,11 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
                      bases=bases)
 
 
-def _key_bases(keys: dict[str, Any], dimension: int) -> dict[str, KeyBase]:
+def _key_bases(keys: Keys, dimension: int) -> dict[str, KeyBase]:
     out = {}
-    for key, body in keys.get("baselines", {}).items():
-        exemplars = decode_exemplars(body.get("exemplars", []), dimension)
+    for key, body in keys.baselines.items():
+        exemplars = body.decoded_exemplars(dimension)
         out[str(key)] = KeyBase(
-            Centroid.from_dict(body["centroid"]), body.get("threshold"),
-            int(body.get("counts", {}).get("train", 0)),
+            Centroid.from_dict(body.centroid), body.threshold, body.counts.train,
             [(e.vector, e.ref) for e in exemplars])
     return out
