@@ -11,13 +11,13 @@ import orjson
 import pytest
 
 from detector.calibration.artifact import (
-    Scoring,
     calibrate,
     check_compatible,
     load_artifact,
     save_artifact,
 )
 from detector.calibration.keys import calibrate_keys, fit
+from detector.calibration.sections import Scoring
 from detector.calibration.stats import (
     at_precision,
     best_f1,

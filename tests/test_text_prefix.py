@@ -14,8 +14,9 @@ import orjson
 import pytest
 import yaml
 
-from detector.calibration.artifact import ModelInfo, calibrate, check_compatible, load_artifact
+from detector.calibration.artifact import calibrate, check_compatible, load_artifact
 from detector.calibration.samples import read_texts
+from detector.calibration.sections import ModelInfo
 from detector.calibration.stats import split
 from detector.cli import main
 from detector.commands import run as app

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from detector.calibration.artifact import CalibrationArtifact, Keys
+from detector.calibration.artifact import CalibrationArtifact
+from detector.calibration.sections import Keys
 from detector.config import ScoringSettings
 from detector.errors import ConfigError
 from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
