@@ -83,7 +83,7 @@ def main() -> None:
     result = measure(
         f"calibrate() on {n:,} + {n // 9:,} vectors (input {size:,.0f} MiB, not counted)",
         lambda: calibrate(train, held, odd, model="bench", dimension=args.dimension,
-                              target_fpr=0.01, bootstrap=1_000))
+                          target_fpr=0.01, bootstrap=1_000))
     with tempfile.TemporaryDirectory() as tmp:
         measure("report with histogram and ROC plots",
                 lambda: write_report(result, Path(tmp)))

@@ -44,11 +44,11 @@ def artifact(vectors: np.ndarray, method: str, size: int, model: str, path: Path
     train, hold = vectors[:size], vectors[size:]
     fitted = fit(train, [Ref("bench", -1, i) for i in range(len(train))], size)
     result = calibrate(train, hold, None, model=model, dimension=vectors.shape[1],
-                           target_fpr=0.01, bootstrap=50,
-                           score=lambda rows: fitted.scores(rows, method, 5),  # type: ignore[arg-type]
-                           scoring={"method": method, "k": 5})
-    full = result.artifact.model_copy(update={"exemplars": encode_exemplars(
-        fitted.reservoir.exemplars(), keep_text=False)})
+                       target_fpr=0.01, bootstrap=50,
+                       score=lambda rows: fitted.scores(rows, method, 5),  # type: ignore[arg-type]
+                       scoring={"method": method, "k": 5})
+    full = result.artifact.with_baselines(encode_exemplars(fitted.reservoir.exemplars(),
+                                                           keep_text=False))
     save_artifact(full, path)
     return path
 

@@ -34,7 +34,7 @@ def artifact(direction: np.ndarray, seed: int, *, model: str = MODEL
     rng = np.random.default_rng(seed)
     rows = unit(direction * 2.0 + rng.normal(size=(900, DIM)) * 0.5)
     return calibrate(rows[:600], rows[600:], None, model=model, dimension=DIM,
-                         bootstrap=10, seed=seed).artifact
+                     bootstrap=10, seed=seed).artifact
 
 
 def settings() -> Settings:

@@ -160,7 +160,7 @@ class TestCalibrate:
         normal, anomalies = unit_cluster(800, 1), unit_cluster(50, 2, spread=3.0)
         train, hold = split(800, 0.5, seed=0)
         result = calibrate(normal[train], normal[hold], anomalies, model="m",
-                               dimension=16, method="best_f1", target_fpr=0.01)
+                           dimension=16, method="best_f1", target_fpr=0.01)
         metrics = result.artifact.metrics
         assert metrics.roc_auc is not None
         assert metrics.roc_auc > 0.9

@@ -105,7 +105,7 @@ class TestReference:
     def test_an_artifact_carries_what_drift_needs(self) -> None:
         world = World(0)
         result = calibrate(world.normal(700), world.normal(400), None, model="m",
-                               dimension=DIM, bootstrap=10)
+                           dimension=DIM, bootstrap=10)
         body = result.artifact.to_json()
         reference = Reference.from_artifact(body)
         k = round(body["metrics"]["holdout_fpr"] * 400)
@@ -117,7 +117,7 @@ class TestReference:
     def test_an_artifact_without_a_profile_is_refused(self) -> None:
         world = World(0)
         body = calibrate(world.normal(700), world.normal(400), None, model="m",
-                             dimension=DIM, bootstrap=10).artifact.to_json()
+                         dimension=DIM, bootstrap=10).artifact.to_json()
         del body["metrics"]["similarity_profile"]
         with pytest.raises(ValueError, match="recalibrate"):
             Reference.from_artifact(body)

@@ -45,8 +45,8 @@ async def artifact(embedder: LocalEmbedder, path: Path, texts: list[str], *,
     order = np.random.default_rng(0).permutation(len(texts))
     cut = int(len(texts) * 0.7)
     result = calibrate(vectors[order[:cut]], vectors[order[cut:]], None,
-                           model=model or embedder.name, dimension=embedder.dimension,
-                           target_fpr=0.01, bootstrap=20)
+                       model=model or embedder.name, dimension=embedder.dimension,
+                       target_fpr=0.01, bootstrap=20)
     save_artifact(result.artifact, path)
     return path
 
