@@ -22,8 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from detector.calibration import artifact as cal
+from detector.calibration.artifact import calibrate
 from detector.calibration.report import write_report
+from detector.calibration.stats import (
+    best_f1,
+    bootstrap_ci,
+    pr_auc,
+    roc_auc,
+    roc_points,
+    threshold_at_fpr,
+)
 
 
 def measure(label: str, work: Callable[[], Any]) -> Any:
@@ -60,12 +68,12 @@ def main() -> None:
     print("| step | time | peak traced memory |\n|---|---|---|")
 
     def statistics() -> None:
-        cal.threshold_at_fpr(normal, 0.01)
-        cal.bootstrap_ci(normal, 0.01, 1_000, seed=0)
-        cal.roc_auc(normal, anomalous)
-        cal.pr_auc(normal, anomalous)
-        cal.best_f1(normal, anomalous)
-        cal.roc_points(normal, anomalous)
+        threshold_at_fpr(normal, 0.01)
+        bootstrap_ci(normal, 0.01, 1_000, seed=0)
+        roc_auc(normal, anomalous)
+        pr_auc(normal, anomalous)
+        best_f1(normal, anomalous)
+        roc_points(normal, anomalous)
 
     measure(f"statistics on {n:,} scores (scores: {normal.nbytes / 2**20:.0f} MiB)", statistics)
     train = vectors(n // 9, args.dimension, 0.2, 1)
@@ -74,8 +82,8 @@ def main() -> None:
     size = (held.nbytes + train.nbytes) / 2**20
     result = measure(
         f"calibrate() on {n:,} + {n // 9:,} vectors (input {size:,.0f} MiB, not counted)",
-        lambda: cal.calibrate(train, held, odd, model="bench", dimension=args.dimension,
-                              target_fpr=0.01, bootstrap=1_000))
+        lambda: calibrate(train, held, odd, model="bench", dimension=args.dimension,
+                          target_fpr=0.01, bootstrap=1_000))
     with tempfile.TemporaryDirectory() as tmp:
         measure("report with histogram and ROC plots",
                 lambda: write_report(result, Path(tmp)))

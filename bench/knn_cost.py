@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Broker, DetectorRun, embedding_section, make_topic, produce_comments
-from detector.calibration import artifact as cal
+from detector.calibration.artifact import calibrate, save_artifact
 from detector.calibration.keys import fit
 from detector.embedders.local import LocalEmbedder
 from detector.model.reservoir import Ref, Reservoir, encode_exemplars
@@ -43,13 +43,13 @@ def artifact(vectors: np.ndarray, method: str, size: int, model: str, path: Path
     """A calibration artifact with a full reservoir of `size` exemplars."""
     train, hold = vectors[:size], vectors[size:]
     fitted = fit(train, [Ref("bench", -1, i) for i in range(len(train))], size)
-    result = cal.calibrate(train, hold, None, model=model, dimension=vectors.shape[1],
-                           target_fpr=0.01, bootstrap=50,
-                           score=lambda rows: fitted.scores(rows, method, 5),  # type: ignore[arg-type]
-                           scoring={"method": method, "k": 5})
-    full = result.artifact.model_copy(update={"exemplars": encode_exemplars(
-        fitted.reservoir.exemplars(), keep_text=False)})
-    cal.save_artifact(full, path)
+    result = calibrate(train, hold, None, model=model, dimension=vectors.shape[1],
+                       target_fpr=0.01, bootstrap=50,
+                       score=lambda rows: fitted.scores(rows, method, 5),  # type: ignore[arg-type]
+                       scoring={"method": method, "k": 5})
+    full = result.artifact.with_baselines(encode_exemplars(fitted.reservoir.exemplars(),
+                                                           keep_text=False))
+    save_artifact(full, path)
     return path
 
 

@@ -409,8 +409,7 @@ class Replica:
         self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
                                        replica="r1")
         self.shared = SharedCentroid(self.baselines.global_, "r1", "base", MODEL)
-        self.scorer = Scorer.from_settings(s, centroid, first.threshold,
-                                           rec.Context("d", "0", MODEL, DIM),
+        self.scorer = Scorer.from_settings(s, rec.Context("d", "0", MODEL, DIM),
                                            baselines=self.baselines)
         self.sent: list[rec.Message] = []
         self.metrics = Metrics()

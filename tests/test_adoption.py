@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.calibration import artifact as cal
+from detector.calibration.artifact import CalibrationArtifact, save_artifact
 from detector.config import Settings
 from detector.embedders.base import Matrix
 from detector.errors import ConfigError
@@ -49,7 +49,7 @@ def comment(offset: int) -> rec.Comment:
 class Replica:
     """A scorer with its shared state bookkeeping, started from one artifact."""
 
-    def __init__(self, first: cal.CalibrationArtifact) -> None:
+    def __init__(self, first: CalibrationArtifact) -> None:
         s = settings()
         centroid = Centroid.from_dict(first.centroid)
         self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
@@ -58,8 +58,7 @@ class Replica:
         self.shared_baselines = SharedBaselines(
             self.baselines, Scope("r1", "calibration:old", MODEL, DIM))
         self.metrics = Metrics()
-        self.scorer = Scorer.from_settings(s, centroid, first.threshold,
-                                           rec.Context("d", "0", MODEL, DIM),
+        self.scorer = Scorer.from_settings(s, rec.Context("d", "0", MODEL, DIM),
                                            baselines=self.baselines)
         self.adopter = Adopter(s, self.baselines, self.metrics, embedder=Model(),
                                version=version_of(first), shared=self.shared,
@@ -132,7 +131,7 @@ def test_in_force_prefers_the_published_artifact_unless_the_file_is_newer(tmp_pa
     newer = first.model_copy(update={"created_at": "2999-01-01T00:00:00+00:00"})
     older = first.model_copy(update={"created_at": "2000-01-01T00:00:00+00:00"})
     path = tmp_path / "cal.json"
-    cal.save_artifact(first, path)
+    save_artifact(first, path)
     s = Settings(scoring={"calibration_file": path})
     assert startup.in_force(s, parse(encode("d", newer))) == (newer, version_of(newer))
     assert startup.in_force(s, parse(encode("d", older))) == (first, version_of(first))

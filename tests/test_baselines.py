@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
+from detector.model.baselines import Baseline, Baselines, Judgement, KeyBase, Policy
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref, Reservoir
 
@@ -32,6 +32,49 @@ def global_baseline(threshold: float = 0.5) -> Baseline:
 
 def ref(i: int) -> Ref:
     return Ref("comments", 0, i, f"c{i}")
+
+
+def judge_all(baselines: Baselines, rows: npt.ArrayLike, start: int = 0) -> list[Judgement]:
+    """Judge rows in order, as the global baseline's comments at offsets from `start`."""
+    return [baselines.judge(row, None, ref(start + i))
+            for i, row in enumerate(np.asarray(rows, dtype=np.float64))]
+
+
+class TestGating:
+    def test_only_confident_rows_update(self) -> None:
+        """rows below threshold + margin are scored but do not move the centroid."""
+        c = Centroid.from_vectors([unit(1)])
+        b = Baselines(Baseline(None, c, Reservoir(50, D), 0.5), Policy(margin=0.1))
+        verdicts = judge_all(b, [unit(1, 0.1), unit(0, 1)])
+        assert [v.accepted for v in verdicts] == [True, False]
+        assert c.weight == 2.0
+        assert c.version == 1
+        assert c.vector[1] > 0  # moved toward the accepted row only
+
+    def test_update_disabled_keeps_centroid_frozen(self) -> None:
+        """update=False scores without changing state."""
+        c = Centroid.from_vectors([unit(1)])
+        b = Baselines(Baseline(None, c, Reservoir(50, D), 0.0),
+                      Policy(margin=0.0, update=False))
+        (v,) = judge_all(b, [unit(1)])
+        assert not v.accepted
+        assert (c.weight, c.version) == (1.0, 0)
+
+    def test_scoring_is_sequential_so_batching_does_not_matter(self) -> None:
+        """judging rows one after another updates the centroid before the next row, so
+        the scores equal those of a copy that judges them in other runs."""
+        rng = np.random.default_rng(0)
+        rows = rng.normal(size=(30, D)) + 2.0
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        seed = Centroid.from_vectors(rows[:3])
+        a = Baselines(Baseline(None, seed.copy(), Reservoir(50, D), 0.5), Policy(margin=0.0))
+        b = Baselines(Baseline(None, seed.copy(), Reservoir(50, D), 0.5), Policy(margin=0.0))
+        together = [v.score for v in judge_all(a, rows)]
+        in_runs = [v.score for start, end in ((0, 1), (1, 13), (13, 30))
+                   for v in judge_all(b, rows[start:end], start)]
+        assert together == in_runs
+        assert a.global_.centroid.version > 0
+        np.testing.assert_array_equal(a.global_.centroid.sum, b.global_.centroid.sum)
 
 
 class TestBaselines:

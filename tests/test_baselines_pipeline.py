@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.calibration import artifact as cal
 from detector.calibration import keys as keycal
+from detector.calibration.artifact import calibrate, load_artifact, save_artifact
 from detector.config import Settings
 from detector.embedders.local import LocalEmbedder
 from detector.model.centroid import Centroid
@@ -54,15 +54,15 @@ async def keyed_artifact(embedder: LocalEmbedder, path: Path, *, exemplars: bool
     refs = [Ref("calibration", -1, i) for i in range(len(keys))]
     train_refs = [refs[i] for i in train]
     fitted = keycal.fit(vectors[train], train_refs, 2000)
-    result = cal.calibrate(vectors[train], vectors[hold], None, model=embedder.name,
-                           dimension=embedder.dimension, target_fpr=0.01, bootstrap=20)
+    result = calibrate(vectors[train], vectors[hold], None, model=embedder.name,
+                       dimension=embedder.dimension, target_fpr=0.01, bootstrap=20)
     per_key = keycal.calibrate_keys(vectors[train], [keys[i] for i in train], train_refs,
                                     vectors[hold], [keys[i] for i in hold], target_fpr=0.01,
                                     reservoir_size=100, min_train=4)
-    extra: dict[str, Any] = {"keys": per_key.to_json("meta.channel", 4, keep_text=False)}
-    if exemplars:
-        extra["exemplars"] = encode_exemplars(fitted.reservoir.exemplars(), keep_text=False)
-    cal.save_artifact(result.artifact.model_copy(update=extra), path)
+    encoded = (encode_exemplars(fitted.reservoir.exemplars(), keep_text=False) if exemplars
+               else [])
+    save_artifact(result.artifact.with_baselines(
+        encoded, per_key.to_json("meta.channel", 4, keep_text=False)), path)
     return path
 
 
@@ -83,7 +83,7 @@ class TestMinorityKey:
         baseline that judged it."""
         artifact = await keyed_artifact(local_embedder, tmp_path / "cal.json")
         body = orjson.loads(artifact.read_bytes())
-        glob = cal.load_artifact(artifact)
+        glob = load_artifact(artifact)
         drugs = drug_comments(40, 7)
         sims = (await local_embedder.embed(drugs)).astype(np.float64) @ np.asarray(
             Centroid.from_dict(glob.centroid).vector)

@@ -5,11 +5,13 @@ alerts and centroid are identical with and without it (real broker, fake API).""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
+from detector.commands.calibrate import EmbeddingCache
 from detector.config import EmbeddingSettings, load_settings
 from detector.embedders import build_embedder
 from detector.embedders.base import Matrix
@@ -126,6 +128,24 @@ class TestCachingEmbedder:
         assert len({cache_namespace(s) for s in variants}) == len(variants)
         one = CachingEmbedder(Fake(), base, 1)
         assert one.key("same text") != one.key("same text ")
+
+    def test_calibrate_disk_cache_keys_texts_like_the_daemon_cache(self, tmp_path: Path
+                                                                   ) -> None:
+        """`detector calibrate`'s SQLite cache keys a text as CachingEmbedder does, so a
+        setting that changes the vector (here instruct) changes its key too."""
+        base = EmbeddingSettings(backend="dashscope", model="text-embedding-v4", dimension=256)
+        disk = EmbeddingCache(tmp_path / "e.sqlite", base, 256)
+        instructed = EmbeddingCache(tmp_path / "e.sqlite",
+                                    base.model_copy(update={"instruct": "Find spam"}), 256)
+        try:
+            assert disk.key("same text") == CachingEmbedder(Fake(), base, 1).key("same text").hex()
+            assert instructed.key("same text") != disk.key("same text")
+            disk.put(["same text"], np.ones((1, 256), dtype=np.float32))
+            assert set(disk.get(["same text"])) == {"same text"}
+            assert instructed.get(["same text"]) == {}
+        finally:
+            disk.close()
+            instructed.close()
 
     def test_build_embedder_wraps_unless_turned_off(self) -> None:
         remote = {"backend": "dashscope", "model": "text-embedding-v4", "dimension": 256,

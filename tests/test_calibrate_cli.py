@@ -58,8 +58,9 @@ class TestCalibrateCommand:
         assert "ROC AUC" in first
         assert "embedding calls  0" not in first
         artifact = load_artifact(out)
-        assert artifact.counts["anomalies"] == len(SPAM + GARBLED + OFF_TOPIC)
-        assert artifact.metrics["holdout_fpr"] <= 0.01
+        assert artifact.counts.anomalies == len(SPAM + GARBLED + OFF_TOPIC)
+        assert artifact.metrics.holdout_fpr is not None
+        assert artifact.metrics.holdout_fpr <= 0.01
         assert {p.name for p in (tmp_path / "report").iterdir()} == {
             "report.json", "report.md", "similarity_hist.png", "roc.png"}
         assert await asyncio.to_thread(calibrate, tmp_path, *args) == 0
@@ -68,7 +69,7 @@ class TestCalibrateCommand:
         settings = load_settings("config/detector.yaml", scoring={"calibration_file": str(out)})
         state = await startup.initial_state(settings, local_embedder)
         assert state.threshold == artifact.threshold
-        assert state.centroid.weight == artifact.counts["train"]
+        assert state.centroid.weight == artifact.counts.train
 
     async def test_daemon_refuses_an_artifact_of_another_model(
         self, tmp_path: Path, local_embedder: LocalEmbedder
@@ -144,13 +145,13 @@ class TestExemplarSources:
         opts = CalibrateOptions(normal=normal, target_fpr=0.05, bootstrap=20,
                                 out=tmp_path / "cal.json", cache_dir=tmp_path / "cache")
         result, _ = await run_calibration(settings, opts, embedder=local_embedder)
-        refs = [e["ref"] for e in result.artifact.exemplars]
-        assert len(refs) == result.artifact.counts["train"]  # < reservoir_size: all kept
+        refs = [e.ref for e in result.artifact.exemplars]
+        assert len(refs) == result.artifact.counts.train  # < reservoir_size: all kept
         for ref in refs:
-            line = lines[ref["offset"]]
-            assert (ref["topic"], ref["partition"]) == ("file:normal.jsonl", -1)
-            assert ref["id"] == (str(line["id"]) if "id" in line else None)
-        assert sum(ref["id"] is not None for ref in refs) >= len(refs) - 1
+            line = lines[ref.offset]
+            assert (ref.topic, ref.partition) == ("file:normal.jsonl", -1)
+            assert ref.id == (str(line["id"]) if "id" in line else None)
+        assert sum(ref.id is not None for ref in refs) >= len(refs) - 1
 
 
 def iso(epoch_ms: int) -> str:
@@ -217,14 +218,14 @@ class TestCalibrateFromTopic:
         assert code == 0, err
         assert f"skipped 3 unusable records of {topic}" in err
         artifact = load_artifact(tmp_path / "t.json")
-        assert artifact.counts["train"] + artifact.counts["holdout"] == 400
+        assert artifact.counts.train + artifact.counts.holdout == 400
 
         await produce_at(kafka_bootstrap, topic, [orjson.dumps({"text": t}) for t in GARBLED],
                          now)
         code, err = await asyncio.to_thread(calibrate_topic, "--to", iso(now - hour // 2))
         assert code == 0, err
         artifact = load_artifact(tmp_path / "t.json")
-        assert artifact.counts["train"] + artifact.counts["holdout"] == 400
+        assert artifact.counts.train + artifact.counts.holdout == 400
         assert await group_ids(kafka_bootstrap) == groups_before
 
 
@@ -250,14 +251,14 @@ class TestPerKeyCalibration:
             capsys.readouterr().out
         artifact = load_artifact(out)
         assert artifact.schema_ == "detector.calibration/v2"
-        assert artifact.scoring["method"] == "knn"
-        assert len(artifact.exemplars) == artifact.counts["train"]  # < reservoir_size
+        assert artifact.scoring.method == "knn"
+        assert len(artifact.exemplars) == artifact.counts.train  # < reservoir_size
         assert artifact.keys is not None
-        baselines = artifact.keys["baselines"]
-        assert baselines["shop"]["threshold"] is not None
-        assert baselines["pharmacy"]["threshold"] is None
-        assert artifact.keys["pooled_threshold"] is not None
-        assert len(baselines["pharmacy"]["exemplars"]) == 100  # key_reservoir_size
+        baselines = artifact.keys.baselines
+        assert baselines["shop"].threshold is not None
+        assert baselines["pharmacy"].threshold is None
+        assert artifact.keys.pooled_threshold is not None
+        assert len(baselines["pharmacy"].exemplars) == 100  # key_reservoir_size
 
         knn = load_settings("config/detector.yaml", scoring={
             "calibration_file": str(out), "method": "knn", "key_field": "meta.channel"})

@@ -15,7 +15,7 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 from detector.config import Settings
 from detector.io import records as rec
 from detector.model.alerts import encode_alert
-from detector.model.baselines import Verdict
+from detector.model.baselines import Judgement
 from detector.model.reservoir import Neighbour, Ref
 from devtools.demo import Resolver, explain, remember
 from tests.helpers import NewTopic, produce
@@ -24,7 +24,7 @@ SEED = Path("config/normal_comments.jsonl")
 
 
 def alert(*nearest: Ref, key: str | None = None) -> dict[str, object]:
-    verdict = Verdict(key, "key" if key else "global", 0.12, 0.12, 0.31,
+    verdict = Judgement(key, "key" if key else "global", 0.12, 0.12, 0.31,
                       "key" if key else "global", 4, 80.0, anomaly=True, accepted=False,
                       nearest=tuple(Neighbour(0.55 - i / 10, r) for i, r in enumerate(nearest)))
     comment = rec.Comment(rec.Source("comments", 0, 99, 0, None), "zzkq vbbx", "c99")

@@ -9,7 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.calibration import artifact as cal
+from detector.calibration.artifact import calibrate
+from detector.calibration.stats import PROFILE_LEVELS, fpr, similarity_profile, threshold_at_fpr
 from detector.model.drift import (
     DRIFT_SCHEMA,
     DriftConfig,
@@ -55,9 +56,9 @@ class World:
         centroid = unit(self.normal(1000).mean(axis=0))
         holdout = self.normal(500)
         sims = holdout @ centroid
-        threshold = cal.threshold_at_fpr(sims, target)
-        reference = Reference.from_calibration(threshold, len(sims), cal.fpr(sims, threshold),
-                                               cal.similarity_profile(sims, holdout))
+        threshold = threshold_at_fpr(sims, target)
+        reference = Reference.from_calibration(threshold, len(sims), fpr(sims, threshold),
+                                               similarity_profile(sims, holdout))
         return centroid, reference
 
 
@@ -103,20 +104,20 @@ class TestStatistics:
 class TestReference:
     def test_an_artifact_carries_what_drift_needs(self) -> None:
         world = World(0)
-        result = cal.calibrate(world.normal(700), world.normal(400), None, model="m",
-                               dimension=DIM, bootstrap=10)
+        result = calibrate(world.normal(700), world.normal(400), None, model="m",
+                           dimension=DIM, bootstrap=10)
         body = result.artifact.to_json()
         reference = Reference.from_artifact(body)
         k = round(body["metrics"]["holdout_fpr"] * 400)
         assert reference.alert_prior == (k + 1, 400 - k)
-        assert len(reference.quantiles) == cal.PROFILE_LEVELS
+        assert len(reference.quantiles) == PROFILE_LEVELS
         assert reference.quantiles[0] == pytest.approx(result.holdout_sims.min())
         assert 0 < reference.near_duplicate < 1
 
     def test_an_artifact_without_a_profile_is_refused(self) -> None:
         world = World(0)
-        body = cal.calibrate(world.normal(700), world.normal(400), None, model="m",
-                             dimension=DIM, bootstrap=10).artifact.to_json()
+        body = calibrate(world.normal(700), world.normal(400), None, model="m",
+                         dimension=DIM, bootstrap=10).artifact.to_json()
         del body["metrics"]["similarity_profile"]
         with pytest.raises(ValueError, match="recalibrate"):
             Reference.from_artifact(body)

@@ -38,8 +38,7 @@ class Stage:
         centroid = Centroid.from_dict(first.centroid)
         baselines = startup.build(s.scoring.model_copy(update={"update": False}), centroid,
                                   first.threshold, artifact=first)
-        self.scorer = Scorer.from_settings(s, centroid, first.threshold,
-                                           rec.Context("d", "0", MODEL, DIM),
+        self.scorer = Scorer.from_settings(s, rec.Context("d", "0", MODEL, DIM),
                                            baselines=baselines)
         self.sent: list[rec.Message] = []
         self.metrics = Metrics()

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from detector.config import InputSettings
 from detector.embedders.local import LocalEmbedder
 from detector.io import records as rec
+from detector.model.alerts import encode_alert
+from detector.model.baselines import Judgement
 from tests.helpers import (
     NewTopic,
     RecordingEmbedder,
@@ -73,8 +75,9 @@ class TestDecodeProperties:
             assert out.reason in REASONS
             orjson.loads(rec.encode_dead_letter(out, ctx))
         else:
-            orjson.loads(rec.encode_alert(out, similarity=0.1, threshold=0.2,
-                                          centroid_version=0, centroid_count=1.0, ctx=ctx))
+            judged = Judgement(None, "global", 0.1, 0.1, 0.2, "global", 0, 1.0, anomaly=True,
+                             accepted=False)
+            orjson.loads(encode_alert(out, judged, method="centroid", ctx=ctx))
 
     @given(st.text(min_size=1, max_size=300))
     @settings(max_examples=300)

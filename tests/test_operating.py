@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.calibration import artifact as cal
+from detector.calibration.artifact import calibrate, load_artifact, save_artifact
 from detector.commands.calibrate import publish
 from detector.commands.compare import NO_KEY, compare
 from detector.commands.replay import ReplayOptions
@@ -46,10 +46,10 @@ async def artifact(embedder: LocalEmbedder, path: Path, texts: list[str], *,
     vectors = (await embedder.embed(texts)).astype(np.float64)
     order = np.random.default_rng(0).permutation(len(texts))
     cut = int(len(texts) * 0.7)
-    result = cal.calibrate(vectors[order[:cut]], vectors[order[cut:]], None,
-                           model=model or embedder.name, dimension=embedder.dimension,
-                           target_fpr=0.01, bootstrap=20)
-    cal.save_artifact(result.artifact, path)
+    result = calibrate(vectors[order[:cut]], vectors[order[cut:]], None,
+                       model=model or embedder.name, dimension=embedder.dimension,
+                       target_fpr=0.01, bootstrap=20)
+    save_artifact(result.artifact, path)
     return path
 
 
@@ -67,7 +67,7 @@ def message(text: str, i: int) -> tuple[None, bytes]:
 
 
 async def alert_share(embedder: LocalEmbedder, path: Path, texts: list[str]) -> float:
-    art = cal.load_artifact(path)
+    art = load_artifact(path)
     sims = (await embedder.embed(texts)).astype(np.float64) @ np.asarray(
         Centroid.from_dict(art.centroid).vector)
     return float((sims < art.threshold).mean())
@@ -94,7 +94,7 @@ class TestPublishedCalibration:
             scoring={"calibration_file": shop},
             state={"enabled": True, "topic": unique("state"), "snapshot_interval_s": 0.5,
                    "replica_id": "r1"})
-        old, new = version_of(cal.load_artifact(shop)), version_of(cal.load_artifact(mixed))
+        old, new = version_of(load_artifact(shop)), version_of(load_artifact(mixed))
         first = [message(t, i) for i, t in enumerate(drugs[:30])]
         second = [message(t, 100 + i) for i, t in enumerate(drugs[30:])]
         async with running_detector(settings, local_embedder) as det:
@@ -109,7 +109,7 @@ class TestPublishedCalibration:
             await wait_for(lambda: metric(det.metrics, "detector_calibrations_published_total",
                                           {"outcome": "adopted"}) == 1, what="adoption")
             assert metric(det.metrics, "detector_calibration_info", {"version": new}) == 1
-            assert metric(det.metrics, "detector_threshold") == cal.load_artifact(
+            assert metric(det.metrics, "detector_threshold") == load_artifact(
                 mixed).threshold
             await produce(kafka_bootstrap, topic, second)
             await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") == 60,
@@ -128,7 +128,7 @@ class TestPublishedCalibration:
                 det.metrics, "detector_calibration_info", {"version": new}) == 1,
                 what="restart from the published artifact")
             assert not det.task.done()
-            assert metric(det.metrics, "detector_threshold") == cal.load_artifact(
+            assert metric(det.metrics, "detector_threshold") == load_artifact(
                 mixed).threshold
 
 
@@ -185,8 +185,8 @@ class TestCompare:
         report = await compare(settings, ReplayOptions(topic=topic, show_progress=False),
                                mixed, embedder=local_embedder)
         assert report["range"]["records"] == 70
-        assert report["in_force"]["version"] == version_of(cal.load_artifact(shop))
-        assert report["candidate"]["version"] == version_of(cal.load_artifact(mixed))
+        assert report["in_force"]["version"] == version_of(load_artifact(shop))
+        assert report["candidate"]["version"] == version_of(load_artifact(mixed))
         assert report["in_force"]["alerts"] >= 24
         assert report["removed"]["count"] >= 20
         assert report["removed"]["by_key"] == {NO_KEY: report["removed"]["count"]}
@@ -335,8 +335,8 @@ class TestRecalibration:
         captured = capsys.readouterr()
         assert code == 0, captured.err
         assert f"left out 31 alerted or anomaly-labelled comments of {topic}" in captured.err
-        artifact = cal.load_artifact(out)
-        assert artifact.counts["train"] + artifact.counts["holdout"] == 399
+        artifact = load_artifact(out)
+        assert artifact.counts.train + artifact.counts.holdout == 399
         settings = detector_settings(kafka_bootstrap, topic, name=name,
                                      state={"enabled": True, "topic": state_topic})
         store = StateStore(settings)

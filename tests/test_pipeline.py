@@ -14,7 +14,9 @@ from detector.commands import run as app
 from detector.config import InputSettings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
+from detector.model.baselines import Baseline, Baselines, Policy
 from detector.model.centroid import Centroid
+from detector.model.reservoir import Ref, Reservoir
 from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
@@ -46,7 +48,10 @@ def expected_similarities(embedder: LocalEmbedder, texts: list[str], threshold: 
             centroid.add(row)
     vectors = np.concatenate([embedder.embed_sync(texts[i:i + 10])
                               for i in range(0, len(texts), 10)])
-    return centroid.score(vectors, threshold, margin).similarities
+    baselines = Baselines(Baseline(None, centroid, Reservoir(1, embedder.dimension), threshold),
+                          Policy(margin=margin))
+    return np.array([baselines.judge(row, None, Ref("direct", 0, i)).similarity
+                     for i, row in enumerate(vectors)])
 
 
 class TestCleanRun:

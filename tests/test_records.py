@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from detector.config import InputSettings
 from detector.io import jsondoc
 from detector.io import records as rec
+from detector.model.alerts import encode_alert
+from detector.model.baselines import Judgement
+from detector.model.reservoir import Neighbour, Ref
 from tests.helpers import FakeRecord
 
 JSON = InputSettings()
@@ -94,13 +97,22 @@ class TestEncode:
         return out
 
     def test_alert_schema(self) -> None:
-        """an alert carries every documented field."""
-        alert = orjson.loads(rec.encode_alert(
-            self.comment(), similarity=0.1, threshold=0.2, centroid_version=3,
-            centroid_count=10.0, ctx=self.CTX, detected_at="t"))
+        """an alert (detector.alert/v2) carries every documented field."""
+        judged = Judgement(key="shop", judged_by="key", score=0.1, similarity=0.15,
+                         threshold=0.2, threshold_source="key", centroid_version=3,
+                         centroid_count=10.0, anomaly=True, accepted=False,
+                         nearest=(Neighbour(0.9, Ref("comments", 1, 7, "c0", "near")),))
+        alert = orjson.loads(encode_alert(self.comment(), judged, method="knn", ctx=self.CTX,
+                                          detected_at="t", calibration="v-1"))
         assert alert == {
-            "schema": "detector.alert/v1", "id": "c1", "text": "spam spam", "similarity": 0.1,
-            "threshold": 0.2,
+            "schema": "detector.alert/v2", "id": "c1", "text": "spam spam", "similarity": 0.1,
+            "threshold": 0.2, "method": "knn", "centroid_similarity": 0.15,
+            "baseline": {"scope": "key", "key": "shop", "comment_key": "shop",
+                         "threshold": 0.2, "threshold_source": "key",
+                         "centroid": {"version": 3, "count": 10.0}},
+            "calibration": "v-1",
+            "nearest": [{"similarity": 0.9, "text": "near", "source": {
+                "topic": "comments", "partition": 1, "offset": 7, "id": "c0"}}],
             "source": {"topic": "comments", "partition": 0, "offset": 42,
                        "timestamp": 1_700_000_000_000, "key": "b64:/wA="},
             "centroid": {"version": 3, "count": 10.0}, "model": {"name": "m", "dimension": 512},

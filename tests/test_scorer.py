@@ -9,7 +9,9 @@ import orjson
 from detector.io import records as rec
 from detector.metrics import Metrics
 from detector.model.alerts import ALERT_SCHEMA
+from detector.model.baselines import Baseline, Baselines, Policy
 from detector.model.centroid import Centroid
+from detector.model.reservoir import Reservoir
 from detector.model.scorer import Embedded, Encoding, Scorer, Verdict, record
 
 CONTEXT = rec.Context("detector-test", "9.9.9", "test-model", 2)
@@ -28,8 +30,10 @@ def comment(offset: int, text: str = "a comment") -> rec.Comment:
 
 def scorer(centroid: Centroid | None = None, *, threshold: float = 0.5, margin: float = 0.1,
            update: bool = True, encoding: Encoding = ENCODING) -> Scorer:
-    return Scorer(centroid or Centroid.from_vectors([[1.0, 0.0]]), threshold, margin=margin,
-                  update=update, encoding=encoding)
+    """A scorer of the global baseline of `centroid` alone."""
+    centroid = centroid or Centroid.from_vectors([[1.0, 0.0]])
+    baseline = Baseline(None, centroid, Reservoir(2000, centroid.dimension), threshold)
+    return Scorer(Baselines(baseline, Policy(margin=margin, update=update)), encoding)
 
 
 def outcome(v: Verdict) -> tuple[float | None, bool, bool]:
@@ -241,13 +245,12 @@ class TestExplanations:
     def test_a_key_baseline_judges_its_own_comments(self) -> None:
         """With per-key baselines a key's comment is judged against its key's centroid and
         the alert says so."""
-        from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
-        from detector.model.reservoir import Reservoir
+        from detector.model.baselines import KeyBase
 
         g = Baseline(None, Centroid.from_vectors([[1.0, 0.0]]), Reservoir(10, 2), 0.5)
         base = KeyBase(Centroid.from_vectors([[0.0, 1.0]]), 0.9, 100)
         b = Baselines(g, Policy(key_min_samples=10), bases={"shop": base})
-        s = Scorer(g.centroid, 0.5, margin=0.1, update=True, encoding=ENCODING, baselines=b)
+        s = Scorer(b, ENCODING)
         keyed = rec.Comment(comment(1).source, "text", "id-1", key="shop")
         (ok,) = s.score([(keyed, unit(0.1, 1.0))])
         assert not ok.alert  # the global baseline would alert: cosine to (1, 0) is 0.1

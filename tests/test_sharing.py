@@ -55,8 +55,8 @@ class TestSharedBaselines:
         np.testing.assert_allclose(ka.centroid.sum, kb.centroid.sum, rtol=1e-9)
         assert ka.centroid.version == kb.centroid.version == 60
         for x, y in ((ka, kb), (a.baselines.global_, b.baselines.global_)):
-            assert {e.ref.identity for e in x.reservoir.exemplars()} == \
-                {e.ref.identity for e in y.reservoir.exemplars()}
+            assert {e.ref.position for e in x.reservoir.exemplars()} == \
+                {e.ref.position for e in y.reservoir.exemplars()}
 
     def test_records_applied_twice_change_nothing(self) -> None:
         """A repeated key record or exemplar chunk is applied once."""

@@ -9,7 +9,9 @@ import orjson
 import pytest
 
 from detector.embedders.local import LocalEmbedder
+from detector.model.baselines import Baselines, Policy
 from detector.model.centroid import Centroid
+from detector.model.reservoir import Ref
 from detector.state.store import SharedCentroid, StateStore
 from devtools.sample_data import stream
 from tests.helpers import (
@@ -37,9 +39,12 @@ def replica(base: Centroid, name: str) -> SharedCentroid:
 
 
 def learn(shared: SharedCentroid, rows: npt.NDArray[np.float64]) -> None:
-    before = (shared.centroid.sum.copy(), shared.centroid.weight)
-    scored = shared.centroid.score(rows, threshold=0.0, margin=0.0)
-    shared.baseline.count_own(before[0], before[1], int(scored.updated.sum()))
+    """Accept, in order, every row at least as similar as 0 to the centroid (threshold 0,
+    margin 0), counting it as this replica's contribution, as the daemon's baselines do."""
+    shared.baseline.threshold = 0.0  # a bare centroid's baseline has none
+    baselines = Baselines(shared.baseline, Policy(margin=0.0), replica=shared.replica)
+    for i, row in enumerate(rows):
+        baselines.judge(row, None, Ref("comments", 0, i))
 
 
 class TestSharedCentroid:

@@ -14,8 +14,10 @@ import orjson
 import pytest
 import yaml
 
-from detector.calibration import artifact as cal
+from detector.calibration.artifact import calibrate, check_compatible, load_artifact
 from detector.calibration.samples import read_texts
+from detector.calibration.sections import ModelInfo
+from detector.calibration.stats import split
 from detector.cli import main
 from detector.config import Settings, load_settings
 from detector.embedders import build_embedder
@@ -124,13 +126,13 @@ class TestCalibration:
         assert await asyncio.to_thread(calibrate, "query: ", prefixed) == 0
         assert server.stats.texts - before == len(set(texts)), "no cache hits across prefixes"
 
-        artifact = cal.load_artifact(prefixed)
-        assert artifact.model["text_prefix"] == "query: "
-        train, _ = cal.split(len(texts), 0.75, 0)
+        artifact = load_artifact(prefixed)
+        assert artifact.model.text_prefix == "query: "
+        train, _ = split(len(texts), 0.75, 0)
         centroid = np.asarray(artifact.centroid["sum"]) / np.linalg.norm(artifact.centroid["sum"])
         np.testing.assert_allclose(
             centroid, mean_direction([f"query: {texts[i]}" for i in train]), atol=1e-5)
-        assert cal.load_artifact(plain).model["text_prefix"] == ""
+        assert load_artifact(plain).model.text_prefix == ""
 
         for prefix, path in (("", prefixed), ("passage: ", prefixed), ("query: ", plain)):
             settings = settings_for(server, prefix, calibration_file=str(path))
@@ -152,10 +154,10 @@ class TestCalibration:
         """an artifact from before text prefixes existed is accepted without a prefix and
         refused with one."""
         rows = np.eye(4)[[0, 0, 1, 0, 0, 0]] + 0.1
-        result = cal.calibrate(rows[:2], rows[2:], None, model="m", dimension=4,
-                               target_fpr=0.9, bootstrap=10)
-        old = result.artifact.model_copy(update={"model": {"name": "m", "dimension": 4}})
-        cal.check_compatible(old, "m", 4)
-        cal.check_compatible(old, "m", 4, "")
+        result = calibrate(rows[:2], rows[2:], None, model="m", dimension=4,
+                           target_fpr=0.9, bootstrap=10)
+        old = result.artifact.model_copy(update={"model": ModelInfo(name="m", dimension=4)})
+        check_compatible(old, "m", 4)
+        check_compatible(old, "m", 4, "")
         with pytest.raises(ConfigError, match=r"text_prefix '' but the configured one is 'q: '"):
-            cal.check_compatible(old, "m", 4, "q: ")
+            check_compatible(old, "m", 4, "q: ")

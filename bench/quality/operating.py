@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from detector.calibration import artifact as cal
+from detector.calibration.stats import fpr, min_holdout, similarity_profile, split, threshold_at_fpr
 from detector.config import DriftSettings, FeedbackSettings
+from detector.io.records import Position
+from detector.model.baselines import Baseline, Baselines, Policy
 from detector.model.centroid import Centroid
 from detector.model.drift import DriftConfig, DriftMonitor, Observation, Reference
-from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook, SourceRef
+from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook
+from detector.model.reservoir import Ref, Reservoir
 
 Floats = npt.NDArray[np.float64]
 Embed = Callable[[list[str]], Floats]
@@ -110,14 +113,27 @@ def build_stream(movie: list[str], drug: list[str], campaign: list[str], embed: 
     return stream
 
 
+def judge(centroid: Centroid, rows: Floats, threshold: float, *, update: bool = True,
+          start: int = 0) -> tuple[Floats, npt.NDArray[np.bool_]]:
+    """(similarities, accepted) of rows judged in order by the global baseline around
+    `centroid`, as the daemon judges them (detector.model.baselines); accepted rows move
+    `centroid` before the next row is judged."""
+    baselines = Baselines(Baseline(None, centroid, Reservoir(1, centroid.dimension), threshold),
+                          Policy(margin=MARGIN, update=update, explain=0))
+    verdicts = [baselines.judge(row, None, Ref("comments", 0, start + i))
+                for i, row in enumerate(rows)]
+    return (np.array([v.similarity for v in verdicts], dtype=np.float64),
+            np.array([v.accepted for v in verdicts], dtype=np.bool_))
+
+
 def calibrate(rows: Floats, seed: int) -> tuple[Centroid, Reference]:
     """The detector's calibration: centroid on half, threshold on the held-out half."""
-    train, held = cal.split(len(rows), 0.5 if len(rows) < 1500 else 1 / 3, seed)
+    train, held = split(len(rows), 0.5 if len(rows) < 1500 else 1 / 3, seed)
     centroid = Centroid.from_vectors(rows[train])
     sims = centroid.similarity(rows[held])
-    threshold = cal.threshold_at_fpr(sims, TARGET_FPR)
-    return centroid, Reference.from_calibration(threshold, len(held), cal.fpr(sims, threshold),
-                                                cal.similarity_profile(sims, rows[held], seed))
+    threshold = threshold_at_fpr(sims, TARGET_FPR)
+    return centroid, Reference.from_calibration(threshold, len(held), fpr(sims, threshold),
+                                                similarity_profile(sims, rows[held], seed))
 
 
 def drift_config() -> DriftConfig:
@@ -147,40 +163,42 @@ def run_variant(name: str, stream: Stream, seed_rows: Floats, seed: int,
     taught: list[int] = []  # normal labels that taught the centroid, per window
     offset = 0
     for w, (rows, kinds) in enumerate(zip(stream.windows, stream.kinds, strict=True)):
-        scored = centroid.score(rows, reference.threshold, MARGIN, update=name != "frozen")
-        alerted = scored.similarities < reference.threshold
+        sims, updated = judge(centroid, rows, reference.threshold, update=name != "frozen",
+                              start=offset)
+        alerted = sims < reference.threshold
         is_normal = np.array([k != "campaign" for k in kinds])
         is_drug = np.array([k == "drug" for k in kinds])
-        learnt.append(int((scored.updated & is_drug).sum()))
+        learnt.append(int((updated & is_drug).sum()))
         fpr.append(float(alerted[is_normal].mean()))
         recall.append(float(alerted[~is_normal].mean()) if (~is_normal).any() else None)
         window_events = []
-        refs = [SourceRef("comments", 0, offset + i) for i in range(len(rows))]
+        refs = [Position("comments", 0, offset + i) for i in range(len(rows))]
         for i, row in enumerate(rows):
-            obs = Observation(float(scored.similarities[i]), bool(alerted[i]),
-                              row if alerted[i] else None, refs[i]._asdict())
+            obs = Observation(float(sims[i]), bool(alerted[i]),
+                              row if alerted[i] else None, asdict(refs[i]))
             window_events += monitor.observe(None, obs, float(offset + i))
             if alerted[i]:
-                cache.remember(CachedAlert(refs[i], None, row, float(scored.similarities[i])))
+                cache.remember(CachedAlert(refs[i], None, row, float(sims[i])))
         events.append([{"classification": e["low_scoring"]["classification"],
                         "moved": e["moved"]} for e in window_events])
         labelled = rng.permutation(np.flatnonzero(alerted))[
             : round(LABELLED_SHARE * int(alerted.sum()))]
         outcomes = []
+        excluded: set[int] = set()  # labelled anomaly: left out of recalibration
         for i in labelled:
             label = Label(refs[i], None, "anomaly" if kinds[i] == "campaign" else "normal")
             if name == "feedback":
                 outcomes.append(book.apply(label, centroid, alert=cache.find(label)))
-            else:  # recalibration uses the labels only to exclude anomalies
-                book.apply(label, Centroid.empty(rows.shape[1]), alert=cache.find(label))
+            elif label.label == "anomaly":  # recalibration uses the labels only to
+                excluded.add(int(i))  # exclude anomalies (detector.calibration.exclusions)
         taught.append(outcomes.count("taught"))
         offset += len(rows)
         if name == "recalibration":
             keep = [i for i in range(len(rows))
-                    if not alerted[i] and not book.excluded(refs[i], None)]
+                    if not alerted[i] and i not in excluded]
             eligible.append(rows[keep])
-            pool = np.concatenate(eligible)[-2 * cal.min_holdout(TARGET_FPR):]
-            if len(pool) >= 2 * cal.min_holdout(TARGET_FPR):
+            pool = np.concatenate(eligible)[-2 * min_holdout(TARGET_FPR):]
+            if len(pool) >= 2 * min_holdout(TARGET_FPR):
                 centroid, reference = calibrate(pool, seed + w)
                 monitor.adopt(reference)
     return {"fpr": fpr, "recall": recall, "events": events, "learnt": learnt, "taught": taught,
@@ -194,9 +212,9 @@ def stationary(movie_pool: Floats, seed_rows: Floats, seed: int) -> dict[str, An
     rng = np.random.default_rng([seed, 11])
     rows = movie_pool[rng.integers(len(movie_pool), size=STATIONARY_RECORDS)]
     frozen = centroid.similarity(rows)
-    scored = centroid.score(rows, reference.threshold, MARGIN)
+    incremental, _ = judge(centroid, rows, reference.threshold)
     out: dict[str, Any] = {"records": len(rows), "pool": len(movie_pool)}
-    for name, sims in (("frozen", frozen), ("incremental", scored.similarities)):
+    for name, sims in (("frozen", frozen), ("incremental", incremental)):
         monitor = DriftMonitor(reference, config, seed=seed)
         alerted = sims < reference.threshold
         events = []

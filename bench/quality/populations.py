@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detector.calibration import artifact as cal
 from detector.calibration.keys import Fitted, Method, calibrate_keys, fit
+from detector.calibration.stats import roc_auc, threshold_at_fpr
 from detector.model.reservoir import Ref
 
 from .corpora import (
@@ -102,7 +102,7 @@ def _fit_method(scope: str, method: Method, size: int, *, train: Floats, keys: l
     """Baseline and threshold per group, and where each threshold came from."""
     if scope == "global":
         base = fit(train, refs, size)
-        threshold = cal.threshold_at_fpr(base.scores(calib, method, K), TARGET_FPR)
+        threshold = threshold_at_fpr(base.scores(calib, method, K), TARGET_FPR)
         return (dict.fromkeys(SHARES, base), dict.fromkeys(SHARES, threshold),
                 dict.fromkeys(SHARES, "global"))
     kc = calibrate_keys(train, list(keys), refs, calib, list(cal_keys), target_fpr=TARGET_FPR,
@@ -139,7 +139,7 @@ def evaluate(embed: Embed, seeds: list[int]) -> dict[str, Any]:
                 sa = bases[key].scores(anom, method, K)
                 t = thresholds[key]
                 cell = per.setdefault(name, {}).setdefault(key, {})
-                cell.setdefault("auroc", []).append(cal.roc_auc(sn, sa))
+                cell.setdefault("auroc", []).append(roc_auc(sn, sa))
                 cell.setdefault("fpr", []).append(float(np.mean(sn < t)))
                 cell.setdefault("recall", []).append(float(np.mean(sa < t)))
                 for src in anomalies:

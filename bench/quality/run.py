@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detector.calibration import artifact as cal
 from detector.calibration.keys import fit
+from detector.calibration.stats import fpr, roc_auc, threshold_at_fpr
 from detector.commands.calibrate import EmbeddingCache, embed_all
+from detector.config import EmbeddingSettings
 from detector.embedders.local import LocalEmbedder
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref
@@ -173,16 +174,16 @@ def evaluate(name: str, normal: list[str], anomalous: list[str], *, embed: Vecto
             backgrounds[f"traffic_{share:.0%}"] = np.concatenate(
                 [train, embed(extra[:k])])
         for method, s in scores(train, test, backgrounds).items():
-            auc = cal.roc_auc(s[: len(test_n)], s[len(test_n):])
+            auc = roc_auc(s[: len(test_n)], s[len(test_n):])
             per_method.setdefault(method, []).append(auc)
         if length_baseline:
             reference = np.array([len(t) for t in n_train], dtype=float)
             per_method.setdefault("length_only", []).append(
-                cal.roc_auc(length_score(n_test, reference), length_score(a, reference)))
+                roc_auc(length_score(n_test, reference), length_score(a, reference)))
         centroid = Centroid.from_vectors(train)
         for target in (0.01, 0.05):
-            threshold = cal.threshold_at_fpr(centroid.similarity(cal_v), target)
-            fpr_check[f"target_{target}"].append(cal.fpr(centroid.similarity(test_n), threshold))
+            threshold = threshold_at_fpr(centroid.similarity(cal_v), target)
+            fpr_check[f"target_{target}"].append(fpr(centroid.similarity(test_n), threshold))
     return {"setup": name, "sizes": sizes, "seeds": SEEDS,
             "auroc": {m: {"mean": float(np.mean(v)), "std": float(np.std(v))}
                       for m, v in per_method.items()},
@@ -199,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     rt = rotten_tomatoes()
     drugs = drug_reviews()
     model = LocalEmbedder()
-    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", model.name, model.dimension)
+    # default embedding settings are this local model's
+    cache = EmbeddingCache(args.cache_dir / "embeddings.sqlite", EmbeddingSettings(),
+                           model.dimension)
     embed = Vectors(model, cache)
     rng = np.random.default_rng(0)
     reviews = rt["fresh"] + rt["rotten"]

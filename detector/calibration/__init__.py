@@ -1,1 +1,2 @@
-"""Calibration: statistics, the artifact, per-key thresholds, samples, the report."""
+"""Calibration: statistics, the artifact and its sections, per-key thresholds, samples,
+the report."""

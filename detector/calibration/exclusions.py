@@ -19,15 +19,13 @@ from detector.io import records as rec
 from detector.io.ranges import read_plan, resolve_plan
 from detector.model.labels import Label, parse_label
 
-Source = tuple[str, int, int]
-
 
 @dataclass(slots=True)
 class Exclusions:
     """Sources and ids to leave out of a calibration of `topic`."""
 
     topic: str
-    sources: set[Source] = field(default_factory=set)
+    sources: set[rec.Position] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
     _latest: dict[tuple[str, object], str] = field(default_factory=dict)
 
@@ -37,8 +35,8 @@ class Exclusions:
             body = orjson.loads(value or b"")
             source = body["source"]
             if source["topic"] == self.topic:
-                self.sources.add((source["topic"], int(source["partition"]),
-                                  int(source["offset"])))
+                self.sources.add(rec.Position(source["topic"], int(source["partition"]),
+                                              int(source["offset"])))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return
 
@@ -48,7 +46,7 @@ class Exclusions:
         if not isinstance(label, Label):
             return
         if label.source is not None:
-            self._latest[("source", tuple(label.source))] = label.label
+            self._latest[("source", label.source)] = label.label
         if label.id is not None:
             self._latest[("id", label.id)] = label.label
 
@@ -59,13 +57,12 @@ class Exclusions:
                 continue
             if kind == "id":
                 self.ids.add(str(target))
-            elif isinstance(target, tuple) and target[0] == self.topic:
-                self.sources.add((str(target[0]), int(target[1]), int(target[2])))
+            elif isinstance(target, rec.Position) and target.topic == self.topic:
+                self.sources.add(target)
         return self
 
     def excludes(self, comment: rec.Comment) -> bool:
-        s = comment.source
-        return (s.topic, s.partition, s.offset) in self.sources or (
+        return comment.source.position in self.sources or (
             comment.id is not None and comment.id in self.ids)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from detector.calibration.artifact import min_holdout, threshold_at_fpr
+from detector.calibration.stats import min_holdout, threshold_at_fpr
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref, Reservoir, encode_exemplars
 

@@ -27,12 +27,13 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from detector.calibration.artifact import min_holdout, threshold_at_fpr
+from detector.calibration.stats import min_holdout, threshold_at_fpr
 from detector.config import ScoringSettings
 from detector.errors import ConfigError
 
 log = structlog.get_logger("detector.calibration.seed")
-ThresholdSource = Literal["calibration", "seed", "fixed"]
+# where the starting global threshold came from (the seed is the one decided here)
+ThresholdOrigin = Literal["calibration", "seed", "fixed"]
 
 Floats = npt.NDArray[np.float64]
 
@@ -122,7 +123,7 @@ def fixed_threshold_problem(threshold: float, seed: SeedThreshold) -> str | None
 
 
 def seed_decision(rows: npt.NDArray[np.float32], path: Path, scoring: ScoringSettings,
-                  model: str) -> tuple[float, ThresholdSource]:
+                  model: str) -> tuple[float, ThresholdOrigin]:
     """The threshold a seed start uses and where it came from: with ``scoring.threshold:
     auto`` derived from the embedded seed's leave-one-out similarities, else the configured
     number, checked against them (a warning when it does not fit)."""

@@ -2,14 +2,14 @@
 threshold on held-out normals, and write the artifact `detector run` loads plus a report.
 
 Inputs come from JSONL files or from a topic's time range read without any consumer
-group. Embeddings are cached on disk (SQLite, keyed by model, dimension and the text's
-SHA-256), so a re-run with the same texts makes no embedding calls.
+group. Embeddings are cached on disk (SQLite, keyed like the daemon's in-memory cache:
+detector.embedders.cache.cache_key), so a re-run with the same texts makes no embedding
+calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sqlite3
 import sys
 import time
@@ -20,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from detector.calibration import artifact as cal
 from detector.calibration import keys as keycal
+from detector.calibration.artifact import Result, calibrate, load_artifact, save_artifact
 from detector.calibration.samples import read_samples
-from detector.config import Settings
+from detector.calibration.stats import Method, split
+from detector.config import EmbeddingSettings, Settings
 from detector.embedders import Embedder, build_embedder
 from detector.embedders.base import Matrix
+from detector.embedders.cache import cache_key, cache_namespace
 from detector.errors import CalibrationError
 from detector.exits import EXIT_OK
 from detector.io import records as rec
@@ -49,7 +51,7 @@ class CalibrateOptions:
     anomalies: Path | None = None
     label_field: str | None = None
     target_fpr: float = 0.01
-    select: cal.Method = "target_fpr"
+    select: Method = "target_fpr"
     target_precision: float = 0.9
     holdout: float = 0.3
     seed: int = 0
@@ -61,19 +63,18 @@ class CalibrateOptions:
 
 
 class EmbeddingCache:
-    """Vectors by (model, dimension, sha256(text)) in one SQLite file."""
+    """Vectors of the embedder `settings` describe, by `cache_key` (hex), in one SQLite
+    file; `dimension` is the embedder's."""
 
-    def __init__(self, path: Path, model: str, dimension: int, text_prefix: str = "") -> None:
+    def __init__(self, path: Path, settings: EmbeddingSettings, dimension: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB)")
-        # a text prefix changes every vector: it is part of the key (none: the old keys)
-        tag = f"{hashlib.sha256(text_prefix.encode()).hexdigest()[:16]}|" if text_prefix else ""
-        self.prefix = f"{model}|{dimension}|{tag}"
+        self.namespace = cache_namespace(settings)
         self.dimension = dimension
 
     def key(self, text: str) -> str:
-        return self.prefix + hashlib.sha256(text.encode()).hexdigest()
+        return cache_key(self.namespace, text).hex()
 
     def get(self, texts: Sequence[str]) -> dict[str, Matrix]:
         keys = {self.key(t): t for t in texts}
@@ -135,15 +136,15 @@ async def read_topic_texts(settings: Settings, topic: str, time_from: int | None
 
 def calibrate_vectors(settings: Settings, opts: CalibrateOptions, normal_vecs: Matrix,
                       anomaly_vecs: Matrix | None, *, keys: list[str | None],
-                      refs: list[Ref], embedder: Embedder) -> cal.Result:
+                      refs: list[Ref], embedder: Embedder) -> Result:
     """Split, fit the global baseline (centroid and reservoir) and, with a key field, the
     per-key baselines; choose the thresholds for the configured scoring method."""
-    train, hold = cal.split(len(normal_vecs), opts.holdout, opts.seed)
+    train, hold = split(len(normal_vecs), opts.holdout, opts.seed)
     scoring = settings.scoring
     key_field = scoring.key_field
     train_refs = [refs[i] for i in train]
     fitted = keycal.fit(normal_vecs[train], train_refs, scoring.reservoir_size)
-    result = cal.calibrate(
+    result = calibrate(
         normal_vecs[train], normal_vecs[hold], anomaly_vecs,
         model=embedder.name, dimension=embedder.dimension, method=opts.select,
         target_fpr=opts.target_fpr, target_precision=opts.target_precision,
@@ -151,18 +152,19 @@ def calibrate_vectors(settings: Settings, opts: CalibrateOptions, normal_vecs: M
         text_prefix=settings.embedding.text_prefix,
         score=lambda rows: fitted.scores(rows, scoring.method, scoring.k),
         scoring={"method": scoring.method, "k": scoring.k})
-    extra: dict[str, Any] = {"exemplars": encode_exemplars(
-        fitted.reservoir.exemplars(), keep_text=scoring.keep_exemplar_text)}
+    exemplars = encode_exemplars(fitted.reservoir.exemplars(),
+                                 keep_text=scoring.keep_exemplar_text)
+    keys_section = None
     if key_field is not None:
         per_key = keycal.calibrate_keys(
             normal_vecs[train], [keys[i] for i in train], train_refs, normal_vecs[hold],
             [keys[i] for i in hold], target_fpr=opts.target_fpr, method=scoring.method,
             k=scoring.k, reservoir_size=scoring.key_reservoir_size,
             min_train=scoring.key_min_samples)
-        extra["keys"] = per_key.to_json(key_field, scoring.key_min_samples,
-                                        keep_text=scoring.keep_exemplar_text)
-    return cal.Result(result.artifact.model_copy(update=extra), result.holdout_sims,
-                      result.anomaly_sims)
+        keys_section = per_key.to_json(key_field, scoring.key_min_samples,
+                                       keep_text=scoring.keep_exemplar_text)
+    return Result(result.artifact.with_baselines(exemplars, keys_section),
+                  result.holdout_sims, result.anomaly_sims)
 
 
 async def _topic_comments(settings: Settings, opts: CalibrateOptions, topic: str
@@ -187,7 +189,7 @@ async def _topic_comments(settings: Settings, opts: CalibrateOptions, topic: str
 
 
 async def run_calibration(settings: Settings, opts: CalibrateOptions,
-                          embedder: Embedder | None = None) -> tuple[cal.Result, int]:
+                          embedder: Embedder | None = None) -> tuple[Result, int]:
     """Gather inputs, embed (cached), calibrate, write artifact and report."""
     key_field = settings.scoring.key_field
     if opts.normal is not None:
@@ -220,9 +222,8 @@ async def run_calibration(settings: Settings, opts: CalibrateOptions,
         raise CalibrationError(msg)
     owned = embedder is None
     embedder = embedder or build_embedder(settings)
-    text_prefix = settings.embedding.text_prefix
-    cache = EmbeddingCache(opts.cache_dir / "embeddings.sqlite", embedder.name,
-                           embedder.dimension, text_prefix)
+    cache = EmbeddingCache(opts.cache_dir / "embeddings.sqlite", settings.embedding,
+                           embedder.dimension)
     try:
         size = settings.embedding.batch_size
         normal_vecs, calls = await embed_all(normal, embedder, cache, size, "normal")
@@ -237,7 +238,7 @@ async def run_calibration(settings: Settings, opts: CalibrateOptions,
                 for r, text in zip(refs, normal, strict=True)]
     result = calibrate_vectors(settings, opts, normal_vecs, anomaly_vecs if len(anomalies)
                                else None, keys=keys, refs=refs, embedder=embedder)
-    cal.save_artifact(result.artifact, opts.out)
+    save_artifact(result.artifact, opts.out)
     if opts.report_dir is not None:
         from detector.calibration.report import write_report
 
@@ -245,32 +246,31 @@ async def run_calibration(settings: Settings, opts: CalibrateOptions,
     return result, calls + more_calls
 
 
-def summary_table(result: cal.Result, out: Path, calls: int) -> str:
+def summary_table(result: Result, out: Path, calls: int) -> str:
     a = result.artifact
     m = a.metrics
     rows: list[tuple[str, Any]] = [
-        ("model", f"{a.model['name']} ({a.model['dimension']} dims)"
-                  + (f", text prefix {a.model['text_prefix']!r}"
-                     if a.model.get("text_prefix") else "")),
-        ("samples", f"train {a.counts['train']}, held-out {a.counts['holdout']}, "
-                    f"anomalies {a.counts['anomalies']}"),
+        ("model", f"{a.model.name} ({a.model.dimension} dims)"
+                  + (f", text prefix {a.model.text_prefix!r}" if a.model.text_prefix else "")),
+        ("samples", f"train {a.counts.train}, held-out {a.counts.holdout}, "
+                    f"anomalies {a.counts.anomalies}"),
         ("method", f"{a.method} (target {a.target:.4g})"),
-        ("threshold", f"{a.threshold:.4f}  (95% CI {m['threshold_ci95'][0]:.4f} .. "
-                      f"{m['threshold_ci95'][1]:.4f} at the target FPR)"),
-        ("held-out FPR", f"{m['holdout_fpr']:.2%}"),
+        ("threshold", f"{a.threshold:.4f}  (95% CI {m.threshold_ci95[0]:.4f} .. "
+                      f"{m.threshold_ci95[1]:.4f} at the target FPR)"),
+        ("held-out FPR", f"{m.holdout_fpr:.2%}"),
     ]
-    if "roc_auc" in m:
-        rows += [("ROC AUC", f"{m['roc_auc']:.3f}"), ("PR AUC", f"{m['pr_auc']:.3f}"),
-                 ("best F1", f"{m['best_f1']['f1']:.3f} at {m['best_f1']['threshold']:.4f}")]
+    if m.roc_auc is not None and m.best_f1 is not None:
+        rows += [("ROC AUC", f"{m.roc_auc:.3f}"), ("PR AUC", f"{m.pr_auc:.3f}"),
+                 ("best F1", f"{m.best_f1.f1:.3f} at {m.best_f1.threshold:.4f}")]
     if a.keys is not None:
-        baselines = a.keys["baselines"]
-        own = sum(b["threshold"] is not None for b in baselines.values())
-        pooled = a.keys["pooled_threshold"]
+        baselines = a.keys.baselines
+        own = sum(b.threshold is not None for b in baselines.values())
+        pooled = a.keys.pooled_threshold
         rows.append(("per-key baselines",
-                     f"{len(baselines)} keys of {a.keys['field']} ({own} with their own "
+                     f"{len(baselines)} keys of {a.keys.field} ({own} with their own "
                      f"threshold; pooled key threshold "
                      f"{'none' if pooled is None else f'{pooled:.4f}'})"))
-    rows += [("scoring", f"{a.scoring.get('method', 'centroid')}, "
+    rows += [("scoring", f"{a.scoring.method}, "
                          f"{len(a.exemplars)} exemplars"),
              ("embedding calls", calls), ("artifact", out)]
     width = max(len(k) for k, _ in rows)
@@ -304,7 +304,7 @@ async def publish(settings: Settings, path: Path) -> str:
     if not settings.state.enabled:
         msg = "state.enabled is false: there is no state topic to publish the artifact on"
         raise CalibrationError(msg)
-    artifact = cal.load_artifact(path)
+    artifact = load_artifact(path)
     version = published.version_of(artifact)
     store = StateStore(settings)
     if settings.kafka.create_topics:

@@ -223,9 +223,8 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
                     continue
                 await _replay_partition(
                     replay_settings, plan, partition, sink=sink, committer=committer,
-                    embedder=embedder, centroid=centroid, threshold=base.threshold,
-                    metrics=metrics, context=context, stop=stop, quiet=opts.dry_run,
-                    baselines=baselines)
+                    embedder=embedder, metrics=metrics, context=context, stop=stop,
+                    quiet=opts.dry_run, baselines=baselines)
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
@@ -240,9 +239,9 @@ async def _run_plan(settings: Settings, opts: ReplayOptions, plan: Plan, *, embe
 
 
 async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, sink: Sink,
-                            committer: ProgressCommitter, embedder: Embedder, centroid: Centroid,
-                            threshold: float, metrics: Metrics, context: rec.Context,
-                            stop: asyncio.Event, quiet: bool, baselines: Baselines) -> None:
+                            committer: ProgressCommitter, embedder: Embedder, metrics: Metrics,
+                            context: rec.Context, stop: asyncio.Event, quiet: bool,
+                            baselines: Baselines) -> None:
     tp = TopicPartition(plan.topic, partition)
     consumer = reader_consumer(settings.kafka, isolation_level="read_committed",
                                max_poll_records=settings.kafka.max_poll_records)
@@ -255,8 +254,7 @@ async def _replay_partition(settings: Settings, plan: Plan, partition: int, *, s
         pipeline = Pipeline(settings, consumer=consumer,
                             embedding=BatchEmbedder.from_settings(embedder, settings.embedding,
                                                                   metrics),
-                            scorer=Scorer.from_settings(settings, centroid, threshold, context,
-                                                        baselines=baselines),
+                            scorer=Scorer.from_settings(settings, context, baselines=baselines),
                             outbox=outbox, metrics=metrics,
                             bounds=Bounds({tp: plan.ranges[partition][1]},
                                           starts={tp: plan.position(partition)}),

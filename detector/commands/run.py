@@ -206,8 +206,7 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
         sync = StateSync(store, shared, state_producer, settings.state.snapshot_interval_s,
                          baselines=baselines, on_calibration=stages.adopt, metrics=metrics)
         await stack.enter_async_context(sync)
-    scorer = Scorer.from_settings(settings, shared.centroid, state.threshold, context,
-                                  baselines=held)
+    scorer = Scorer.from_settings(settings, context, baselines=held)
     metrics.baseline_keys.set_function(lambda: len(held.keys))
     metrics.key_evictions.set_function(lambda: held.evictions)
     metrics.exemplars.set_function(lambda: sum(len(b.reservoir) for b in held.all()))

@@ -1,9 +1,10 @@
 """An embedding cache around any `Embedder`: repeated texts are embedded once.
 
 Comment streams repeat themselves (spam campaigns, copy-paste, bots). `CachingEmbedder`
-keeps the rows of the last `entries` distinct texts in a bounded LRU, keyed by a hash of
-everything that decides a vector: backend, model, dimension, text_type, instruct, the
-text prefix, and the text itself. Identical texts inside one batch are sent once. The
+keeps the rows of the last `entries` distinct texts in a bounded LRU, keyed by
+`cache_key`: a hash of everything that decides a vector (backend, model, dimension,
+text_type, instruct, the text prefix) and the text itself. `detector calibrate`'s
+on-disk cache uses the same key. Identical texts inside one batch are sent once. The
 rows it returns are the rows the wrapped embedder returned for that text, so scores,
 alerts and centroid updates are the same with and without it.
 
@@ -31,6 +32,13 @@ def cache_namespace(settings: EmbeddingSettings) -> bytes:
     parts = (settings.backend, settings.model, str(settings.dimension), settings.text_type,
              settings.instruct or "", settings.text_prefix)
     return "\x1f".join(parts).encode() + b"\x1e"
+
+
+def cache_key(namespace: bytes, text: str) -> bytes:
+    """The key of a text's vector in any embedding cache: a 16-byte hash of the
+    `cache_namespace` of the settings and the text."""
+    return hashlib.blake2b(namespace + text.encode("utf-8", "surrogatepass"),
+                           digest_size=16).digest()
 
 
 class LruRows:
@@ -90,8 +98,7 @@ class CachingEmbedder:
         return self.inner.dimension
 
     def key(self, text: str) -> bytes:
-        return hashlib.blake2b(self._namespace + text.encode("utf-8", "surrogatepass"),
-                               digest_size=16).digest()
+        return cache_key(self._namespace, text)
 
     async def embed(self, texts: Sequence[str]) -> Matrix:
         keys = [self.key(t) for t in texts]

@@ -1,8 +1,9 @@
 """Records in and out: decode a Kafka record into a `Comment` or a `DeadLetter`, and
-encode alerts, scores and dead letters as JSON. Pure functions, no I/O.
+encode scores and dead letters as JSON (alerts: detector.model.alerts). Pure functions,
+no I/O.
 
-Alert, score and dead-letter schemas are versioned (``detector.alert/v1`` ...) and
-documented in the README; change them only with a new version.
+Score and dead-letter schemas are versioned (``detector.score/v1`` ...) and documented
+in the README; change them only with a new version.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from detector.config import InputSettings
 from detector.io.invisible import has_visible, visible
 from detector.io.jsondoc import JsonRefusedError, parse
 
-ALERT_SCHEMA = "detector.alert/v1"
 SCORE_SCHEMA = "detector.score/v1"
 DEAD_LETTER_SCHEMA = "detector.dead-letter/v1"
 # A dead letter carries the original value whole up to this size: every record the default
@@ -54,12 +54,27 @@ class KafkaRecord(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
-    """Where a record came from; echoed in every output so it can be traced back."""
+class Position:
+    """Where a record sits: topic, partition, offset (a seed or calibration file uses
+    partition -1 and the line number). `Source` and the reservoir's `Ref` are positions
+    that say more about the record; `position` is the bare one, for sets and keys."""
 
     topic: str
     partition: int
     offset: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.topic, self.partition, self.offset)
+
+    def astuple(self) -> tuple[str, int, int]:
+        return (self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Source(Position):
+    """Where a record came from; echoed in every output so it can be traced back."""
+
     timestamp: int  # milliseconds since the epoch, as the broker stamped it
     key: bytes | None
 
@@ -274,24 +289,6 @@ class Context:
     detector_version: str
     model_name: str
     model_dimension: int
-
-
-def encode_alert(
-    comment: Comment, *, similarity: float, threshold: float, centroid_version: int,
-    centroid_count: float, ctx: Context, detected_at: str | None = None,
-) -> bytes:
-    return orjson.dumps({
-        "schema": ALERT_SCHEMA,
-        "id": comment.id,
-        "text": comment.text,
-        "similarity": similarity,
-        "threshold": threshold,
-        "source": comment.source.to_json(),
-        "centroid": {"version": centroid_version, "count": centroid_count},
-        "model": {"name": ctx.model_name, "dimension": ctx.model_dimension},
-        "detector": {"name": ctx.detector_name, "version": ctx.detector_version},
-        "detected_at": detected_at or utc_now(),
-    })
 
 
 def encode_score(

@@ -16,17 +16,17 @@ from typing import Any
 import orjson
 
 from detector.io.records import Comment, Context, utc_now
-from detector.model.baselines import Verdict
+from detector.model.baselines import Judgement
 
 ALERT_SCHEMA = "detector.alert/v2"
 
 
-def encode_alert(comment: Comment, verdict: Verdict, *, method: str, ctx: Context,
+def encode_alert(comment: Comment, judged: Judgement, *, method: str, ctx: Context,
                  detected_at: str | None = None, calibration: str | None = None) -> bytes:
-    """The JSON value of an alert for `comment`, judged as `verdict`; `calibration` is the
+    """The JSON value of an alert for `comment`, judged as `judged`; `calibration` is the
     version of the calibration artifact in force (None: started from a seed file)."""
     nearest: list[dict[str, Any]] = []
-    for n in verdict.nearest:
+    for n in judged.nearest:
         item: dict[str, Any] = {"similarity": n.similarity, "source": {
             "topic": n.ref.topic, "partition": n.ref.partition, "offset": n.ref.offset,
             "id": n.ref.id}}
@@ -37,23 +37,23 @@ def encode_alert(comment: Comment, verdict: Verdict, *, method: str, ctx: Contex
         "schema": ALERT_SCHEMA,
         "id": comment.id,
         "text": comment.text,
-        "similarity": verdict.score,
-        "threshold": verdict.threshold,
+        "similarity": judged.score,
+        "threshold": judged.threshold,
         "method": method,
-        "centroid_similarity": verdict.similarity,
+        "centroid_similarity": judged.similarity,
         "baseline": {
-            "scope": verdict.judged_by,
-            "key": verdict.key if verdict.judged_by == "key" else None,
-            "comment_key": verdict.key,
-            "threshold": verdict.threshold,
-            "threshold_source": verdict.threshold_source,
-            "centroid": {"version": verdict.centroid_version,
-                         "count": verdict.centroid_count},
+            "scope": judged.judged_by,
+            "key": judged.key if judged.judged_by == "key" else None,
+            "comment_key": judged.key,
+            "threshold": judged.threshold,
+            "threshold_source": judged.threshold_source,
+            "centroid": {"version": judged.centroid_version,
+                         "count": judged.centroid_count},
         },
         "calibration": calibration,
         "nearest": nearest,
         "source": comment.source.to_json(),
-        "centroid": {"version": verdict.centroid_version, "count": verdict.centroid_count},
+        "centroid": {"version": judged.centroid_version, "count": judged.centroid_count},
         "model": {"name": ctx.model_name, "dimension": ctx.model_dimension},
         "detector": {"name": ctx.detector_name, "version": ctx.detector_version},
         "detected_at": detected_at or utc_now(),

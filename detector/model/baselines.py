@@ -37,6 +37,7 @@ from detector.model.centroid import Centroid
 from detector.model.reservoir import Neighbour, Ref, Reservoir
 
 Method = Literal["centroid", "knn"]
+# which threshold judged a comment (alerts: baseline.threshold_source)
 ThresholdSource = Literal["key", "pooled", "global"]
 KEY_FIELD_RECORD_KEY = "@key"
 
@@ -123,7 +124,7 @@ class KeyBase:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Judgement:
     """How one comment was judged."""
 
     key: str | None  # the comment's key value
@@ -255,7 +256,7 @@ class Baselines:
             return float(baseline.reservoir.knn(row, self.policy.k)[0]), similarity
         return similarity, similarity
 
-    def judge(self, row: npt.ArrayLike, key: str | None, ref: Ref) -> Verdict:
+    def judge(self, row: npt.ArrayLike, key: str | None, ref: Ref) -> Judgement:
         """Score one comment, decide, and learn from it when it is confidently normal."""
         x = np.asarray(row, dtype=np.float64)
         baseline = self.judging(key)
@@ -273,7 +274,7 @@ class Baselines:
             self.global_.accept(x, kept, self.replica)
             if key is not None:
                 self.key(key).accept(x, kept, self.replica)
-        return Verdict(key, "global" if baseline is self.global_ else "key", score,
+        return Judgement(key, "global" if baseline is self.global_ else "key", score,
                        similarity, threshold, source, version, count, anomaly, accepted,
                        nearest, baseline)
 

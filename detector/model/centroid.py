@@ -7,10 +7,8 @@ is about ``1 / (1 - decay)`` comments). The centroid direction is ``S / ||S||``;
 similarity of a unit vector ``x`` is ``x . S / ||S||``. Two states add up, so replicas
 can merge their increments.
 
-A comment updates the centroid only when its similarity is at least
-``threshold + margin``: anomalies, and borderline comments, cannot drag the centroid
-toward themselves. Scoring is sequential in record order, so the result does not
-depend on how records were grouped into batches.
+Which comments update it (only those scoring at least ``threshold + margin``, in record
+order) is decided by detector.model.baselines.
 """
 
 from __future__ import annotations
@@ -22,14 +20,6 @@ import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """Similarities of a batch and which rows were accepted into the centroid."""
-
-    similarities: npt.NDArray[np.float64]
-    updated: npt.NDArray[np.bool_]
 
 
 @dataclass(slots=True)
@@ -90,22 +80,6 @@ class Centroid:
         self.weight = self.weight * self.decay + 1.0
         self.version += 1
         self._refresh()
-
-    def score(
-        self, vectors: npt.ArrayLike, threshold: float, margin: float, *, update: bool = True
-    ) -> Scored:
-        """Score rows in order; each confident row updates the centroid before the next."""
-        rows = np.asarray(vectors, dtype=np.float64)
-        sims = np.empty(rows.shape[0], dtype=np.float64)
-        updated = np.zeros(rows.shape[0], dtype=np.bool_)
-        accept_at = threshold + margin
-        for i, row in enumerate(rows):
-            sim = float(row @ self._unit)
-            sims[i] = sim
-            if update and sim >= accept_at:
-                self.add(row)
-                updated[i] = True
-        return Scored(sims, updated)
 
     def merge(self, increment_sum: npt.ArrayLike, increment_weight: float, updates: int = 1
               ) -> None:

@@ -18,8 +18,8 @@ id; when it has been evicted, the label's optional ``text`` can be embedded inst
 label teaches the centroid the comment's embedding with weight `weight` (as a merged
 increment, the form replicas share through the state topic); repeating it changes
 nothing; an ``anomaly`` label never teaches, undoes an earlier ``normal`` label of the
-same comment, and marks the comment for exclusion from calibration (`excluded`). Labels
-of cached alerts count as true or false alerts: the alert precision.
+same comment (calibration leaves such comments out: detector.calibration.exclusions).
+Labels of cached alerts count as true or false alerts: the alert precision.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from detector.io.records import Position
 from detector.model.centroid import Centroid
 
 FEEDBACK_SCHEMA = "detector.feedback/v1"
@@ -44,19 +45,11 @@ LabelValue = Literal["normal", "anomaly"]
 Outcome = Literal["taught", "untaught", "excluded", "unchanged", "unresolved"]
 
 
-class SourceRef(NamedTuple):
-    """Where a scored comment was read from."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
 @dataclass(frozen=True, slots=True)
 class Label:
     """A valid operator label."""
 
-    source: SourceRef | None
+    source: Position | None
     id: str | None
     label: LabelValue
     text: str | None = None
@@ -116,7 +109,7 @@ class _FieldError(ValueError):
     pass
 
 
-def _source(value: object) -> SourceRef | None:
+def _source(value: object) -> Position | None:
     if value is None:
         return None
     if not isinstance(value, dict) or set(value) != {"topic", "partition", "offset"}:
@@ -130,7 +123,7 @@ def _source(value: object) -> SourceRef | None:
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             msg = f"source.{name} must be a non-negative integer"
             raise _FieldError(msg)
-    return SourceRef(topic, partition, offset)
+    return Position(topic, partition, offset)
 
 
 def _short_text(body: dict[str, Any], name: str, *, number_ok: bool = False) -> str | None:
@@ -163,7 +156,7 @@ def _time(value: object) -> str | None:
 class CachedAlert:
     """What the daemon remembers of an alert it published."""
 
-    source: SourceRef
+    source: Position
     id: str | None
     embedding: npt.NDArray[np.floating[Any]]
     similarity: float
@@ -179,8 +172,8 @@ class AlertCache:
             raise ValueError(msg)
         self.capacity = capacity
         self.evictions = 0
-        self._by_source: OrderedDict[SourceRef, CachedAlert] = OrderedDict()
-        self._by_id: dict[str, SourceRef] = {}
+        self._by_source: OrderedDict[Position, CachedAlert] = OrderedDict()
+        self._by_id: dict[str, Position] = {}
 
     def __len__(self) -> int:
         return len(self._by_source)
@@ -213,7 +206,6 @@ class _Entry:
     label: LabelValue
     taught: bool  # a normal label added the comment to the centroid
     alert: bool  # the comment was a cached alert (counts towards precision)
-    id: str | None
 
 
 @dataclass(slots=True)
@@ -248,7 +240,6 @@ class LabelBook:
         self._undo: OrderedDict[tuple[Any, ...], npt.NDArray[np.float32]] = OrderedDict()
         self.precision = Precision()
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
-        self._ids: dict[str, tuple[Any, ...]] = {}
 
     def apply(self, label: Label, centroid: Centroid, *, alert: CachedAlert | None = None,
               embedding: Floats | None = None) -> Outcome:
@@ -285,27 +276,11 @@ class LabelBook:
             while len(self._undo) > self.undo_capacity:
                 self._undo.popitem(last=False)
             taught, outcome = True, "taught"
-        comment_id = alert.id if alert is not None and alert.id is not None else label.id
-        self._entries[item] = _Entry(label.label, taught, is_alert, comment_id)
+        self._entries[item] = _Entry(label.label, taught, is_alert)
         self._entries.move_to_end(item)
-        if comment_id is not None:
-            self._ids[comment_id] = item
         while len(self._entries) > self.max_labels:
-            _, old = self._entries.popitem(last=False)
-            if old.id is not None and old.id in self._ids and self._ids[old.id] not in \
-                    self._entries:
-                del self._ids[old.id]
+            self._entries.popitem(last=False)
         return outcome
-
-    def excluded(self, source: SourceRef | None, comment_id: str | None) -> bool:
-        """Whether this comment's latest label is `anomaly` (kept out of calibration)."""
-        items: list[tuple[Any, ...] | None] = []
-        if source is not None:
-            items.append(("source", *source))
-        if comment_id is not None:
-            items += [("id", comment_id), self._ids.get(comment_id)]
-        entries = [self._entries.get(item) for item in items if item is not None]
-        return any(e is not None and e.label == "anomaly" for e in entries)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -321,5 +296,5 @@ def _identity(label: Label, alert: CachedAlert | None) -> tuple[Any, ...]:
     """One key per comment: its source when known (from the label or the cache), else id."""
     source = alert.source if alert is not None else label.source
     if source is not None:
-        return ("source", *source)
+        return ("source", *source.astuple())
     return ("id", label.id)

@@ -33,22 +33,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from detector.io.records import Position
+
 Floats = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
-class Ref:
-    """Where an exemplar came from (a seed or calibration file uses partition -1)."""
+class Ref(Position):
+    """Where an exemplar came from, with the comment's id (and text, when kept)."""
 
-    topic: str
-    partition: int
-    offset: int
     id: str | None = None
     text: str | None = None
-
-    @property
-    def identity(self) -> tuple[str, int, int]:
-        return (self.topic, self.partition, self.offset)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"topic": self.topic, "partition": self.partition,
@@ -104,7 +99,7 @@ class Reservoir:
         self._n = 0
         self._refs: list[Ref] = []
         self._origins: list[str] = []
-        self._index: set[tuple[str, int, int]] = set()
+        self._index: set[Position] = set()
         self.inserted = 0  # exemplars kept so far (a change counter for publishing)
 
     def __len__(self) -> int:
@@ -125,7 +120,7 @@ class Reservoir:
     def offer(self, vector: npt.ArrayLike, ref: Ref, *, weight: float = 1.0,
               origin: str = "", key: float | None = None) -> bool:
         """Keep the item if it ranks among the top `capacity`; True when it was kept."""
-        if ref.identity in self._index:
+        if ref.position in self._index:
             return False
         key = priority(ref, weight) if key is None else key
         row = np.asarray(vector, dtype=np.float32).reshape(1, -1)
@@ -144,12 +139,12 @@ class Reservoir:
             low = int(np.argmin(self._priorities))
             if key <= self._priorities[low]:
                 return False
-            self._index.discard(self._refs[low].identity)
+            self._index.discard(self._refs[low].position)
             self._vectors[low] = row[0]
             self._priorities[low] = key
             self._refs[low] = ref
             self._origins[low] = origin
-        self._index.add(ref.identity)
+        self._index.add(ref.position)
         self.inserted += 1
         return True
 

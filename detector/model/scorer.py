@@ -32,15 +32,13 @@ from detector.config import Settings
 from detector.io import records as rec
 from detector.metrics import Metrics
 from detector.model.alerts import encode_alert
-from detector.model.baselines import Baseline, Baselines, Policy
-from detector.model.baselines import Verdict as Judgement
+from detector.model.baselines import Baselines, Judgement
 from detector.model.centroid import Centroid
-from detector.model.reservoir import Ref, Reservoir
+from detector.model.reservoir import Ref
 
 log = structlog.get_logger("detector.model.scorer")
 
 Vector = npt.NDArray[np.float64]
-RESERVOIR_DEFAULT = 2000  # scoring.reservoir_size
 Embedded = tuple[rec.Comment, Vector | rec.DeadLetter]  # a vector, or why it was refused
 
 
@@ -77,30 +75,18 @@ class Verdict:
 class Scorer:
     """Scores embedded comments in order against their baselines and encodes the outputs."""
 
-    def __init__(self, centroid: Centroid, threshold: float, *, margin: float, update: bool,
-                 encoding: Encoding, baselines: Baselines | None = None) -> None:
-        """`update` switches learning on; a vector is accepted into its baselines when its
-        score is at least ``threshold + margin`` (each baseline counts what it accepted as
-        this replica's contribution, which state sync publishes). `baselines` (per-key,
-        kNN, explanations) default to the global baseline of `centroid` and `threshold`
-        alone; when given, they hold `centroid`."""
-        self.baselines = baselines or Baselines(
-            Baseline(None, centroid, Reservoir(RESERVOIR_DEFAULT, centroid.dimension),
-                     threshold),
-            Policy(margin=margin, update=update))
+    def __init__(self, baselines: Baselines, encoding: Encoding) -> None:
+        """`baselines` judge every comment (global and per-key baselines, kNN, explanations)
+        and learn from the ones they accept, as their `Policy` says; `encoding` says where
+        the outputs go."""
+        self.baselines = baselines
         self.encoding = encoding
 
     @classmethod
-    def from_settings(cls, settings: Settings, centroid: Centroid, threshold: float,
-                      context: rec.Context, *, baselines: Baselines | None = None) -> Scorer:
-        """A scorer with `settings.scoring` and the output topics of `settings.alerts`."""
-        scoring = settings.scoring
-        if baselines is None:
-            baselines = Baselines(
-                Baseline(None, centroid, Reservoir(scoring.reservoir_size, centroid.dimension),
-                         threshold), Policy.from_settings(scoring))
-        return cls(centroid, threshold, margin=scoring.margin, update=scoring.update,
-                   encoding=Encoding.from_settings(settings, context), baselines=baselines)
+    def from_settings(cls, settings: Settings, context: rec.Context, *,
+                      baselines: Baselines) -> Scorer:
+        """A scorer of `baselines` with the output topics of `settings.alerts`."""
+        return cls(baselines, Encoding.from_settings(settings, context))
 
     @property
     def centroid(self) -> Centroid:

@@ -48,7 +48,7 @@ from detector.io.kafka import reader_consumer, topic_partitions
 from detector.io.optional import wait_for_topic
 from detector.metrics import Metrics
 from detector.model.baselines import Baselines
-from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook, SourceRef, parse_label
+from detector.model.labels import AlertCache, CachedAlert, Label, LabelBook, parse_label
 from detector.model.reservoir import Ref
 from detector.model.scorer import Embedded, Verdict
 from detector.state.store import SharedCentroid
@@ -94,10 +94,9 @@ class FeedbackStage:
         for (comment, embedded), verdict in zip(items, verdicts, strict=True):
             if not verdict.alert or isinstance(embedded, rec.DeadLetter):
                 continue
-            source = comment.source
             assert verdict.similarity is not None
             self.cache.remember(CachedAlert(
-                SourceRef(source.topic, source.partition, source.offset), comment.id,
+                comment.source.position, comment.id,
                 embedded, verdict.similarity, comment.key))
 
     # ------------------------------------------------------------------ labels
@@ -214,13 +213,13 @@ class FeedbackStage:
                                  origin=self.baselines.replica)
         self._teach_key(label, alert, outcome)
         log.info("label applied", label=label.label, outcome=outcome,
-                 source=None if label.source is None else list(label.source), id=label.id,
+                 source=None if label.source is None else list(label.source.astuple()), id=label.id,
                  labeller=label.labeller)
         return outcome
 
     def _teach_key(self, label: Label, alert: CachedAlert | None, outcome: str) -> None:
         """Apply a (un)teaching to the alert's key baseline too, when it is held."""
-        comment = ("source", *alert.source) if alert is not None else None
+        comment = ("source", *alert.source.astuple()) if alert is not None else None
         if comment is None:
             return
         if outcome == "untaught":

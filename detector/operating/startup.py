@@ -20,20 +20,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import structlog
 
 from detector.calibration.artifact import CalibrationArtifact, check_compatible, load_artifact
 from detector.calibration.samples import read_texts
-from detector.calibration.seed import ThresholdSource, seed_decision
+from detector.calibration.sections import Keys
+from detector.calibration.seed import ThresholdOrigin, seed_decision
 from detector.config import ScoringSettings, Settings
 from detector.embedders.base import Embedder, Matrix
 from detector.errors import ConfigError
 from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
 from detector.model.centroid import Centroid
-from detector.model.reservoir import Ref, Reservoir, decode_exemplars
+from detector.model.reservoir import Ref, Reservoir
 from detector.state.published import Published, parse, version_of
 
 log = structlog.get_logger("detector.operating.startup")
@@ -45,13 +45,13 @@ def usable(artifact: CalibrationArtifact, settings: Settings, embedder: Embedder
     check_compatible(artifact, embedder.name, embedder.dimension,
                      settings.embedding.text_prefix)
     scoring = settings.scoring
-    method = artifact.scoring.get("method", "centroid")
+    method = artifact.scoring.method
     if method != scoring.method:
         msg = (f"the calibration artifact's threshold was chosen for scoring.method "
                f"{method!r}, but scoring.method is {scoring.method!r}; recalibrate with "
                f"the configured method")
         raise ConfigError(msg)
-    made_for = artifact.keys["field"] if artifact.keys is not None else None
+    made_for = artifact.keys.field if artifact.keys is not None else None
     if made_for is not None and scoring.key_field is not None and made_for != scoring.key_field:
         msg = (f"the calibration artifact has per-key baselines for key field {made_for!r}, "
                f"but scoring.key_field is {scoring.key_field!r}")
@@ -93,7 +93,7 @@ class InitialState:
     centroid: Centroid
     threshold: float
     origin: str
-    source: ThresholdSource = "fixed"  # calibration | seed (derived) | fixed (configured)
+    source: ThresholdOrigin = "fixed"  # calibration | seed (derived) | fixed (configured)
     artifact: CalibrationArtifact | None = None
     seed: tuple[Matrix, list[Ref]] | None = None  # embedded seed rows and their references
     version: str | None = None  # the artifact's version (detector.state.published)
@@ -177,11 +177,11 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
     pooled: float | None = None
     samples = round(centroid.weight)
     if artifact is not None:
-        reservoir.merge(decode_exemplars(artifact.exemplars, dimension))
+        reservoir.merge(artifact.decoded_exemplars(dimension))
         if artifact.keys is not None and scoring.key_field is not None:
             bases = _key_bases(artifact.keys, dimension)
-            pooled = artifact.keys.get("pooled_threshold")
-        samples = artifact.counts.get("train", samples)
+            pooled = artifact.keys.pooled_threshold
+        samples = artifact.counts.train
     elif seed is not None:
         for row, ref in zip(*seed, strict=True):
             reservoir.offer(row, ref)
@@ -190,12 +190,11 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
                      bases=bases, calibration=calibration)
 
 
-def _key_bases(keys: dict[str, Any], dimension: int) -> dict[str, KeyBase]:
+def _key_bases(keys: Keys, dimension: int) -> dict[str, KeyBase]:
     out = {}
-    for key, body in keys.get("baselines", {}).items():
-        exemplars = decode_exemplars(body.get("exemplars", []), dimension)
+    for key, body in keys.baselines.items():
+        exemplars = body.decoded_exemplars(dimension)
         out[str(key)] = KeyBase(
-            Centroid.from_dict(body["centroid"]), body.get("threshold"),
-            int(body.get("counts", {}).get("train", 0)),
+            Centroid.from_dict(body.centroid), body.threshold, body.counts.train,
             [(e.vector, e.ref) for e in exemplars])
     return out
