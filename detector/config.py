@@ -209,7 +209,16 @@ class ScoringSettings(Section):
     # as it is, with a warning when it is outside the seed's similarity range.
     threshold: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["auto"] = "auto"
     target_fpr: float = Field(default=0.01, gt=0.0, lt=0.5)
-    margin: float = Field(default=0.05, ge=0.0, le=2.0)
+    # Thresholds follow their baseline: each is re-derived from the baseline's reference
+    # normals (held out at calibration, or the seed) against its current centroid, as the
+    # order statistic whose false-positive rate exceeds target_fpr with probability at
+    # most 1 - confidence (0.5: the point estimate; keys default to the conservative end).
+    threshold_confidence: float = Field(default=0.5, ge=0.5, lt=1.0)
+    key_threshold_confidence: float = Field(default=0.9, ge=0.5, lt=1.0)
+    # A comment teaches its baselines when it scores at or above this quantile of the
+    # reference normals' scores (never below the threshold): a gate on the model's own
+    # scale. Without a reference the gate is the threshold.
+    admit_quantile: float = Field(default=0.05, ge=0.0, lt=0.5)
     decay: float = Field(default=1.0, gt=0.0, le=1.0)
     update: bool = True
     seed_file: Path | None = Path("config/normal_comments.jsonl")
@@ -228,6 +237,16 @@ class ScoringSettings(Section):
     key_reservoir_size: int = Field(default=100, ge=1)
     explain_exemplars: int = Field(default=3, ge=0, le=20)
     keep_exemplar_text: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_margin(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "margin" in data:
+            msg = ("scoring.margin (an absolute cosine) is replaced by scoring.admit_quantile, "
+                   "a quantile of the reference normals' scores on the model's own scale: "
+                   "remove margin")
+            raise ValueError(msg)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ScoringSettings:

@@ -7,7 +7,15 @@ open file descriptors) are collected into the same registry.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from detector.model.baselines import Baselines
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SIMILARITY_BUCKETS = tuple(round(-0.2 + 0.05 * i, 2) for i in range(25))  # -0.2 .. 1.0
@@ -170,8 +178,43 @@ class Metrics:
         else:
             self.missing_topics.pop(reader, None)
 
+    def watch_baselines(self, baselines: Baselines) -> None:
+        """Export every held baseline's live threshold, its source, admission gate and
+        expected false-positive rate, read at scrape time."""
+        self.registry.register(_BaselineCollector(baselines))
+
     def set_threshold_source(self, source: str) -> None:
         """Export where the threshold came from: calibration, seed or fixed."""
         for name in ("calibration", "seed", "fixed"):
             self.threshold_source.labels(source=name).set(1 if name == source else 0)
         self.threshold_calibrated.set(0 if source == "fixed" else 1)
+
+
+class _BaselineCollector(Collector):
+    """detector_baseline_{threshold,gate,expected_fpr}{baseline}: global and each key."""
+
+    def __init__(self, baselines: Baselines) -> None:
+        self.baselines = baselines
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        threshold = GaugeMetricFamily(
+            "detector_baseline_threshold", "Threshold a baseline applies now, by where it "
+            "comes from (global, key, pooled)", labels=["baseline", "source"])
+        gate = GaugeMetricFamily(
+            "detector_baseline_gate", "Score at or above which a comment teaches the "
+            "baseline", labels=["baseline"])
+        expected = GaugeMetricFamily(
+            "detector_baseline_expected_fpr", "Expected false-positive rate of the threshold "
+            "derived from the baseline's reference normals (absent: fixed threshold)",
+            labels=["baseline"])
+        held = self.baselines
+        for baseline in held.all():
+            name = "global" if baseline.key is None else f"key:{baseline.key}"
+            value, source = held.threshold_of(baseline)
+            threshold.add_metric([name, source], value)
+            gate.add_metric([name], held.gate_of(baseline, value))
+            if baseline.derived is not None:
+                expected.add_metric([name], baseline.derived.expected_fpr)
+        yield threshold
+        yield gate
+        yield expected

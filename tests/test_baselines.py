@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from detector.model.baselines import Baseline, Baselines, Judgement, KeyBase, Policy
 from detector.model.centroid import Centroid
+from detector.model.reference import Sample
 from detector.model.reservoir import Ref, Reservoir
 
 D = 8
@@ -42,9 +44,10 @@ def judge_all(baselines: Baselines, rows: npt.ArrayLike, start: int = 0) -> list
 
 class TestGating:
     def test_only_confident_rows_update(self) -> None:
-        """rows below threshold + margin are scored but do not move the centroid."""
+        """rows below the gate (without reference normals: the threshold) are scored but
+        do not move the centroid."""
         c = Centroid.from_vectors([unit(1)])
-        b = Baselines(Baseline(None, c, Reservoir(50, D), 0.5), Policy(margin=0.1))
+        b = Baselines(Baseline(None, c, Reservoir(50, D), 0.5), Policy())
         verdicts = judge_all(b, [unit(1, 0.1), unit(0, 1)])
         assert [v.accepted for v in verdicts] == [True, False]
         assert c.weight == 2.0
@@ -55,7 +58,7 @@ class TestGating:
         """update=False scores without changing state."""
         c = Centroid.from_vectors([unit(1)])
         b = Baselines(Baseline(None, c, Reservoir(50, D), 0.0),
-                      Policy(margin=0.0, update=False))
+                      Policy(update=False))
         (v,) = judge_all(b, [unit(1)])
         assert not v.accepted
         assert (c.weight, c.version) == (1.0, 0)
@@ -67,8 +70,8 @@ class TestGating:
         rows = rng.normal(size=(30, D)) + 2.0
         rows /= np.linalg.norm(rows, axis=1, keepdims=True)
         seed = Centroid.from_vectors(rows[:3])
-        a = Baselines(Baseline(None, seed.copy(), Reservoir(50, D), 0.5), Policy(margin=0.0))
-        b = Baselines(Baseline(None, seed.copy(), Reservoir(50, D), 0.5), Policy(margin=0.0))
+        a = Baselines(Baseline(None, seed.copy(), Reservoir(50, D), 0.5), Policy())
+        b = Baselines(Baseline(None, seed.copy(), Reservoir(50, D), 0.5), Policy())
         together = [v.score for v in judge_all(a, rows)]
         in_runs = [v.score for start, end in ((0, 1), (1, 13), (13, 30))
                    for v in judge_all(b, rows[start:end], start)]
@@ -89,7 +92,7 @@ class TestBaselines:
 
     def test_key_with_enough_samples_gets_its_own_baseline(self) -> None:
         """Once a key has key_min_samples accepted comments it is judged on its own."""
-        b = Baselines(global_baseline(0.3), Policy(key_min_samples=3, margin=0.0))
+        b = Baselines(global_baseline(0.3), Policy(key_min_samples=3))
         for i in range(3):
             b.judge(near(0, i), "shop", ref(i))
         assert b.judge(near(0, 9), "shop", ref(9)).judged_by == "key"
@@ -130,7 +133,7 @@ class TestBaselines:
         assert b.evictions == 1
 
     def test_anomalies_do_not_learn(self) -> None:
-        """A comment below threshold + margin changes no centroid and no reservoir."""
+        """A comment below the gate changes no centroid and no reservoir."""
         b = Baselines(global_baseline(0.5), Policy())
         v = b.judge(unit(0, 1), "k", ref(1))
         assert v.anomaly
@@ -140,7 +143,7 @@ class TestBaselines:
 
     def test_alert_carries_three_nearest_exemplars(self) -> None:
         """An anomaly is explained by its nearest accepted exemplars, most similar first."""
-        b = Baselines(global_baseline(0.5), Policy(margin=0.0))
+        b = Baselines(global_baseline(0.5), Policy())
         for i in range(10):
             b.judge(near(0, i), None, ref(i))
         v = b.judge(unit(1, 2.0), None, ref(50))
@@ -178,3 +181,109 @@ class TestBaselines:
         b.key("theirs", seen=False)
         b.judge(unit(1), "new", ref(2))
         assert list(b.keys) == ["mine", "new"]
+
+
+def compressed_population(rng: np.random.Generator, n: int, dim: int = 64,
+                          minority: float = 0.2, degrees: float = 5.0
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Unit rows on an e5-like compressed scale (ordinary comments at cosine 0.88-0.97 to
+    their mean), two populations: a majority and a minority `degrees` apart. Returns the
+    rows and which population each belongs to."""
+    base = np.zeros(dim)
+    base[0] = 1.0
+    other = np.zeros(dim)
+    other[0], other[1] = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    which = rng.random(n) < minority
+    centres = np.where(which[:, None], other[None, :], base[None, :])
+    rows = centres * 3.2 + rng.normal(size=(n, dim)) * 0.15
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows, which
+
+
+class TestReferenceThreshold:
+    """Thresholds derived from reference normals follow the centroid (issue 22)."""
+
+    def baselines(self, seed: int = 0, *, admit_quantile: float = 0.05,
+                  update: bool = True) -> tuple[Baselines, np.random.Generator]:
+        rng = np.random.default_rng(seed)
+        train, _ = compressed_population(rng, 1000)
+        held, _ = compressed_population(rng, 2000)
+        centroid = Centroid.from_vectors(train)
+        sample = Sample(held.astype(np.float32))
+        baseline = Baseline(None, centroid, Reservoir(50, 64), 0.0, 1000, sample)
+        policy = Policy(target_fpr=0.01, admit_quantile=admit_quantile, update=update,
+                        explain=0)
+        return Baselines(baseline, policy), rng
+
+    def test_the_threshold_is_derived_from_the_reference_not_the_fixed_one(self) -> None:
+        b, _ = self.baselines()
+        threshold, source = b.threshold_of(b.global_)
+        assert source == "global"
+        assert threshold != 0.0  # the fixed 0.0 is not used
+        derived = b.global_.derived
+        assert derived is not None
+        assert derived.rank == 20  # 2,000 reference rows, 1 %, confidence 0.5
+        assert 0.005 < derived.expected_fpr < 0.015
+        assert derived.gate > threshold
+
+    def test_a_stationary_compressed_stream_keeps_its_alert_rate_and_admits_most(
+            self) -> None:
+        """The runaway of an absolute margin on a compressed scale does not happen: over
+        20,000 stationary comments every 2,000-comment window alerts within [0.5, 1.5] x
+        target in each population, the gate admits about 1 - admit_quantile of them, and
+        the threshold stays put."""
+        b, rng = self.baselines(seed=1)
+        start = b.threshold_of(b.global_)[0]
+        rows, minority = compressed_population(rng, 20_000)
+        judged = judge_all(b, rows)
+        alerts = np.array([j.anomaly for j in judged])
+        accepted = np.array([j.accepted for j in judged])
+        for lo in range(0, 20_000, 2_000):
+            window = slice(lo, lo + 2_000)
+            assert 0.004 <= alerts[window].mean() <= 0.016, (lo, alerts[window].mean())
+        for population in (minority, ~minority):
+            rate = alerts[population].mean()
+            assert 0.005 <= rate <= 0.015, rate
+            assert accepted[population].mean() >= 0.9  # no population starves
+            first, last = (alerts[population][part].mean()
+                           for part in (slice(0, 2_000), slice(-2_000, None)))
+            assert last <= 1.5 * first + 0.002, (first, last)
+        assert accepted.mean() >= 0.9
+        assert abs(b.threshold_of(b.global_)[0] - start) < 0.01
+
+    def test_the_threshold_follows_a_moved_centroid(self) -> None:
+        """After the centroid is pulled towards the minority (a large merge, as another
+        replica's contribution would be), the re-derived threshold keeps the false-positive
+        rate on fresh normals near the target, where the old threshold would not."""
+        b, rng = self.baselines(seed=2)
+        old = b.threshold_of(b.global_)[0]
+        pull = np.zeros(64)
+        pull[0], pull[1] = np.cos(np.radians(25)), np.sin(np.radians(25))
+        b.global_.centroid.merge(pull * 3000.0, 3000.0, 3000)
+        new = b.threshold_of(b.global_)[0]
+        fresh, _ = compressed_population(rng, 20_000)
+        sims = fresh @ b.global_.centroid.vector
+        assert 0.005 <= float(np.mean(sims < new)) <= 0.015
+        assert float(np.mean(sims < old)) > 0.03  # the stale threshold breaks the promise
+        assert new != old
+
+    def test_a_key_without_support_uses_the_pooled_threshold(self) -> None:
+        rng = np.random.default_rng(3)
+        rows, _ = compressed_population(rng, 300)
+        small = Sample(rows[:200].astype(np.float32))  # 200 cannot support 1 % at 0.9
+        base = KeyBase(Centroid.from_vectors(rows[200:]), None, 100, reference=small)
+        b = Baselines(global_baseline(0.3), Policy(key_min_samples=1), key_threshold=0.42,
+                      bases={"k": base})
+        assert b.threshold_of(b.key("k")) == (0.42, "pooled")
+
+    def test_seed_rows_inside_the_centroid_are_scored_leave_one_out(self) -> None:
+        rng = np.random.default_rng(4)
+        rows, _ = compressed_population(rng, 400)
+        centroid = Centroid.from_vectors(rows)
+        b = Baselines(Baseline(None, centroid, Reservoir(10, 64), 0.0, 400,
+                               Sample(rows.astype(np.float32), in_centroid=True)), Policy())
+        scores = b.reference_scores(b.global_, b.global_.reference)  # type: ignore[arg-type]
+        assert scores is not None
+        rest = rows[1:].sum(axis=0)
+        assert scores[0] == pytest.approx(rows[0] @ rest / np.linalg.norm(rest))
+        assert float(np.mean(scores)) < float(np.mean(rows @ centroid.vector))

@@ -3,15 +3,22 @@ publishes its events without holding back offsets."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import orjson
 
+from detector.calibration.stats import similarity_profile
 from detector.config import DriftSettings, Settings
 from detector.io import records as rec
 from detector.metrics import Metrics
-from detector.model.drift import DRIFT_SCHEMA
+from detector.model.baselines import Baseline, Baselines, Policy
+from detector.model.centroid import Centroid
+from detector.model.drift import DRIFT_SCHEMA, DriftConfig, DriftMonitor, Observation, Reference
+from detector.model.reference import Sample
+from detector.model.reservoir import Reservoir
 from detector.model.scorer import Scorer
-from detector.operating.drift import DriftStage
+from detector.operating.drift import DriftStage, live_reference
 from tests.helpers import (
     DIM,
     MODEL,
@@ -110,3 +117,64 @@ async def test_emitted_messages_are_acknowledged_but_hold_back_no_offset() -> No
     await box.drain()
     assert not box.pending()
     assert box.metrics.registry.get_sample_value("detector_alerts_total") == 0.0
+
+
+class TestLikeWithLike:
+    """Windows are tested against the reference normals as the baseline scores them now:
+    the detector's own learning is not drift, a population shift still is (issue 22)."""
+
+    @staticmethod
+    def population(rng: np.random.Generator, n: int, degrees: float) -> np.ndarray:
+        centre = np.zeros(64)
+        centre[0], centre[1] = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        rows = centre * 3.2 + rng.normal(size=(n, 64)) * 0.15
+        out: np.ndarray = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return out
+
+    def setup(self, *, live: bool) -> tuple[DriftMonitor, Baselines, np.random.Generator]:
+        rng = np.random.default_rng(5)
+        train, held = self.population(rng, 1000, 0), self.population(rng, 2000, 0)
+        centroid = Centroid.from_vectors(train)
+        sims = held @ centroid.vector
+        baseline = Baseline(None, centroid, Reservoir(10, 64), 0.0, 1000,
+                            Sample(held.astype(np.float32)))
+        held_baselines = Baselines(baseline, Policy(update=False, explain=0))
+        threshold = held_baselines.threshold_of(baseline)[0]
+        stored = Reference.from_calibration(threshold, len(held), float(np.mean(
+            sims < threshold)), similarity_profile(sims, held))
+        monitor = DriftMonitor(stored, DriftConfig(window_records=500, window_s=None),
+                               live=functools.partial(live_reference, held_baselines)
+                               if live else None)
+        return monitor, held_baselines, rng
+
+    def feed(self, monitor: DriftMonitor, baselines: Baselines, rows: np.ndarray,
+             start: float) -> list[dict[str, object]]:
+        threshold = baselines.threshold_of(baselines.global_)[0]
+        events = []
+        for i, row in enumerate(rows):
+            sim = float(row @ baselines.global_.centroid.vector)
+            events += monitor.observe(None, Observation(sim, sim < threshold), start + i)
+        return events
+
+    def learn_a_tilt(self, baselines: Baselines) -> None:
+        """What the daemon's own learning can do: the centroid tilted 8 degrees by a
+        contribution three times its weight (another replica's, labels, a biased gate)."""
+        pull = np.zeros(64)
+        pull[0], pull[1] = np.cos(np.radians(8)), np.sin(np.radians(8))
+        baselines.global_.centroid.merge(pull * 3000.0, 3000.0, 3000)
+        baselines.refresh(baselines.global_, force=True)
+
+    def test_the_stored_profile_reads_the_detectors_own_learning_as_drift(self) -> None:
+        monitor, baselines, rng = self.setup(live=False)
+        self.learn_a_tilt(baselines)
+        events = self.feed(monitor, baselines, self.population(rng, 5000, 0), 0.0)
+        assert events  # the failure this issue names: a stationary stream, events
+
+    def test_a_live_reference_does_not_and_a_population_shift_still_raises_events(
+            self) -> None:
+        monitor, baselines, rng = self.setup(live=True)
+        self.learn_a_tilt(baselines)
+        assert self.feed(monitor, baselines, self.population(rng, 5000, 0), 0.0) == []
+        shifted = self.feed(monitor, baselines, self.population(rng, 2000, 14), 1e4)
+        assert shifted
+        assert shifted[0]["scope"] == "global"

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from detector.calibration.samples import read_texts
 from detector.commands import run as app
-from detector.config import InputSettings
+from detector.config import Settings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
-from detector.model.baselines import Baseline, Baselines, Policy
-from detector.model.centroid import Centroid
-from detector.model.reservoir import Ref, Reservoir
+from detector.model.reservoir import Ref
+from detector.operating import startup
 from devtools.sample_data import stream
 from tests.helpers import (
     NewTopic,
@@ -38,18 +35,14 @@ def comment_value(i: int, text: str) -> bytes:
     return orjson.dumps({"id": f"c{i}", "text": text})
 
 
-def expected_similarities(embedder: LocalEmbedder, texts: list[str], threshold: float,
-                          margin: float) -> np.ndarray:
-    """Score the texts directly, in order, exactly as the daemon should."""
-    seed = read_texts(Path("config/normal_comments.jsonl"), InputSettings())
-    centroid = Centroid.empty(embedder.dimension)
-    for i in range(0, len(seed), 10):
-        for row in embedder.embed_sync(seed[i:i + 10]):
-            centroid.add(row)
+async def expected_similarities(embedder: LocalEmbedder, texts: list[str],
+                                settings: Settings) -> np.ndarray:
+    """Score the texts directly, in order, from the start the daemon makes (the seed's
+    centroid, its threshold following the centroid), exactly as the daemon should."""
+    state = await startup.initial_state(settings, embedder)
+    baselines = state.baselines(settings, "")
     vectors = np.concatenate([embedder.embed_sync(texts[i:i + 10])
                               for i in range(0, len(texts), 10)])
-    baselines = Baselines(Baseline(None, centroid, Reservoir(1, embedder.dimension), threshold),
-                          Policy(margin=margin))
     return np.array([baselines.judge(row, None, Ref("direct", 0, i)).similarity
                      for i, row in enumerate(vectors)])
 
@@ -82,8 +75,8 @@ class TestCleanRun:
         threshold = metric(det.metrics, "detector_threshold")
         assert metric(det.metrics, "detector_threshold_calibrated") == 1
         assert metric(det.metrics, "detector_threshold_source", {"source": "seed"}) == 1
-        direct = expected_similarities(
-            local_embedder, [c.text for c in comments], threshold, settings.scoring.margin)
+        direct = await expected_similarities(local_embedder, [c.text for c in comments],
+                                             settings)
         by_offset = {v["source"]["offset"]: v["similarity"] for v in values(scores)}
         daemon = np.array([by_offset[i] for i in range(1000)])
         np.testing.assert_allclose(daemon, direct, atol=2e-3)

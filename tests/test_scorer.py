@@ -28,12 +28,13 @@ def comment(offset: int, text: str = "a comment") -> rec.Comment:
     return rec.Comment(source, text, f"id-{offset}")
 
 
-def scorer(centroid: Centroid | None = None, *, threshold: float = 0.5, margin: float = 0.1,
+def scorer(centroid: Centroid | None = None, *, threshold: float = 0.5,
            update: bool = True, encoding: Encoding = ENCODING) -> Scorer:
-    """A scorer of the global baseline of `centroid` alone."""
+    """A scorer of the global baseline of `centroid` alone, with a fixed threshold (no
+    reference normals: the threshold is also the admission gate)."""
     centroid = centroid or Centroid.from_vectors([[1.0, 0.0]])
     baseline = Baseline(None, centroid, Reservoir(2000, centroid.dimension), threshold)
-    return Scorer(Baselines(baseline, Policy(margin=margin, update=update)), encoding)
+    return Scorer(Baselines(baseline, Policy(update=update)), encoding)
 
 
 def outcome(v: Verdict) -> tuple[float | None, bool, bool]:
@@ -67,7 +68,7 @@ class TestBatchBoundaries:
     def test_a_confident_vector_updates_the_centroid_before_the_next_is_scored(self) -> None:
         """The second of two items in a batch is scored against the centroid the first
         one moved."""
-        s = scorer(threshold=0.0, margin=0.0)
+        s = scorer(threshold=0.0)
         first, second = s.score([(comment(0), unit(0.0, 1.0)), (comment(1), unit(0.0, 1.0))])
         assert first.similarity is not None
         assert second.similarity is not None
@@ -76,33 +77,32 @@ class TestBatchBoundaries:
 
 
 class TestGating:
-    def test_similarity_exactly_at_threshold_plus_margin_updates(self) -> None:
-        """A vector whose similarity equals threshold + margin is accepted into the centroid."""
-        s = scorer(threshold=0.25, margin=0.25)
+    def test_similarity_exactly_at_the_gate_updates(self) -> None:
+        """Without reference normals the gate is the threshold: a vector whose similarity
+        equals it is accepted into the centroid and is not an alert."""
+        s = scorer(threshold=0.5)
         (v,) = s.score([(comment(0), np.array([0.5, 0.75**0.5]))])
         assert v.similarity == 0.5
         assert v.updated
         assert not v.alert
         assert s.centroid.version == 1
 
-    def test_similarity_just_below_threshold_plus_margin_does_not_update(self) -> None:
-        """A vector one ulp below threshold + margin is scored but leaves the centroid."""
-        s = scorer(threshold=0.25, margin=0.25)
+    def test_similarity_just_below_the_gate_does_not_update(self) -> None:
+        """A vector one ulp below the gate (the threshold) alerts and leaves the centroid."""
+        s = scorer(threshold=0.5)
         x = float(np.nextafter(0.5, 0.0))
         (v,) = s.score([(comment(0), np.array([x, (1 - x * x) ** 0.5]))])
         assert v.similarity == x
         assert not v.updated
-        assert not v.alert
+        assert v.alert
         assert s.centroid.version == 0
 
     def test_similarity_exactly_at_threshold_is_not_an_alert(self) -> None:
         """An alert needs a similarity strictly below the threshold."""
-        s = scorer(threshold=0.5, margin=0.1)
+        s = scorer(threshold=0.5, update=False)  # the first must not move the centroid
         at, below = s.score([(comment(0), np.array([0.5, 0.75**0.5])),
                              (comment(1), np.array([float(np.nextafter(0.5, 0.0)), 0.8]))])
         assert (at.alert, below.alert) == (False, True)
-        assert not at.updated
-        assert not below.updated
 
     def test_update_switched_off_never_moves_the_centroid(self) -> None:
         """With update=False even an identical vector leaves the centroid as it was."""
@@ -142,7 +142,7 @@ class TestEncoding:
     def test_every_scored_comment_emits_a_score_when_a_scores_topic_is_set(self) -> None:
         """The score record says similarity, anomaly, centroid_updated and the centroid
         version after the batch; a normal comment emits no alert."""
-        s = scorer(threshold=0.5, margin=0.1)
+        s = scorer(threshold=0.5)
         normal, odd = s.score([(comment(0), unit(1.0, 0.0)), (comment(1), unit(0.0, 1.0))])
         assert [m[0] for m in normal.messages] == ["scores"]
         assert [m[0] for m in odd.messages] == ["alerts", "scores"]
@@ -165,7 +165,7 @@ class TestDeadLetters:
     def test_a_refused_text_becomes_a_dead_letter_in_its_place(self) -> None:
         """A refused text between two vectors gets a dead-letter verdict in order, is not
         scored and does not touch the centroid."""
-        s = scorer(threshold=0.5, margin=0.6)
+        s = scorer(threshold=0.5)
         bad = comment(1)
         letter = rec.DeadLetter(bad.source, "rejected:DataInspectionFailed", "refused", None)
         verdicts = s.score([(comment(0), unit(1.0, 0.0)), (bad, letter),
@@ -182,7 +182,7 @@ class TestDeadLetters:
         assert body["schema"] == rec.DEAD_LETTER_SCHEMA
         assert (body["reason"], body["error"]) == ("rejected:DataInspectionFailed", "refused")
         assert body["source"]["offset"] == 1
-        assert s.centroid.version == 0
+        assert s.centroid.version == 2  # the two vectors moved it, the refused text did not
 
     def test_a_batch_of_only_refused_texts_scores_nothing(self) -> None:
         """A batch whose every text was refused yields only dead letters."""
@@ -207,7 +207,7 @@ class TestOwnContribution:
     def test_accepted_vectors_are_counted_as_this_replicas_contribution(self) -> None:
         """The global baseline's own contribution (what state sync publishes) is the move
         of S and w its accepted vectors made, and their number."""
-        s = scorer(threshold=0.0, margin=0.5)
+        s = scorer(threshold=0.3)
         before_sum, before_weight = s.centroid.sum.copy(), s.centroid.weight
         s.score([(comment(0), unit(1.0, 0.1)), (comment(1), unit(0.0, 1.0)),
                  (comment(2), unit(1.0, 0.2))])
@@ -219,7 +219,7 @@ class TestOwnContribution:
 
     def test_nothing_is_counted_when_nothing_was_accepted(self) -> None:
         """A call in which no vector updated the centroid leaves the contribution at zero."""
-        s = scorer(threshold=0.5, margin=0.1)
+        s = scorer(threshold=0.5)
         s.score([(comment(0), unit(0.0, 1.0))])
         own = s.baselines.global_.own
         assert (own.updates, own.weight) == (0, 0.0)
@@ -230,7 +230,7 @@ class TestExplanations:
     def test_an_alert_names_the_nearest_accepted_comments(self) -> None:
         """After normal comments were accepted, an alert lists the 3 nearest of them with
         similarity and source, most similar first, and no text by default."""
-        s = scorer(threshold=0.5, margin=0.0)
+        s = scorer(threshold=0.5)
         s.score([(comment(i), unit(1.0, 0.1 * i)) for i in range(5)])
         (v,) = s.score([(comment(9, "odd"), unit(0.3, 1.0))])
         alert = orjson.loads(v.messages[0][2])

@@ -22,7 +22,7 @@ def rows(n: int, seed: int, axis: int = 0) -> npt.NDArray[np.float64]:
 
 def replica(name: str, base: str = "base-1") -> SharedBaselines:
     g = Baseline(None, Centroid.from_vectors(rows(5, 0)), Reservoir(20, D), 0.0, 5)
-    b = Baselines(g, Policy(margin=0.0, key_min_samples=1, key_reservoir_size=10),
+    b = Baselines(g, Policy(key_min_samples=1, key_reservoir_size=10),
                   replica=name)
     return SharedBaselines(b, Scope(name, base, "m", D))
 

@@ -40,9 +40,10 @@ def replica(base: Centroid, name: str) -> SharedCentroid:
 
 def learn(shared: SharedCentroid, rows: npt.NDArray[np.float64]) -> None:
     """Accept, in order, every row at least as similar as 0 to the centroid (threshold 0,
-    margin 0), counting it as this replica's contribution, as the daemon's baselines do."""
+    no reference normals), counting it as this replica's contribution, as the daemon's
+    baselines do."""
     shared.baseline.threshold = 0.0  # a bare centroid's baseline has none
-    baselines = Baselines(shared.baseline, Policy(margin=0.0), replica=shared.replica)
+    baselines = Baselines(shared.baseline, Policy(), replica=shared.replica)
     for i, row in enumerate(rows):
         baselines.judge(row, None, Ref("comments", 0, i))
 

@@ -119,7 +119,7 @@ def judge(centroid: Centroid, rows: Floats, threshold: float, *, update: bool = 
     `centroid`, as the daemon judges them (detector.model.baselines); accepted rows move
     `centroid` before the next row is judged."""
     baselines = Baselines(Baseline(None, centroid, Reservoir(1, centroid.dimension), threshold),
-                          Policy(margin=MARGIN, update=update, explain=0))
+                          Policy(update=update, explain=0))
     verdicts = [baselines.judge(row, None, Ref("comments", 0, start + i))
                 for i, row in enumerate(rows)]
     return (np.array([v.similarity for v in verdicts], dtype=np.float64),

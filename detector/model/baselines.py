@@ -19,7 +19,12 @@ counted) to make room. An evicted key starts again from its artifact baseline or
 Scores: ``centroid`` is the cosine to the baseline's centroid, ``knn`` the mean cosine to
 the k nearest exemplars of its reservoir (the centroid cosine while the reservoir is
 empty). A comment is accepted — it updates the centroid and is offered to the
-reservoir — when its score is at least threshold + margin.
+reservoir — when its score reaches the baseline's admission gate.
+
+Thresholds follow their baseline (detector.model.reference): a baseline with reference
+normals re-derives its threshold and gate from their scores against its current state
+whenever it has taken REFRESH_MIN updates or REFRESH_FRACTION of its samples since the
+last derivation; a baseline without them keeps its fixed threshold, which is its gate.
 """
 
 from __future__ import annotations
@@ -33,13 +38,19 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.config import ScoringSettings
+from detector.model import reference
 from detector.model.centroid import Centroid
+from detector.model.reference import Derived, Sample
 from detector.model.reservoir import Neighbour, Ref, Reservoir
 
 Method = Literal["centroid", "knn"]
 # which threshold judged a comment (alerts: baseline.threshold_source)
 ThresholdSource = Literal["key", "pooled", "global"]
 KEY_FIELD_RECORD_KEY = "@key"
+# How stale a derived threshold may get: re-derived after this many updates of its
+# baseline, or this share of its samples, whichever is larger (cost, not model scale).
+REFRESH_MIN = 100
+REFRESH_FRACTION = 0.01
 
 
 @dataclass(slots=True)
@@ -70,9 +81,12 @@ class Baseline:
     key: str | None  # None for the global baseline
     centroid: Centroid
     reservoir: Reservoir
-    threshold: float | None = None
+    threshold: float | None = None  # fixed: calibrated, or None for the fallback
     base_samples: int = 0  # accepted comments the base (artifact, seed) stands for
+    reference: Sample | None = None  # normals that never teach it (threshold follows)
     own: Contribution = field(init=False)
+    derived: Derived | None = field(init=False, default=None)
+    derived_version: int = field(init=False, default=-1)
 
     def __post_init__(self) -> None:
         self.own = Contribution.zero(self.centroid.dimension)
@@ -110,6 +124,8 @@ class Baseline:
         self.reservoir = fresh.reservoir
         self.threshold = fresh.threshold
         self.base_samples = fresh.base_samples
+        self.reference = fresh.reference
+        self.derived, self.derived_version = None, -1
         self.own = Contribution.zero(self.centroid.dimension)
 
 
@@ -121,6 +137,7 @@ class KeyBase:
     threshold: float | None
     samples: int
     exemplars: list[tuple[npt.NDArray[np.float32], Ref]] = field(default_factory=list)
+    reference: Sample | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +164,11 @@ class Policy:
 
     method: Method = "centroid"
     k: int = 5
-    margin: float = 0.05
     update: bool = True
+    target_fpr: float = 0.01
+    confidence: float = 0.5  # of the global threshold (detector.model.reference.rank)
+    key_confidence: float = 0.9  # of a key's own threshold
+    admit_quantile: float = 0.05  # the gate: this quantile of the reference scores
     key_min_samples: int = 50
     max_keys: int = 1000
     key_reservoir_size: int = 100
@@ -157,8 +177,10 @@ class Policy:
 
     @classmethod
     def from_settings(cls, scoring: ScoringSettings) -> Policy:
-        return cls(method=scoring.method, k=scoring.k, margin=scoring.margin,
-                   update=scoring.update, key_min_samples=scoring.key_min_samples,
+        return cls(method=scoring.method, k=scoring.k, update=scoring.update,
+                   target_fpr=scoring.target_fpr, confidence=scoring.threshold_confidence,
+                   key_confidence=scoring.key_threshold_confidence,
+                   admit_quantile=scoring.admit_quantile, key_min_samples=scoring.key_min_samples,
                    max_keys=scoring.max_keys, key_reservoir_size=scoring.key_reservoir_size,
                    explain=scoring.explain_exemplars, keep_text=scoring.keep_exemplar_text)
 
@@ -198,16 +220,70 @@ class Baselines:
         return dropped
 
     def threshold_of(self, baseline: Baseline) -> tuple[float, ThresholdSource]:
-        """The threshold a baseline applies and where it comes from."""
+        """The threshold a baseline applies and where it comes from: derived from its
+        reference normals when it has them, else its fixed one, else the pooled key
+        threshold, else the global one."""
         if baseline.key is None:
+            derived = self.refresh(baseline)
+            if derived is not None:
+                return derived.threshold, "global"
             assert self.global_.threshold is not None
             return self.global_.threshold, "global"
+        derived = self.refresh(baseline)
+        if derived is not None:
+            return derived.threshold, "key"
         if baseline.threshold is not None:
             return baseline.threshold, "key"
         if self.key_threshold is not None:
             return self.key_threshold, "pooled"
-        assert self.global_.threshold is not None
-        return self.global_.threshold, "global"
+        return self.threshold_of(self.global_)[0], "global"
+
+    def gate_of(self, baseline: Baseline, threshold: float) -> float:
+        """The score at or above which a comment judged by `baseline` teaches it."""
+        derived = baseline.derived
+        return threshold if derived is None else max(threshold, derived.gate)
+
+    def refresh(self, baseline: Baseline, *, force: bool = False) -> Derived | None:
+        """The baseline's threshold and gate derived from its reference normals against
+        its current state (re-derived when stale or `force`d); None without a usable
+        reference (none, too few for the target, an empty centroid)."""
+        sample = baseline.reference
+        if sample is None:
+            return None
+        version = baseline.centroid.version
+        stale = max(REFRESH_MIN, REFRESH_FRACTION * baseline.samples)
+        if not force and baseline.derived_version >= 0 \
+                and version - baseline.derived_version < stale:
+            return baseline.derived
+        baseline.derived_version = version
+        baseline.derived = None
+        confidence = self.policy.confidence if baseline.key is None \
+            else self.policy.key_confidence
+        if baseline.centroid.weight <= 0 or not reference.supports(
+                len(sample), self.policy.target_fpr, confidence):
+            return None
+        scores = self.reference_scores(baseline, sample)
+        if scores is None:
+            return None
+        baseline.derived = reference.derive(scores, self.policy.target_fpr, confidence,
+                                            self.policy.admit_quantile)
+        return baseline.derived
+
+    def reference_scores(self, baseline: Baseline, sample: Sample
+                         ) -> npt.NDArray[np.float64] | None:
+        """Scores of the reference rows against the baseline as a comment's would be;
+        leave-one-out for rows inside the centroid (None where that cannot be done: kNN
+        over a reservoir that holds them, or a decayed centroid)."""
+        rows = sample.rows
+        if self.policy.method == "knn" and len(baseline.reservoir):
+            if sample.in_centroid:
+                return None
+            return np.asarray(baseline.reservoir.knn(rows, self.policy.k), dtype=np.float64)
+        if sample.in_centroid:
+            if baseline.centroid.decay < 1.0:
+                return None
+            return reference.leave_one_out(rows, baseline.centroid.sum)
+        return np.asarray(rows @ baseline.centroid.vector, dtype=np.float64)
 
     def key(self, value: str, *, seen: bool = True) -> Baseline:
         """The baseline of a key value, created if new. `seen` marks it as most recently
@@ -238,7 +314,8 @@ class Baselines:
         for vector, ref in base.exemplars:
             reservoir.offer(vector, ref)
         centroid = base.centroid.copy(decay=self.global_.centroid.decay)
-        return Baseline(value, centroid, reservoir, base.threshold, base.samples)
+        return Baseline(value, centroid, reservoir, base.threshold, base.samples,
+                        base.reference)
 
     def judging(self, key: str | None) -> Baseline:
         """The baseline a comment with this key is judged against."""
@@ -267,7 +344,7 @@ class Baselines:
         if anomaly and self.policy.explain:
             nearest = tuple(baseline.reservoir.nearest(x, self.policy.explain))
         version, count = baseline.centroid.version, baseline.centroid.weight
-        accepted = self.policy.update and score >= threshold + self.policy.margin
+        accepted = self.policy.update and score >= self.gate_of(baseline, threshold)
         if accepted:
             kept = ref if self.policy.keep_text else Ref(ref.topic, ref.partition, ref.offset,
                                                           ref.id)

@@ -40,7 +40,7 @@ import math
 import zlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -126,6 +126,16 @@ class Reference:
         a, b = self.alert_prior
         return a / (a + b)
 
+    def rescored(self, threshold: float, rank: int, scores: npt.ArrayLike) -> Reference:
+        """This reference as the baseline judges now: its reference normals' current
+        scores (sorted), the threshold derived from them at 1-based `rank` (its false-
+        positive rate is Beta(rank, n + 1 - rank)); the near-duplicate scale is kept."""
+        s = np.asarray(scores, dtype=np.float64)
+        n = len(s)
+        quantiles = np.quantile(s, np.linspace(0.0, 1.0, len(self.quantiles)))
+        return Reference(threshold, (float(rank), float(n + 1 - rank)), quantiles, n,
+                         self.near_duplicate)
+
 
 @dataclass(frozen=True, slots=True)
 class Observation:
@@ -176,8 +186,14 @@ class DriftMonitor:
     """Windows per stream (global and up to `max_keys` keys); emits drift event dicts."""
 
     def __init__(self, reference: Reference, config: DriftConfig, *, seed: int = 0,
-                 key_references: Mapping[str, Reference] | None = None) -> None:
+                 key_references: Mapping[str, Reference] | None = None,
+                 live: Callable[[str | None, Reference], Reference | None] | None = None
+                 ) -> None:
+        """`live(key, reference)`, when given, returns the reference re-scored by the
+        baseline that judges the stream now (None: use `reference` as stored), so a
+        window is compared like with like while the baselines learn."""
         self.config = config
+        self.live = live
         self.reference = reference
         self.key_references = dict(key_references or {})
         self.seed = seed
@@ -273,6 +289,8 @@ class DriftMonitor:
         self.windows_closed += 1
         reference = self.reference if key is None else \
             self.key_references.get(key, self.reference)
+        if self.live is not None:
+            reference = self.live(key, reference) or reference
         if closed_by == "time" and self.config.window_s is not None:
             now = window.start + self.config.window_s
         event = evaluate(window_summary(window, now, closed_by), reference, self.config.alpha,

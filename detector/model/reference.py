@@ -13,8 +13,9 @@ conservative end.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,7 @@ def binomial_cdf(n: int, p: float) -> Floats:
     return cdf
 
 
+@functools.lru_cache(maxsize=1024)
 def rank(n: int, target: float, confidence: float) -> int | None:
     """The largest 1-based rank k whose order statistic, as a threshold, has a
     false-positive rate above `target` with probability at most 1 - `confidence`; None
@@ -44,6 +46,7 @@ def rank(n: int, target: float, confidence: float) -> int | None:
     return int(ok[-1]) + 1 if len(ok) else None
 
 
+@functools.lru_cache(maxsize=1024)
 def fpr_interval(n: int, k: int, level: float = 0.9) -> tuple[float, float]:
     """Central `level` interval of the false-positive rate of the k-th smallest of n
     reference scores: quantiles of Beta(k, n + 1 - k), found by bisection on
@@ -67,6 +70,19 @@ def fpr_interval(n: int, k: int, level: float = 0.9) -> tuple[float, float]:
 
 
 @dataclass(frozen=True, slots=True)
+class Sample:
+    """A baseline's reference normals: unit rows that never teach it. `in_centroid`: the
+    rows are part of the base centroid with weight 1 each (the seed file), so each is
+    scored leave-one-out."""
+
+    rows: Rows
+    in_centroid: bool = False
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True, slots=True)
 class Derived:
     """A threshold derived from reference scores, and what it promises."""
 
@@ -77,6 +93,7 @@ class Derived:
     expected_fpr: float  # k / (n + 1)
     fpr_low: float
     fpr_high: float
+    scores: Floats = field(compare=False, repr=False)  # the reference scores, sorted
 
 
 def derive(scores: npt.ArrayLike, target: float, confidence: float,
@@ -92,7 +109,7 @@ def derive(scores: npt.ArrayLike, target: float, confidence: float,
     threshold = float(s[k - 1])
     gate = max(threshold, float(np.quantile(s, admit_quantile)))
     low, high = fpr_interval(n, k)
-    return Derived(threshold, gate, k, n, k / (n + 1), low, high)
+    return Derived(threshold, gate, k, n, k / (n + 1), low, high, s)
 
 
 def supports(n: int, target: float, confidence: float) -> bool:

@@ -28,6 +28,7 @@ records open a new window).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,10 +40,29 @@ from detector.calibration.artifact import CalibrationArtifact
 from detector.config import DriftSettings
 from detector.io import records as rec
 from detector.metrics import Metrics
+from detector.model.baselines import Baselines
 from detector.model.drift import DriftConfig, DriftMonitor, Observation, Reference
 from detector.model.scorer import Embedded, Verdict
 
 log = structlog.get_logger("detector.operating.drift")
+
+
+def live_reference(baselines: Baselines, key: str | None, stored: Reference
+                   ) -> Reference | None:
+    """The drift reference of a stream as its judging baseline scores its reference
+    normals now, so the detector's own learning is not read as drift; None (the stored
+    reference) where the baseline has none derived or scores by kNN (windows hold
+    centroid similarities)."""
+    if baselines.policy.method != "centroid":
+        return None
+    held = None if key is None else baselines.keys.get(key)
+    judging = held is not None and held.samples >= baselines.policy.key_min_samples
+    baseline = held if judging and held is not None else baselines.global_
+    threshold, _ = baselines.threshold_of(baseline)
+    derived = baseline.derived
+    if derived is None:
+        return None
+    return stored.rescored(threshold, derived.rank, derived.scores)
 
 Emit = Callable[[list[rec.Message]], None]
 
@@ -70,11 +90,15 @@ class DriftStage:
     @classmethod
     def from_artifact(cls, settings: DriftSettings, artifact: CalibrationArtifact, *,
                       topic: str, emit: Emit, metrics: Metrics,
-                      clock: Callable[[], float] = time.time) -> DriftStage:
-        """A stage testing against `artifact`; a `ValueError` when it has no profile."""
+                      clock: Callable[[], float] = time.time,
+                      baselines: Baselines | None = None) -> DriftStage:
+        """A stage testing against `artifact`; a `ValueError` when it has no profile.
+        With `baselines`, each window is tested against the reference normals as the
+        baseline judging its stream scores them now (`live_reference`)."""
         reference = Reference.from_artifact(artifact.to_json())
-        return cls(DriftMonitor(reference, drift_config(settings)), topic=topic, emit=emit,
-                   metrics=metrics, clock=clock)
+        live = None if baselines is None else functools.partial(live_reference, baselines)
+        return cls(DriftMonitor(reference, drift_config(settings), live=live), topic=topic,
+                   emit=emit, metrics=metrics, clock=clock)
 
     def observe(self, items: Sequence[Embedded], verdicts: Sequence[Verdict]) -> None:
         """Add one scored batch (the scorer's input and its verdicts, in order)."""

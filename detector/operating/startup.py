@@ -33,6 +33,7 @@ from detector.embedders.base import Embedder, Matrix
 from detector.errors import ConfigError
 from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
 from detector.model.centroid import Centroid
+from detector.model.reference import Sample
 from detector.model.reservoir import Ref, Reservoir
 from detector.state.published import Published, parse, version_of
 
@@ -101,8 +102,14 @@ class InitialState:
     def baselines(self, settings: Settings, replica: str) -> Baselines:
         """The global baseline around `centroid`, with the artifact's or seed's exemplars,
         and the artifact's per-key bases."""
+        # a derived seed threshold follows the centroid (the seed rows as the reference,
+        # scored leave-one-out); a configured number is used as it is
+        reference = None
+        if self.seed is not None and self.source == "seed":
+            reference = Sample(np.asarray(self.seed[0], dtype=np.float32), in_centroid=True)
         return build(settings.scoring, self.centroid, self.threshold, artifact=self.artifact,
-                     seed=self.seed, replica=replica, calibration=self.version)
+                     seed=self.seed, replica=replica, calibration=self.version,
+                     reference=reference)
 
 
 async def initial_state(settings: Settings, embedder: Embedder,
@@ -168,7 +175,8 @@ def _digest(path: Path, extra: str = "") -> str:
 def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
           artifact: CalibrationArtifact | None = None,
           seed: tuple[Matrix, list[Ref]] | None = None,
-          replica: str = "", calibration: str | None = None) -> Baselines:
+          replica: str = "", calibration: str | None = None,
+          reference: Sample | None = None) -> Baselines:
     """The global baseline around `centroid` (shared with the state sync) and the key
     bases; `calibration` is the artifact's version (alerts name it)."""
     dimension = centroid.dimension
@@ -185,7 +193,7 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
     elif seed is not None:
         for row, ref in zip(*seed, strict=True):
             reservoir.offer(row, ref)
-    global_ = Baseline(None, centroid, reservoir, threshold, samples)
+    global_ = Baseline(None, centroid, reservoir, threshold, samples, reference)
     return Baselines(global_, Policy.from_settings(scoring), replica=replica, key_threshold=pooled,
                      bases=bases, calibration=calibration)
 

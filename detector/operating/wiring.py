@@ -50,7 +50,7 @@ class Owned:
 
 
 def drift_stage(settings: Settings, artifact: CalibrationArtifact | None, outbox: Outbox,
-                metrics: Metrics) -> DriftStage | None:
+                metrics: Metrics, baselines: Baselines | None = None) -> DriftStage | None:
     """The drift stage when `drift.enabled`; it needs an artifact with a similarity
     profile to compare with (a `ConfigError` otherwise)."""
     if not settings.drift.enabled:
@@ -62,7 +62,7 @@ def drift_stage(settings: Settings, artifact: CalibrationArtifact | None, outbox
     try:
         return DriftStage.from_artifact(settings.drift, artifact,
                                         topic=settings.alerts.drift_topic, emit=outbox.emit,
-                                        metrics=metrics)
+                                        metrics=metrics, baselines=baselines)
     except (ValueError, KeyError) as exc:
         msg = f"drift.enabled cannot use the calibration artifact: {exc}"
         raise ConfigError(msg) from None
@@ -119,7 +119,7 @@ def build(settings: Settings, *, artifact: CalibrationArtifact | None, version: 
           sharing: bool) -> Operating:
     """The stages the settings switch on and, when the state is shared (`sharing`), the
     adopter of published artifacts (the state sync is handed `Operating.adopt`)."""
-    drift = drift_stage(settings, artifact, outbox, metrics)
+    drift = drift_stage(settings, artifact, outbox, metrics, held)
     owned = Owned()
     labels = None
     if settings.feedback.enabled:

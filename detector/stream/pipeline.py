@@ -84,8 +84,10 @@ class Pipeline:
                                batch_size=settings.embedding.batch_size,
                                linger_s=settings.embedding.linger_ms / 1000)
         self.intake = Intake(consumer, metrics, bounds)
-        metrics.threshold.set(scorer.threshold)
-        # Read at scrape time: merges from other replicas change the centroid too.
+        # Read at scrape time: merges from other replicas change the centroid too, and the
+        # threshold follows the centroid (detector.model.reference).
+        metrics.threshold.set_function(lambda: self.scorer.threshold)
+        metrics.watch_baselines(scorer.baselines)
         metrics.centroid_weight.set_function(lambda: self.scorer.centroid.weight)
         metrics.centroid_version.set_function(lambda: self.scorer.centroid.version)
 
