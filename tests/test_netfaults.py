@@ -294,9 +294,18 @@ class CommitWatch:
         self._thread.join(timeout=30)
 
 
+ZOMBIE_EOS = pytest.mark.xfail(strict=True, reason=(
+    "defect: a replica cut for 15 s (session 6 s) while its transaction is open commits "
+    "that transaction when the link returns: aiokafka's TxnOffsetCommit v0 carries no group "
+    "generation (no KIP-447 fencing) and each replica has its own transactional.id, so "
+    "nothing fences the zombie; meanwhile d2 re-processed the same offsets from the last "
+    "committed position -> 2,512 of 6,000 scores twice under read_committed"))
+
+
 @LONG
 class TestZombie:
-    @pytest.mark.parametrize("delivery", DELIVERIES)
+    @pytest.mark.parametrize("delivery", [
+        "at_least_once", pytest.param("exactly_once", marks=ZOMBIE_EOS)])
     def test_cut_replica_with_batches_in_flight_does_not_publish_or_commit_lost_partitions(
         self, net: Net, tmp_path: Path, delivery: str
     ) -> None:
@@ -390,7 +399,6 @@ def test_api_black_holed_for_a_minute(net: Net, tmp_path: Path) -> None:
         counts = verify(net, out, topic, parts, total, delivery="at_least_once")
         calls = det.metric("detector_embedding_request_seconds_count")
         within = det.metric('detector_embedding_request_seconds_bucket{le="10.0"}')
-        retried = det.metric("detector_embedding_requests_total{outcome=\"error\"}")
     finally:
         stop_all([det])
     dead = values(net.run(read_topic(net.bootstrap, out["dlq"], at_least=0, deadline_s=5)))
@@ -398,8 +406,7 @@ def test_api_black_holed_for_a_minute(net: Net, tmp_path: Path) -> None:
     assert not dead, f"dead-lettered during the outage: {dead[:3]}"
     assert calls > 0
     assert within == calls, f"{calls - within} calls outlived retry_deadline_s + timeout_s"
-    report("API black-holed 60 s", "at_least_once", counts, recover,
-           f"failed_calls={retried:.0f}")
+    report("API black-holed 60 s", "at_least_once", counts, recover)
 
 
 @LONG
@@ -435,10 +442,11 @@ def test_state_link_lost_on_one_of_two_replicas(net: Net, tmp_path: Path) -> Non
             return v1 == v2 > 0 and abs(w1 - w2) <= 1e-6 * max(w1, w2)
 
         poll(converged, 120, "the replicas' centroids to converge")
+        final = centroids()
         recover = time.monotonic() - started
         counts = verify(net, out, topic, parts, total, delivery="at_least_once")
     finally:
         stop_all(dets)
     assert d1_during > 0, "the connected replica kept scoring"
     report("state/broker link of 1 of 2 replicas lost 60 s", "at_least_once", counts, recover,
-           f"centroids={centroids()}")
+           f"centroids (version, weight)={final}")
