@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench bench-quality bench-soak clean schema
+.PHONY: venv demo test test-netfaults lint typecheck unit bench bench-quality bench-soak clean schema
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ test: venv
 	bash scripts/ensure-promtool.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not netfaults_long"
+
+# Network faults in network namespaces (root, iproute2; tests/netns.py): all scenarios,
+# about 15 minutes. `make test` runs only the quickest (a 20 s partition, at-least-once).
+test-netfaults: venv
+	$(PY) -m pytest -m netfaults -s tests/test_netfaults.py
 
 unit: venv
 	$(PY) -m pytest -m "not kafka and not chaos"

@@ -3,8 +3,9 @@
 The broker jars come from Maven Central through `mvn` (kafka/pom.xml) and are cached
 under ``.cache/kafka/<version>/jars`` (or ``$DETECTOR_KAFKA_CACHE``). `LocalKafka`
 formats a KRaft storage directory with a random cluster id and starts one combined
-broker+controller on 127.0.0.1 on free ports, waits until it answers, and stops it
-with SIGTERM (then SIGKILL). `restart()` keeps the ports and the data, so topics and
+broker+controller on 127.0.0.1 on free ports (or on `host` inside the network namespace
+`netns`: tests/netns.py), waits until it answers, and stops it with SIGTERM (then
+SIGKILL). `restart()` keeps the ports and the data, so topics and
 committed offsets survive, as in a real broker restart.
 
     python -m devtools.broker fetch                 # only download the jars
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import os
 import shutil
 import signal
@@ -34,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 POM = REPO_ROOT / "kafka" / "pom.xml"
 LOG4J = REPO_ROOT / "kafka" / "log4j2.properties"
 READY_DEADLINE_S = 90.0
+CLONE_NEWNET = 0x40000000
 
 
 class KafkaLauncherError(RuntimeError):
@@ -89,11 +92,24 @@ class BrokerTls:
     keyfile: Path
 
 
-def _listener(port: int | None, needs: str) -> str:
+def _listener(host: str, port: int | None, needs: str) -> str:
     if port is None:
         msg = f"this broker was started without {needs}"
         raise KafkaLauncherError(msg)
-    return f"127.0.0.1:{port}"
+    return f"{host}:{port}"
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread into the network namespace /run/netns/NAME (setns(2));
+    sockets it creates from then on belong to that namespace, whichever thread uses them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 class LocalKafka:
@@ -102,12 +118,17 @@ class LocalKafka:
     def __init__(self, work_dir: Path | None = None, heap: str = "1g",
                  extra_properties: dict[str, str] | None = None,
                  scram_users: dict[str, str] | None = None,
-                 tls: BrokerTls | None = None) -> None:
+                 tls: BrokerTls | None = None, *, host: str = "127.0.0.1",
+                 netns: str | None = None) -> None:
         """`scram_users` (name -> password) adds a SASL_PLAINTEXT listener accepting
         SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN for those users (`sasl_bootstrap_servers`).
         `tls` adds an SSL listener that requires a client certificate signed by
         `tls.cafile` (`ssl_bootstrap_servers`), and with `scram_users` also a SASL_SSL
-        listener without client certificates (`sasl_ssl_bootstrap_servers`)."""
+        listener without client certificates (`sasl_ssl_bootstrap_servers`). `netns`
+        runs the broker with `ip netns exec NETNS`, listening and advertising `host` (an
+        address of that namespace)."""
+        self.host = host
+        self.netns = netns
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="kafka-"))
         self.heap = heap
         self.extra_properties = extra_properties or {}
@@ -124,33 +145,33 @@ class LocalKafka:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def sasl_bootstrap_servers(self) -> str:
-        return _listener(self.sasl_port, "scram_users")
+        return _listener(self.host, self.sasl_port, "scram_users")
 
     @property
     def ssl_bootstrap_servers(self) -> str:
-        return _listener(self.ssl_port, "tls")
+        return _listener(self.host, self.ssl_port, "tls")
 
     @property
     def sasl_ssl_bootstrap_servers(self) -> str:
-        return _listener(self.sasl_ssl_port, "tls and scram_users")
+        return _listener(self.host, self.sasl_ssl_port, "tls and scram_users")
 
     @property
     def log_path(self) -> Path:
         return self.work_dir / "broker.log"
 
     def _properties(self) -> Path:
+        h = self.host
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-                         f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-                                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "controller.quorum.bootstrap.servers": f"{h}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{h}:{self.port},CONTROLLER://{h}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{h}:{self.port},"
+                                    f"CONTROLLER://{h}:{self.controller_port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -176,8 +197,8 @@ class LocalKafka:
         if self.sasl_ssl_port is not None:
             listeners.append(("SASL_SSL", self.sasl_ssl_port))
         for protocol, port in listeners:
-            props["listeners"] += f",{protocol}://127.0.0.1:{port}"
-            props["advertised.listeners"] += f",{protocol}://127.0.0.1:{port}"
+            props["listeners"] += f",{protocol}://{h}:{port}"
+            props["advertised.listeners"] += f",{protocol}://{h}:{port}"
             props["listener.security.protocol.map"] += f",{protocol}:{protocol}"
             name = protocol.lower()
             if protocol.startswith("SASL"):
@@ -235,8 +256,9 @@ class LocalKafka:
                 shutil.rmtree(self.work_dir / "data", ignore_errors=True)  # a previous run's
                 self._format(jars, properties)
             log = self.log_path.open("ab")
+            netns = ["ip", "netns", "exec", self.netns] if self.netns else []
             self._proc = subprocess.Popen(
-                ["java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+                [*netns, "java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
                  *self._java(jars, "kafka.Kafka", str(properties))[1:]],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -253,7 +275,7 @@ class LocalKafka:
             if self._proc.poll() is not None:
                 msg = f"the broker exited with {self._proc.returncode}:\n{self._tail()}"
                 raise KafkaLauncherError(msg)
-            if self._answers():
+            if self._answers_here():
                 return
             time.sleep(0.2)
         self.stop()
@@ -262,11 +284,18 @@ class LocalKafka:
 
     def _answers(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            with socket.create_connection((self.host, self.port), timeout=1):
                 pass
         except OSError:
             return False
         return _metadata_ok(self.bootstrap_servers)
+
+    def _answers_here(self) -> bool:
+        if self.netns is None:
+            return self._answers()
+        with ThreadPoolExecutor(max_workers=1, initializer=enter_netns,
+                                initargs=(self.netns,)) as pool:
+            return pool.submit(self._answers).result()
 
     def stop(self) -> None:
         with self._lock:
