@@ -20,6 +20,11 @@ Scores: ``centroid`` is the cosine to the baseline's centroid, ``knn`` the mean 
 the k nearest exemplars of its reservoir (the centroid cosine while the reservoir is
 empty). A comment is accepted — it updates the centroid and is offered to the
 reservoir — when its score is at least threshold + margin.
+
+Operator labels come first (`memory`, a detector.model.label_memory.LabelMemory): a
+comment within the near-duplicate radius of a `normal`-labelled comment does not alert,
+one within the radius of an `anomaly`-labelled comment alerts whatever its score, and
+neither teaches the baseline; `Judgement.label` says which label decided.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.config import ScoringSettings
+from detector.io.records import Position
 from detector.model.centroid import Centroid
+from detector.model.label_memory import LabelMemory, Match
 from detector.model.reservoir import Neighbour, Ref, Reservoir
 
 Method = Literal["centroid", "knn"]
@@ -139,6 +146,20 @@ class Judgement:
     accepted: bool
     nearest: tuple[Neighbour, ...] = ()
     baseline: Baseline | None = field(default=None, compare=False, repr=False)
+    label: Match | None = None  # the operator label that decided, overriding the threshold
+
+    @property
+    def reason(self) -> str | None:
+        """Why a label decided: ``suppressed by label <source>`` or ``matches labelled
+        anomaly <source>`` (None: the threshold decided)."""
+        if self.label is None:
+            return None
+        ident = self.label.ident
+        named = "/".join(map(str, ident.astuple())) if isinstance(ident, Position) \
+            else str(ident)
+        if self.label.kind == "normal":
+            return f"suppressed by label {named}"
+        return f"matches labelled anomaly {named}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +191,10 @@ class Baselines:
     def __init__(self, global_: Baseline, policy: Policy, *, replica: str = "",
                  key_threshold: float | None = None,
                  bases: dict[str, KeyBase] | None = None,
-                 calibration: str | None = None) -> None:
+                 calibration: str | None = None,
+                 memory: LabelMemory | None = None) -> None:
         self.global_ = global_
+        self.memory = memory  # operator labels consulted before the threshold
         self.policy = policy
         self.replica = replica
         self.key_threshold = key_threshold
@@ -263,11 +286,19 @@ class Baselines:
         score, similarity = self.score(baseline, x)
         threshold, source = self.threshold_of(baseline)
         anomaly = score < threshold
+        # --- operator labels: a near duplicate of a labelled comment is decided by its
+        # label, and teaches nothing (detector.model.label_memory)
+        label = self.memory.match(x)[0] if self.memory is not None and len(self.memory) \
+            else None
+        if label is not None:
+            anomaly = label.kind == "anomaly"
+        # ---
         nearest: tuple[Neighbour, ...] = ()
         if anomaly and self.policy.explain:
             nearest = tuple(baseline.reservoir.nearest(x, self.policy.explain))
         version, count = baseline.centroid.version, baseline.centroid.weight
-        accepted = self.policy.update and score >= threshold + self.policy.margin
+        accepted = label is None and self.policy.update \
+            and score >= threshold + self.policy.margin
         if accepted:
             kept = ref if self.policy.keep_text else Ref(ref.topic, ref.partition, ref.offset,
                                                           ref.id)
@@ -276,7 +307,7 @@ class Baselines:
                 self.key(key).accept(x, kept, self.replica)
         return Judgement(key, "global" if baseline is self.global_ else "key", score,
                        similarity, threshold, source, version, count, anomaly, accepted,
-                       nearest, baseline)
+                       nearest, baseline, label)
 
     def all(self) -> list[Baseline]:
         """The global baseline followed by the key baselines held now."""
