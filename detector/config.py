@@ -312,6 +312,14 @@ class FeedbackSettings(Section):
     # recent alert embeddings kept (and normal teachings an anomaly label can undo)
     alert_cache_size: int = Field(default=10_000, ge=1)
     max_labels: int = Field(default=100_000, ge=1)  # labelled comments remembered
+    # Near-duplicate radius of labelled comments (docs/guide/labels.md): "auto" derives it
+    # from the model's own scale (the calibration artifact's pairwise q0.999, or the seed
+    # rows'); a float is a cosine in (0, 1].
+    label_radius: Literal["auto"] | Annotated[float, Field(gt=0, le=1)] = "auto"
+    memory_size: int = Field(default=10_000, ge=1)  # labelled embeddings remembered
+    # labels of offsets not consumed yet wait this long, at most this many, then are refused
+    pending_s: float = Field(default=300.0, gt=0)
+    max_pending: int = Field(default=1000, ge=0)
 
 
 class ServerSettings(Section):

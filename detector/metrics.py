@@ -148,9 +148,10 @@ class Metrics:
             registry=r)
         self.feedback_labels = Counter(
             "detector_feedback_labels", "Operator labels read, by outcome (taught, untaught, "
-            "excluded, unchanged, unresolved, skipped, refused) and reason (applied: cached or "
-            "text; skipped: unknown_id, other_topic, unknown_partition, other_replica; "
-            "unresolved: not_cached; refused: the dead-letter reason)",
+            "excluded, unchanged, revoked, unresolved, skipped, refused) and reason (applied: "
+            "cached, text or source; skipped: unknown_id, other_topic, unknown_partition, "
+            "other_replica; unresolved: not_cached; refused: the dead-letter reason, e.g. "
+            "text_mismatch, not_consumed, source_unavailable; docs/guide/labels.md)",
             ["outcome", "reason"], registry=r)
         self.feedback_true = Gauge(
             "detector_feedback_true_alerts", "Alerts of this replica labelled anomaly",

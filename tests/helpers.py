@@ -36,7 +36,7 @@ from detector.embedders.base import Embedder, Matrix
 from detector.io import records as rec
 from detector.metrics import Metrics
 from detector.model.centroid import Centroid
-from detector.model.scorer import Scorer
+from detector.model.scorer import Scorer, Verdict
 from detector.operating import startup
 from detector.operating.labels import FeedbackStage
 from detector.state.store import SharedCentroid
@@ -399,33 +399,66 @@ def label(**body: object) -> bytes:
     return orjson.dumps({"schema": "detector.feedback/v1", **body})
 
 
+class FakeSources:
+    """The input topic as the feedback stage reads it back: committed positions and the
+    records' texts by (partition, offset)."""
+
+    def __init__(self) -> None:
+        self.positions: dict[int, int] = {}
+        self.texts: dict[tuple[int, int], str] = {}
+
+    def consumed(self, partition: int, offset: int, text: str) -> None:
+        self.texts[(partition, offset)] = text
+        self.positions[partition] = max(self.positions.get(partition, 0), offset + 1)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.positions.get(tp.partition)
+
+    async def fetch(self, position: rec.Position) -> FakeRecord | None:
+        text = self.texts.get((position.partition, position.offset))
+        if text is None:
+            return None
+        return FakeRecord(orjson.dumps({"text": text}), None, position.topic,
+                          position.partition, position.offset)
+
+
 class Replica:
     def __init__(self, seed: int = 1) -> None:
         rng = np.random.default_rng(seed)
         self.direction, self.other = unit(rng.normal(size=DIM)), unit(rng.normal(size=DIM))
         first = artifact(self.direction, seed)
-        s = Settings(name="fb", feedback={"enabled": True, "weight": 50})
+        s = Settings(name="fb", feedback={"enabled": True, "weight": 50, "max_pending": 2,
+                                          "pending_s": 30})
         centroid = Centroid.from_dict(first.centroid)
         self.baselines = startup.build(s.scoring, centroid, first.threshold, artifact=first,
-                                       replica="r1")
+                                       replica="r1",
+                                       memory=startup.label_memory(s.feedback, DIM,
+                                                                   artifact=first))
         self.shared = SharedCentroid(self.baselines.global_, "r1", "base", MODEL)
         self.scorer = Scorer.from_settings(s, rec.Context("d", "0", MODEL, DIM),
                                            baselines=self.baselines)
         self.sent: list[rec.Message] = []
         self.metrics = Metrics()
         self.embedder = FixedEmbedder(self.other)
+        self.sources = FakeSources()
+        self.clock = [0.0]
         self.stage = FeedbackStage(s, self.baselines, self.metrics, embedder=self.embedder,
                                    emit=self.sent.extend,
                                    context=rec.Context("d", "0", MODEL, DIM),
                                    owned=lambda: frozenset({TopicPartition("comments", 0)}),
-                                   shared=self.shared)
+                                   shared=self.shared, sources=self.sources,
+                                   clock=lambda: self.clock[0])
 
     def score(self, rows: np.ndarray, start: int = 0) -> list[float]:
+        return [v.similarity or 0.0 for v in self.verdicts(rows, start)]
+
+    def verdicts(self, rows: np.ndarray, start: int = 0) -> list[Verdict]:
+        """Score rows as comments at offsets `start`, ... (text ``t``) of partition 0."""
         items = [(rec.Comment(rec.Source("comments", 0, start + i, 0, None), "t",
                               f"c{start + i}"), row) for i, row in enumerate(rows)]
         verdicts = self.scorer.score(items)
         self.stage.observe(items, verdicts)
-        return [v.similarity or 0.0 for v in verdicts]
+        return verdicts
 
 
 # A Kafka record as the decoder sees it.

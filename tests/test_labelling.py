@@ -73,6 +73,7 @@ async def test_an_uncached_label_is_skipped_unless_its_text_is_ours_to_embed() -
     assert r.shared.own.updates == 0
     ours = label(source={"topic": "comments", "partition": 0, "offset": 5}, label="normal",
                  text="a comment")
+    r.sources.consumed(0, 5, "a comment")
     weight = r.baselines.global_.centroid.weight
     assert await r.stage.handle(0, 2, 0, None, ours) == "taught"
     assert r.embedder.calls == 1
@@ -116,6 +117,7 @@ async def test_every_label_that_changes_nothing_is_counted_with_its_reason() -> 
     r = Replica()
     r.stage.input_partitions = 2
     r.score(unit(r.other * 2.0 + np.random.default_rng(5).normal(size=(1, DIM)) * 0.3))
+    r.sources.consumed(0, 5, "t")
 
     def src(topic: str, partition: int) -> dict[str, object]:
         return {"topic": topic, "partition": partition, "offset": 5}

@@ -44,6 +44,7 @@ from detector.operating import startup
 from detector.operating import wiring as operating
 from detector.operating.startup import InitialState
 from detector.signals import install_stop_handlers
+from detector.state.label_records import SharedLabels
 from detector.state.sharing import Scope, SharedBaselines
 from detector.state.store import ReplicaRecord, SharedCentroid, StateStore, StateSync
 from detector.stream.delivery import Committer, Gate, GroupCommitter, Outbox, TransactionCommitter
@@ -101,11 +102,11 @@ async def run(
             stack.push_async_callback(embedder.aclose)
         if handle_signals:
             install_stop_handlers(stop, announce=_announce_stop)
-        state, shared, baselines, store = await _starting_point(settings, embedder)
+        state, shared, baselines, store, labels = await _starting_point(settings, embedder)
         metrics.set_threshold_source(state.source)
         pipeline = await _build_pipeline(stack, settings, embedder=embedder, state=state,
                                          shared=shared, baselines=baselines, store=store,
-                                         metrics=metrics)
+                                         metrics=metrics, labels=labels)
         pipeline.consumer.subscribe([settings.input.topic], listener=pipeline.listener())
         await _started(stack, pipeline.consumer)
         started.pipeline = pipeline
@@ -120,9 +121,10 @@ async def run(
 
 async def _starting_point(settings: Settings, embedder: Embedder
                           ) -> tuple[InitialState, SharedCentroid, SharedBaselines,
-                                     StateStore | None]:
+                                     StateStore | None, SharedLabels | None]:
     """The base, the output topics, the shared centroid (base + every replica's published
-    contribution) and the shared baselines (per key, exemplars) restored the same way.
+    contribution), the shared baselines (per key, exemplars) and the label memory
+    (`feedback.enabled`) restored the same way.
     The cluster is only read until the base is decided: a refused artifact changes nothing."""
     await wait_for_kafka(settings.kafka, settings.kafka.connect_deadline_s)
     if not await topic_partitions(settings.kafka, settings.input.topic):
@@ -150,7 +152,12 @@ async def _starting_point(settings: Settings, embedder: Embedder
         Scope(replica, state.origin, embedder.name, embedder.dimension),
         keep_text=settings.scoring.keep_exemplar_text)
     shared = SharedCentroid(baselines.baselines.global_, replica, state.origin, embedder.name)
+    memory = baselines.baselines.memory
+    labels = None if memory is None else SharedLabels(memory, replica, embedder.name,
+                                                      sharing=store is not None)
     if store is not None:
+        if labels is not None:
+            store.restore_labels(labels)
         ignored = shared.restore(records)
         if ignored:
             log.warning("state of other bases or models ignored; starting from the base",
@@ -168,14 +175,15 @@ async def _starting_point(settings: Settings, embedder: Embedder
              group=settings.kafka.group_id, delivery=settings.delivery,
              method=settings.scoring.method, key_field=settings.scoring.key_field,
              key_baselines=len(baselines.baselines.keys),
-             exemplars=len(baselines.baselines.global_.reservoir))
-    return state, shared, baselines, store
+             exemplars=len(baselines.baselines.global_.reservoir),
+             labels_remembered=None if memory is None else len(memory))
+    return state, shared, baselines, store, labels
 
 
 async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, *,
                           embedder: Embedder, state: InitialState, shared: SharedCentroid,
                           baselines: SharedBaselines, store: StateStore | None,
-                          metrics: Metrics) -> Pipeline:
+                          metrics: Metrics, labels: SharedLabels | None = None) -> Pipeline:
     """Producer (transactional in exactly_once mode), consumer, committer, outbox, the
     operating stages, state sync (handing published artifacts to the adopter), scorer and
     pipeline."""
@@ -197,14 +205,15 @@ async def _build_pipeline(stack: contextlib.AsyncExitStack, settings: Settings, 
     stages = operating.build(settings, artifact=state.artifact, version=state.version,
                              held=held, metrics=metrics, embedder=embedder, outbox=outbox,
                              context=context, shared=shared, baselines=baselines,
-                             sharing=store is not None)
+                             sharing=store is not None, labels=labels)
     sync: StateSync | None = None
     if store is not None:
         state_producer = producer
         if exactly_once:  # state stays out of the transactions
             state_producer = await _started(stack, make_producer(settings.kafka))
         sync = StateSync(store, shared, state_producer, settings.state.snapshot_interval_s,
-                         baselines=baselines, on_calibration=stages.adopt, metrics=metrics)
+                         baselines=baselines, on_calibration=stages.adopt, metrics=metrics,
+                         labels=labels)
         await stack.enter_async_context(sync)
     scorer = Scorer.from_settings(settings, context, baselines=held)
     metrics.baseline_keys.set_function(lambda: len(held.keys))

@@ -293,9 +293,12 @@ class Context:
 
 def encode_score(
     comment: Comment, *, similarity: float, threshold: float, anomaly: bool, updated: bool,
-    centroid_version: int,
+    centroid_version: int, label: dict[str, Any] | None = None,
 ) -> bytes:
+    """A score record; `label` (detector.model.alerts.label_field) only when an operator
+    label decided."""
     return orjson.dumps({
+        **({} if label is None else {"label": label}),
         "schema": SCORE_SCHEMA,
         "id": comment.id,
         "similarity": similarity,

@@ -7,6 +7,12 @@ comment (its key, or the global one), the threshold and where that came from, th
 scoring method, the cosine to the baseline's centroid, and the nearest accepted normal
 exemplars with their similarity and source reference (and text, when
 `scoring.keep_exemplar_text` is on). The README documents every field.
+
+When an operator label decided (an `anomaly`-labelled near duplicate), the alert says so
+in the optional field ``label``: ``{"kind", "source": {topic, partition, offset},
+"similarity", "reason"}`` (absent when the threshold decided; docs/guide/labels.md).
+The score record carries the same field, so a comment a `normal` label suppressed shows
+there.
 """
 
 from __future__ import annotations
@@ -15,10 +21,22 @@ from typing import Any
 
 import orjson
 
-from detector.io.records import Comment, Context, utc_now
+from detector.io.records import Comment, Context, Position, utc_now
 from detector.model.baselines import Judgement
 
 ALERT_SCHEMA = "detector.alert/v2"
+
+
+def label_field(judged: Judgement) -> dict[str, Any] | None:
+    """The ``label`` field of an alert or score record: the label that decided, if any."""
+    match = judged.label
+    if match is None:
+        return None
+    ident = match.ident
+    source = ({"topic": ident.topic, "partition": ident.partition, "offset": ident.offset}
+              if isinstance(ident, Position) else str(ident))
+    return {"kind": match.kind, "source": source, "similarity": match.similarity,
+            "reason": judged.reason}
 
 
 def encode_alert(comment: Comment, judged: Judgement, *, method: str, ctx: Context,
@@ -33,7 +51,9 @@ def encode_alert(comment: Comment, judged: Judgement, *, method: str, ctx: Conte
         if n.ref.text is not None:
             item["text"] = n.ref.text
         nearest.append(item)
-    return orjson.dumps({
+    label = label_field(judged)
+    extra = {} if label is None else {"label": label}
+    return orjson.dumps({**extra,
         "schema": ALERT_SCHEMA,
         "id": comment.id,
         "text": comment.text,

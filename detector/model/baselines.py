@@ -25,6 +25,11 @@ Thresholds follow their baseline (detector.model.reference): a baseline with ref
 normals re-derives its threshold and gate from their scores against its current state
 whenever it has taken REFRESH_MIN updates or REFRESH_FRACTION of its samples since the
 last derivation; a baseline without them keeps its fixed threshold, which is its gate.
+
+Operator labels come first (`memory`, a detector.model.label_memory.LabelMemory): a
+comment within the near-duplicate radius of a `normal`-labelled comment does not alert,
+one within the radius of an `anomaly`-labelled comment alerts whatever its score, and
+neither teaches the baseline; `Judgement.label` says which label decided.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.config import ScoringSettings
+from detector.io.records import Position
 from detector.model import reference
 from detector.model.centroid import Centroid
+from detector.model.label_memory import LabelMemory, Match
 from detector.model.reference import Derived, Sample
 from detector.model.reservoir import Neighbour, Ref, Reservoir
 
@@ -156,6 +163,20 @@ class Judgement:
     accepted: bool
     nearest: tuple[Neighbour, ...] = ()
     baseline: Baseline | None = field(default=None, compare=False, repr=False)
+    label: Match | None = None  # the operator label that decided, overriding the threshold
+
+    @property
+    def reason(self) -> str | None:
+        """Why a label decided: ``suppressed by label <source>`` or ``matches labelled
+        anomaly <source>`` (None: the threshold decided)."""
+        if self.label is None:
+            return None
+        ident = self.label.ident
+        named = "/".join(map(str, ident.astuple())) if isinstance(ident, Position) \
+            else str(ident)
+        if self.label.kind == "normal":
+            return f"suppressed by label {named}"
+        return f"matches labelled anomaly {named}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +213,10 @@ class Baselines:
     def __init__(self, global_: Baseline, policy: Policy, *, replica: str = "",
                  key_threshold: float | None = None,
                  bases: dict[str, KeyBase] | None = None,
-                 calibration: str | None = None) -> None:
+                 calibration: str | None = None,
+                 memory: LabelMemory | None = None) -> None:
         self.global_ = global_
+        self.memory = memory  # operator labels consulted before the threshold
         self.policy = policy
         self.replica = replica
         self.key_threshold = key_threshold
@@ -340,11 +363,19 @@ class Baselines:
         score, similarity = self.score(baseline, x)
         threshold, source = self.threshold_of(baseline)
         anomaly = score < threshold
+        # --- operator labels: a near duplicate of a labelled comment is decided by its
+        # label, and teaches nothing (detector.model.label_memory)
+        label = self.memory.match(x)[0] if self.memory is not None and len(self.memory) \
+            else None
+        if label is not None:
+            anomaly = label.kind == "anomaly"
+        # ---
         nearest: tuple[Neighbour, ...] = ()
         if anomaly and self.policy.explain:
             nearest = tuple(baseline.reservoir.nearest(x, self.policy.explain))
         version, count = baseline.centroid.version, baseline.centroid.weight
-        accepted = self.policy.update and score >= self.gate_of(baseline, threshold)
+        accepted = label is None and self.policy.update \
+            and score >= self.gate_of(baseline, threshold)
         if accepted:
             kept = ref if self.policy.keep_text else Ref(ref.topic, ref.partition, ref.offset,
                                                           ref.id)
@@ -353,7 +384,7 @@ class Baselines:
                 self.key(key).accept(x, kept, self.replica)
         return Judgement(key, "global" if baseline is self.global_ else "key", score,
                        similarity, threshold, source, version, count, anomaly, accepted,
-                       nearest, baseline)
+                       nearest, baseline, label)
 
     def all(self) -> list[Baseline]:
         """The global baseline followed by the key baselines held now."""

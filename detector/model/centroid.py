@@ -7,7 +7,7 @@ is about ``1 / (1 - decay)`` comments). The centroid direction is ``S / ||S||``;
 similarity of a unit vector ``x`` is ``x . S / ||S||``. Two states add up, so replicas
 can merge their increments.
 
-Which comments update it (only those scoring at least ``threshold + margin``, in record
+Which comments update it (only those reaching their baseline's admission gate, in record
 order) is decided by detector.model.baselines.
 """
 

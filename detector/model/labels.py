@@ -2,7 +2,8 @@
 and what a label does to the centroid. Pure: no I/O.
 
 A label record (``detector.feedback/v1``, JSON) names one scored comment by its source
-(topic, partition, offset) or by its id, and says ``normal`` or ``anomaly``::
+(topic, partition, offset) or by its id, and says ``normal``, ``anomaly`` or ``revoke``
+(take back the comment's earlier label; docs/guide/labels.md)::
 
     {"schema": "detector.feedback/v1", "source": {"topic": "comments", "partition": 0,
      "offset": 42}, "id": "c-17", "label": "normal", "text": "...",
@@ -11,19 +12,23 @@ A label record (``detector.feedback/v1``, JSON) names one scored comment by its 
 `parse_label` returns a `Label` or a `Rejected` with the dead-letter reason.
 
 The embedding of a labelled comment comes from the `AlertCache`, a bounded
-least-recently-added map of recent alerts (embedding, similarity, key) by source and by
-id; when it has been evicted, the label's optional ``text`` can be embedded instead.
+least-recently-added map of recent alerts (embedding, similarity, key, a hash of the
+text) by source and by id; a label's ``text`` must then match the cached text
+(`text_hash`). When the alert has been evicted, the label's optional ``text`` can be
+embedded instead (once the daemon checked it against the consumed record).
 
 `LabelBook` holds the latest label of each labelled comment (bounded). A ``normal``
 label teaches the centroid the comment's embedding with weight `weight` (as a merged
 increment, the form replicas share through the state topic); repeating it changes
 nothing; an ``anomaly`` label never teaches, undoes an earlier ``normal`` label of the
-same comment (calibration leaves such comments out: detector.calibration.exclusions).
+same comment (calibration leaves such comments out: detector.calibration.exclusions); a
+``revoke`` label forgets the comment's label and undoes its teaching when it can.
 Labels of cached alerts count as true or false alerts: the alert precision.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -41,8 +46,13 @@ FEEDBACK_SCHEMA = "detector.feedback/v1"
 MAX_LABEL_BYTES = 64 * 1024
 MAX_FIELD_CHARS = 256  # ids, labellers, topics
 Floats = npt.NDArray[np.float64]
-LabelValue = Literal["normal", "anomaly"]
-Outcome = Literal["taught", "untaught", "excluded", "unchanged", "unresolved"]
+LabelValue = Literal["normal", "anomaly", "revoke"]
+Outcome = Literal["taught", "untaught", "excluded", "unchanged", "unresolved", "revoked"]
+
+
+def text_hash(text: str) -> str:
+    """What the alert cache keeps of a comment's text, to check a label's ``text``."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +97,9 @@ def parse_label(raw: bytes | None, max_bytes: int = MAX_LABEL_BYTES) -> Label | 
     if unknown:
         return Rejected("invalid_field", f"unknown fields {unknown}")
     label = body.get("label")
-    if label not in ("normal", "anomaly"):
-        return Rejected("invalid_label", f"label is {label!r}, expected 'normal' or 'anomaly'")
+    if label not in ("normal", "anomaly", "revoke"):
+        return Rejected("invalid_label", f"label is {label!r}, expected 'normal', 'anomaly' "
+                        "or 'revoke'")
     try:
         source = _source(body.get("source"))
         comment_id = _short_text(body, "id", number_ok=True)
@@ -161,6 +172,11 @@ class CachedAlert:
     embedding: npt.NDArray[np.floating[Any]]
     similarity: float
     key: str | None = None
+    text_hash: str | None = None  # of the comment's text (`text_hash`), to check labels
+
+    def matches(self, text: str) -> bool:
+        """Whether a label's `text` is this alert's comment (True when no hash is kept)."""
+        return self.text_hash is None or self.text_hash == text_hash(text)
 
 
 class AlertCache:
@@ -248,6 +264,8 @@ class LabelBook:
         item = _identity(label, alert)
         vector = alert.embedding if alert is not None else embedding
         previous = self._entries.get(item)
+        if label.label == "revoke":
+            return self._revoke(item, previous, centroid)
         if previous is not None and previous.label == label.label:
             return "unchanged"
         if label.label == "normal" and vector is None:
@@ -284,6 +302,22 @@ class LabelBook:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _revoke(self, item: tuple[Any, ...], previous: _Entry | None,
+                centroid: Centroid) -> Outcome:
+        """Forget the comment's label: its precision count, and its teaching while it can
+        still be undone."""
+        if previous is None:
+            return "revoked"
+        del self._entries[item]
+        if previous.alert:
+            self._count(previous.label, -1)
+        taught = self._undo.pop(item, None)
+        if taught is not None:
+            centroid.merge(-self.weight * taught.astype(np.float64), -self.weight)
+        elif previous.taught:
+            self.undo_missed += 1
+        return "revoked"
 
     def _count(self, label: LabelValue, step: int) -> None:
         if label == "anomaly":

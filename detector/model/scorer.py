@@ -31,7 +31,7 @@ import structlog
 from detector.config import Settings
 from detector.io import records as rec
 from detector.metrics import Metrics
-from detector.model.alerts import encode_alert
+from detector.model.alerts import encode_alert, label_field
 from detector.model.baselines import Baselines, Judgement
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Ref
@@ -135,7 +135,7 @@ class Scorer:
             messages.append((self.encoding.scores_topic, key, rec.encode_score(
                 comment, similarity=judged.score, threshold=judged.threshold,
                 anomaly=judged.anomaly, updated=judged.accepted,
-                centroid_version=judged.centroid_version)))
+                centroid_version=judged.centroid_version, label=label_field(judged))))
         return Verdict(comment.source, comment.id, messages, judged.score, judged.threshold,
                        judged.anomaly, judged.accepted, judged=judged)
 
@@ -159,4 +159,9 @@ def record(metrics: Metrics, verdict: Verdict, *, quiet: bool = False) -> None:
              threshold=verdict.threshold, partition=verdict.source.partition,
              offset=verdict.source.offset,
              baseline=None if judged is None else judged.judged_by,
-             key=None if judged is None or judged.judged_by == "global" else judged.key)
+             key=None if judged is None or judged.judged_by == "global" else judged.key,
+             **({} if judged is None or judged.reason is None else {"label": judged.reason}))
+    elif verdict.judged is not None and verdict.judged.reason is not None:
+        log.debug("not alerted", id=verdict.comment_id, reason=verdict.judged.reason,
+                  similarity=round(verdict.similarity, 4), threshold=verdict.threshold,
+                  partition=verdict.source.partition, offset=verdict.source.offset)

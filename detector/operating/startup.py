@@ -13,6 +13,11 @@ usable is logged and left out at start; a configured one stops the start.
 global reservoir's exemplars and, when the artifact was made with a key field and one
 is configured, one base per key plus the pooled key threshold; from a seed file, the
 global centroid and threshold, the seed rows filling the global reservoir.
+
+`label_memory` makes the memory of labelled comments (with `feedback.enabled`), its
+near-duplicate radius on the model's own scale: the artifact's similarity profile
+(pairwise q0.999 of held-out normals; an artifact without one: its exemplars'), or the
+seed rows' pairwise q0.999 (`feedback.label_radius` overrides it).
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from detector.calibration.artifact import CalibrationArtifact, check_compatible,
 from detector.calibration.samples import read_texts
 from detector.calibration.sections import Keys
 from detector.calibration.seed import ThresholdOrigin, seed_decision
-from detector.config import ScoringSettings, Settings
+from detector.config import FeedbackSettings, ScoringSettings, Settings
 from detector.embedders.base import Embedder, Matrix
 from detector.errors import ConfigError
 from detector.model.baselines import Baseline, Baselines, KeyBase, Policy
 from detector.model.centroid import Centroid
+from detector.model.label_memory import LabelMemory, near_duplicate_radius, pairwise_q999
 from detector.model.reference import Sample
 from detector.model.reservoir import Ref, Reservoir
 from detector.state.published import Published, parse, version_of
@@ -102,6 +108,11 @@ class InitialState:
     def baselines(self, settings: Settings, replica: str) -> Baselines:
         """The global baseline around `centroid`, with the artifact's or seed's exemplars,
         and the artifact's per-key bases."""
+        memory = None
+        if settings.feedback.enabled:
+            memory = label_memory(settings.feedback, self.centroid.dimension,
+                                  artifact=self.artifact,
+                                  seed=None if self.seed is None else self.seed[0])
         # a derived seed threshold follows the centroid (the seed rows as the reference,
         # scored leave-one-out); a configured number is used as it is
         reference = None
@@ -109,7 +120,41 @@ class InitialState:
             reference = Sample(np.asarray(self.seed[0], dtype=np.float32), in_centroid=True)
         return build(settings.scoring, self.centroid, self.threshold, artifact=self.artifact,
                      seed=self.seed, replica=replica, calibration=self.version,
-                     reference=reference)
+                     reference=reference, memory=memory)
+
+
+def label_memory(feedback: FeedbackSettings, dimension: int, *,
+                 artifact: CalibrationArtifact | None = None,
+                 seed: Matrix | None = None) -> LabelMemory:
+    """The memory of labelled comments, its radius `feedback.label_radius` or, for
+    "auto", the near-duplicate radius of the model's own pairwise q0.999."""
+    radius, origin = _radius(feedback, dimension, artifact, seed)
+    log.info("label memory", radius=round(radius, 6), radius_from=origin,
+             capacity=feedback.memory_size)
+    return LabelMemory(feedback.memory_size, dimension, radius)
+
+
+def _radius(feedback: FeedbackSettings, dimension: int, artifact: CalibrationArtifact | None,
+            seed: Matrix | None) -> tuple[float, str]:
+    if feedback.label_radius != "auto":
+        return float(feedback.label_radius), "feedback.label_radius"
+    q999: float | None = None
+    origin = ""
+    if artifact is not None:
+        profile = artifact.metrics.similarity_profile
+        if profile is not None and profile.pairwise.q999 is not None:
+            q999, origin = profile.pairwise.q999, "artifact similarity_profile pairwise q0.999"
+        else:
+            rows = [e.vector for e in artifact.decoded_exemplars(dimension)]
+            q999, origin = pairwise_q999(rows), "artifact exemplars pairwise q0.999"
+    elif seed is not None:
+        q999, origin = pairwise_q999(seed), "seed rows pairwise q0.999"
+    if q999 is None:
+        msg = ("feedback.label_radius: auto needs a calibration artifact with a similarity "
+               "profile or at least 2 exemplars, or a seed file of at least 2 comments; set "
+               "feedback.label_radius to a cosine instead")
+        raise ConfigError(msg)
+    return near_duplicate_radius(q999), origin
 
 
 async def initial_state(settings: Settings, embedder: Embedder,
@@ -176,7 +221,8 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
           artifact: CalibrationArtifact | None = None,
           seed: tuple[Matrix, list[Ref]] | None = None,
           replica: str = "", calibration: str | None = None,
-          reference: Sample | None = None) -> Baselines:
+          reference: Sample | None = None,
+          memory: LabelMemory | None = None) -> Baselines:
     """The global baseline around `centroid` (shared with the state sync) and the key
     bases; `calibration` is the artifact's version (alerts name it)."""
     dimension = centroid.dimension
@@ -195,7 +241,7 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
             reservoir.offer(row, ref)
     global_ = Baseline(None, centroid, reservoir, threshold, samples, reference)
     return Baselines(global_, Policy.from_settings(scoring), replica=replica, key_threshold=pooled,
-                     bases=bases, calibration=calibration)
+                     bases=bases, calibration=calibration, memory=memory)
 
 
 def _key_bases(keys: Keys, dimension: int) -> dict[str, KeyBase]:

@@ -28,6 +28,8 @@ from detector.model.scorer import Embedded, Verdict
 from detector.operating.adoption import Adopter
 from detector.operating.drift import DriftStage
 from detector.operating.labels import FeedbackStage
+from detector.operating.sources import InputRecords
+from detector.state.label_records import SharedLabels
 from detector.state.sharing import SharedBaselines
 from detector.state.store import SharedCentroid
 from detector.stream.delivery import Outbox
@@ -47,6 +49,13 @@ class Owned:
 
     def __call__(self) -> frozenset[TopicPartition]:
         return frozenset() if self._pipeline is None else self._pipeline.owned
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The consumer group's committed position of `tp` (None: none yet)."""
+        if self._pipeline is None:
+            return None
+        position: int | None = await self._pipeline.consumer.committed(tp)
+        return position
 
 
 def drift_stage(settings: Settings, artifact: CalibrationArtifact | None, outbox: Outbox,
@@ -116,20 +125,22 @@ class Operating:
 def build(settings: Settings, *, artifact: CalibrationArtifact | None, version: str | None,
           held: Baselines, metrics: Metrics, embedder: Embedder, outbox: Outbox,
           context: rec.Context, shared: SharedCentroid, baselines: SharedBaselines,
-          sharing: bool) -> Operating:
+          sharing: bool, labels: SharedLabels | None = None) -> Operating:
     """The stages the settings switch on and, when the state is shared (`sharing`), the
-    adopter of published artifacts (the state sync is handed `Operating.adopt`)."""
+    adopter of published artifacts (the state sync is handed `Operating.adopt`);
+    `labels` is the label memory the feedback stage keeps (shared when `sharing`)."""
     drift = drift_stage(settings, artifact, outbox, metrics, held)
     owned = Owned()
-    labels = None
+    feedback = None
     if settings.feedback.enabled:
-        labels = FeedbackStage(settings, held, metrics, embedder=embedder, emit=outbox.emit,
-                               context=context, owned=owned,
-                               shared=shared if sharing else None)
+        feedback = FeedbackStage(settings, held, metrics, embedder=embedder, emit=outbox.emit,
+                                 context=context, owned=owned,
+                                 shared=shared if sharing else None, labels=labels,
+                                 sources=InputRecords(settings, owned.committed))
     if version is not None:
         metrics.calibration.labels(version).set(1)
     adopter = None
     if sharing:
         adopter = Adopter(settings, held, metrics, embedder=embedder, version=version,
                           shared=shared, shared_baselines=baselines, drift=drift)
-    return Operating(drift, labels, adopter, owned)
+    return Operating(drift, feedback, adopter, owned)

@@ -18,7 +18,8 @@ Records whose base or model differ from the configuration are ignored, so a new
 calibration artifact starts a fresh centroid instead of inheriting an old one.
 
 Per-key baselines and the exemplar reservoirs travel in the same topic under their own
-record keys and schemas (detector.state.sharing); this record format is unchanged.
+record keys and schemas (detector.state.sharing), and so do labelled comments, one record
+per comment (detector.state.label_records); this record format is unchanged.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ from aiokafka.structs import TopicPartition
 from detector.config import Settings
 from detector.io.kafka import connection_kwargs, ensure_topics, reader_consumer, topic_partitions
 from detector.io.optional import wait_for_topic
-from detector.io.records import utc_now
+from detector.io.records import Position, utc_now
 from detector.metrics import Metrics
 from detector.model.baselines import Baseline, Contribution
 from detector.model.centroid import Centroid
 from detector.model.reservoir import Reservoir
 from detector.state import chunks
+from detector.state.label_records import SharedLabels, record_key, source_of_key
 from detector.state.published import is_published
 from detector.state.sharing import ExemplarChunk, KeyRecord, SharedBaselines
 from detector.state.sharing import parse as parse_shared
@@ -189,6 +191,8 @@ class StateStore:
         self.calibration: bytes | None = None
         # artifacts too large for one record come in parts (detector.state.chunks)
         self._parts = chunks.Reassembler()
+        # label records read and not applied yet, newest last (None: a tombstone)
+        self.labels: dict[Position, bytes | None] = {}
 
     async def ensure_topic(self) -> list[str]:
         """Create the compacted state topic when missing; return it if it was created."""
@@ -241,7 +245,14 @@ class StateStore:
     def _keep(self, key: bytes | None, value: bytes | None,
               latest: dict[str, ReplicaRecord],
               on_calibration: Callable[[bytes], object] | None = None) -> ReplicaRecord | None:
-        if key is None or value is None or not key.startswith(self.prefix):
+        if key is None or not key.startswith(self.prefix):
+            return None
+        labelled = source_of_key(self.settings.name, key)
+        if labelled is not None:  # a label record, or its tombstone
+            self.labels.pop(labelled, None)
+            self.labels[labelled] = value
+            return None
+        if value is None:
             return None
         if chunks.is_part(value):
             self._parts.part(value)
@@ -279,10 +290,29 @@ class StateStore:
         self.shared.clear()
         return applied
 
+    def restore_labels(self, labels: SharedLabels) -> int:
+        """Apply the label records `load` read (every replica's); returns how many changed
+        the memory."""
+        return self._apply_labels(labels, restoring=True)
+
+    def _apply_labels(self, labels: SharedLabels | None, *, restoring: bool = False) -> int:
+        applied = 0
+        for source, raw in self.labels.items():
+            if labels is None:
+                continue
+            try:
+                applied += labels.apply(source, raw, restoring=restoring)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring unreadable label record", source=list(source.astuple()),
+                            error=str(exc))
+        self.labels.clear()
+        return applied
+
     async def follow(self, shared: SharedCentroid,
                      baselines: SharedBaselines | None = None,
                      on_calibration: Callable[[bytes], object] | None = None,
-                     metrics: Metrics | None = None) -> None:
+                     metrics: Metrics | None = None,
+                     labels: SharedLabels | None = None) -> None:
         """Apply other replicas' records as they arrive, and hand newly published artifacts
         to `on_calibration` (runs until cancelled). A state topic that does not exist yet
         (`kafka.create_topics: false`) is waited for with back-off (detector.io.optional),
@@ -312,6 +342,8 @@ class StateStore:
                             for other in self.shared.values():
                                 baselines.apply(other)
                             self.shared.clear()
+                        if self.labels:
+                            self._apply_labels(labels)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
@@ -340,6 +372,26 @@ class StateStore:
         return written
 
 
+    async def publish_labels(self, producer: AIOKafkaProducer, labels: SharedLabels) -> int:
+        """Write the label records (and revokes' tombstones) queued since the last publish;
+        returns how many. On failure they are queued again."""
+        taken = labels.take()
+        if not taken:
+            return 0
+        saved_at = utc_now()
+        try:
+            futures = [await producer.send(
+                self.topic, key=record_key(self.settings.name, source),
+                value=None if record is None else record.to_bytes(self.settings.name,
+                                                                   saved_at))
+                for source, record in taken]
+            await asyncio.gather(*futures)
+        except Exception:
+            labels.requeue(taken)
+            raise
+        return len(taken)
+
+
 class StateSync:
     """Runs the sharing for one replica: publishes its contribution on a timer and on
     demand, and follows the other replicas' records, handing newly published calibration
@@ -351,8 +403,9 @@ class StateSync:
     def __init__(self, store: StateStore, shared: SharedCentroid, producer: AIOKafkaProducer,
                  interval_s: float, *, baselines: SharedBaselines | None = None,
                  on_calibration: Callable[[bytes], object] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, labels: SharedLabels | None = None) -> None:
         self.store = store
+        self.labels = labels
         self.metrics = metrics
         self.shared = shared
         self.baselines = baselines
@@ -367,7 +420,14 @@ class StateSync:
 
     async def publish(self) -> None:
         """Publish our contribution if it changed since the last publish (and the per-key
-        and exemplar records of baselines that learnt)."""
+        and exemplar records of baselines that learnt, and the label records queued:
+        before the record whose feedback positions include their labels)."""
+        if self.labels is not None:
+            try:
+                await self.store.publish_labels(self.producer, self.labels)
+            except Exception as exc:  # the positions past their labels wait for them
+                log.warning("label records publish failed; will retry", error=repr(exc))
+                return
         if self.baselines is not None:
             try:
                 await self.store.publish_shared(self.producer, self.baselines)
@@ -395,7 +455,7 @@ class StateSync:
         self._tasks = [asyncio.create_task(self._every()),
                        asyncio.create_task(self.store.follow(self.shared, self.baselines,
                                                              self.on_calibration,
-                                                             self.metrics))]
+                                                             self.metrics, self.labels))]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
