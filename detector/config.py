@@ -209,6 +209,12 @@ class ScoringSettings(Section):
     # as it is, with a warning when it is outside the seed's similarity range.
     threshold: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["auto"] = "auto"
     target_fpr: float = Field(default=0.01, gt=0.0, lt=0.5)
+    # Confidence that a calibrated threshold's false-positive rate is at most target_fpr
+    # (detector.model.reference.rank over held-out normals; docs/design/thresholds.md):
+    # 0.5 is the point estimate (the median FPR is the target), 0.9 the conservative end.
+    # Per-key thresholds rest on fewer normals and use the conservative end by default.
+    threshold_confidence: float = Field(default=0.5, gt=0.0, lt=1.0)
+    key_threshold_confidence: float = Field(default=0.9, gt=0.0, lt=1.0)
     margin: float = Field(default=0.05, ge=0.0, le=2.0)
     decay: float = Field(default=1.0, gt=0.0, le=1.0)
     update: bool = True
