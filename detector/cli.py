@@ -167,6 +167,13 @@ def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="share of normals held out to choose the threshold (default 0.3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the CI")
+    p.add_argument("--reference-size", type=int, default=2000, metavar="N",
+                   help="held-out normals kept in the artifact as the reference sample the "
+                        "daemon re-derives the threshold from (a random subset; default "
+                        "2000, 0: none)")
+    p.add_argument("--key-reference-size", type=int, default=1000, metavar="N",
+                   help="the same per key baseline, from its own held-out normals "
+                        "(default 1000)")
     p.add_argument("--out", type=Path, default=Path("calibration.json"))
     p.add_argument("--report-dir", type=Path, default=None,
                    help="write report.md, report.json and PNG plots here")
@@ -233,6 +240,10 @@ def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.write("detector: error: --last-hours takes a positive number and "
                          "replaces --from/--to\n")
         return EXIT_USAGE
+    if args.reference_size < 0 or args.key_reference_size < 0:
+        sys.stderr.write("detector: error: --reference-size and --key-reference-size "
+                         "cannot be negative\n")
+        return EXIT_USAGE
     if args.artifact is not None and not args.publish:
         sys.stderr.write("detector: error: --artifact is for --publish of an existing "
                          "artifact\n")
@@ -244,7 +255,8 @@ def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         exclude_labelled=args.exclude_labelled, anomalies=args.anomalies,
         label_field=args.label_field, target_fpr=target_fpr, select=args.select,
         target_precision=args.target_precision, holdout=args.holdout, seed=args.seed,
-        bootstrap=args.bootstrap, out=args.out, report_dir=args.report_dir,
+        bootstrap=args.bootstrap, reference_size=args.reference_size,
+        key_reference_size=args.key_reference_size, out=args.out, report_dir=args.report_dir,
         cache_dir=args.cache_dir, publish=args.publish))
 
 

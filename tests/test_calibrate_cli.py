@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -10,17 +11,22 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from detector.calibration.artifact import load_artifact
+from detector.calibration.artifact import Result, load_artifact
+from detector.calibration.artifact import calibrate as calibrate_rows
+from detector.calibration.keys import calibrate_keys
+from detector.calibration.report import write_report
 from detector.cli import main
-from detector.commands.calibrate import CalibrateOptions, run_calibration
+from detector.commands.calibrate import CalibrateOptions, run_calibration, summary_table
 from detector.config import load_settings
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
+from detector.model.reservoir import Ref
 from detector.operating import startup
 from devtools.sample_data import GARBLED, OFF_TOPIC, SPAM, stream
 from tests.helpers import NewTopic, drug_comments
@@ -235,11 +241,13 @@ class TestPerKeyCalibration:
         capsys: pytest.CaptureFixture[str], local_embedder: LocalEmbedder,
     ) -> None:
         """With scoring.key_field and method knn the artifact holds a baseline per key, an
-        own threshold where the key's held-out normals reach 300, the pooled one
-        otherwise, and exemplars; the daemon loads it only with the same method."""
+        own threshold where the key's held-out normals support one at
+        scoring.key_threshold_confidence, the pooled one otherwise, exemplars and each
+        key's reference sample; the summary lists every key; the daemon loads it only
+        with the same method."""
         normal = tmp_path / "normal.jsonl"
         lines = [{"text": c.text, "meta": {"channel": "shop"}}
-                 for c in stream(1200, anomaly_rate=0.0, seed=23)]
+                 for c in stream(3000, anomaly_rate=0.0, seed=23)]
         lines += [{"text": t, "meta": {"channel": "pharmacy"}} for t in drug_comments(200, 3)]
         normal.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
         monkeypatch.setenv("DETECTOR_SCORING__KEY_FIELD", "meta.channel")
@@ -247,18 +255,36 @@ class TestPerKeyCalibration:
         out = tmp_path / "cal.json"
         assert await asyncio.to_thread(calibrate, tmp_path, "--normal", str(normal),
                                        "--out", str(out)) == 0
+        summary = capsys.readouterr().out
         assert "per-key baselines  2 keys of meta.channel (1 with their own threshold" in \
-            capsys.readouterr().out
+            summary
         artifact = load_artifact(out)
+        for key, origin in (("pharmacy", "pooled"), ("shop", "own")):
+            held = artifact.keys.baselines[key].counts.holdout if artifact.keys else -1
+            assert re.search(rf"\n{key} +{held} +{origin} +[0-9.]+ +[0-9.]+% \(90 % "
+                             r"interval", summary)
         assert artifact.schema_ == "detector.calibration/v2"
         assert artifact.scoring.method == "knn"
-        assert len(artifact.exemplars) == artifact.counts.train  # < reservoir_size
+        assert len(artifact.exemplars) == 2000  # scoring.reservoir_size < training normals
         assert artifact.keys is not None
         baselines = artifact.keys.baselines
         assert baselines["shop"].threshold is not None
         assert baselines["pharmacy"].threshold is None
         assert artifact.keys.pooled_threshold is not None
         assert len(baselines["pharmacy"].exemplars) == 100  # key_reservoir_size
+        assert (baselines["shop"].threshold_origin,
+                baselines["pharmacy"].threshold_origin) == ("own", "pooled")
+        shop_fpr = baselines["shop"].threshold_fpr
+        assert shop_fpr is not None
+        assert (shop_fpr.holdout, shop_fpr.confidence) == (
+            baselines["shop"].counts.holdout, 0.9)
+        reference = baselines["pharmacy"].reference_rows(artifact.model.dimension)
+        assert reference is not None
+        assert len(reference) == baselines["pharmacy"].counts.holdout
+        glob = artifact.reference_rows(artifact.model.dimension)
+        assert glob is not None
+        # all held-out normals: fewer than --reference-size
+        assert len(glob) == artifact.counts.holdout
 
         knn = load_settings("config/detector.yaml", scoring={
             "calibration_file": str(out), "method": "knn", "key_field": "meta.channel"})
@@ -271,3 +297,41 @@ class TestPerKeyCalibration:
             "calibration_file": str(out), "key_field": "meta.channel"})
         with pytest.raises(ConfigError, match=r"scoring\.method"):
             await startup.initial_state(centroid, local_embedder)
+
+
+class TestSummary:
+    def test_summary_and_report_list_keys_and_intervals(self, tmp_path: Path) -> None:
+        """The summary and report.md show the global threshold's expected FPR with its
+        90 % interval, and per key: held-out count, own or pooled, the threshold applied
+        and its expected FPR range."""
+        rng = np.random.default_rng(0)
+        rows = np.ones((3000, 8)) + 0.3 * rng.normal(size=(3000, 8))
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        keys = ["big" if i % 10 else "few" for i in range(3000)]
+        train, hold = np.arange(1000), np.arange(1000, 3000)
+        made = calibrate_rows(rows[train], rows[hold], None, model="m", dimension=8,
+                              bootstrap=20)
+        per_key = calibrate_keys(rows[train], [keys[i] for i in train],
+                                 [Ref("t", 0, int(i)) for i in train], rows[hold],
+                                 [keys[i] for i in hold], target_fpr=0.01, min_train=10)
+        result = Result(made.artifact.with_baselines([], per_key.to_json(
+            "shop", 10, keep_text=False)), made.holdout_sims, made.anomaly_sims)
+        assert per_key.pooled is not None
+        table = summary_table(result, tmp_path / "c.json", 0)
+        promised = result.artifact.metrics.threshold_fpr
+        assert promised is not None
+        low, high = promised.fpr_interval
+        assert (f"expected FPR       {promised.expected_fpr:.2%} (90 % interval {low:.2%} "
+                f".. {high:.2%}); rank {promised.rank} of 2000 held-out normals at "
+                f"confidence 0.5") in table
+        assert "reference          2000 held-out normals" in table
+        assert re.search(r"\nkey +held-out +threshold from +threshold +expected FPR\n", table)
+        assert re.search(rf"\nbig +1800 +own +{per_key.thresholds['big']:.4f} +"
+                         r"[0-9.]+% \(90 % interval [0-9.]+% \.\. [0-9.]+%\)", table)
+        assert re.search(rf"\nfew +200 +pooled +{per_key.pooled:.4f} +"
+                         r"[0-9.]+% \(90 % interval", table)
+        md = write_report(result, tmp_path / "report")[1].read_text()
+        assert "- expected false-positive rate of the threshold: " in md
+        assert "## Per-key thresholds (`shop`)" in md
+        assert re.search(r"\| few \| 200 \| pooled \| [0-9.]+ \| [0-9.]+% \(90 %", md)
+        assert re.search(r"\| big \| 1800 \| own \| [0-9.]+ \| [0-9.]+% \(90 %", md)

@@ -30,6 +30,7 @@ from detector.calibration.stats import (
     threshold_at_fpr,
 )
 from detector.errors import CalibrationError, ConfigError
+from detector.model.reference import fpr_interval, rank
 from detector.model.reservoir import Ref, encode_exemplars
 from detector.state.published import version_of
 
@@ -276,4 +277,150 @@ class TestArtifact:
         centred = Scoring(center=[0.0] * 16, method="centroid")
         save_artifact(artifact.model_copy(update={"scoring": centred}), path)
         with pytest.raises(ConfigError, match=r"centred\.json.*scoring\.center"):
+            load_artifact(path)
+
+
+class TestThresholdConfidence:
+    def test_global_threshold_is_the_order_statistic_at_the_confidence(self) -> None:
+        """target_fpr selection: the threshold is the `rank(n, target, confidence)`-th
+        smallest held-out score; metrics record the rank, the expected FPR k/(n+1) and
+        its 90 % interval; a higher confidence gives a lower (more conservative) one."""
+        rows = unit_cluster(1600, 11)
+        made = {c: calibrate(rows[:600], rows[600:], None, model="m", dimension=16,
+                             bootstrap=20, confidence=c) for c in (0.5, 0.9)}
+        sims = np.sort(made[0.5].holdout_sims)
+        for confidence, result in made.items():
+            k = rank(1000, 0.01, confidence)
+            assert k is not None
+            a = result.artifact
+            assert a.threshold == float(sims[k - 1])
+            promised = a.metrics.threshold_fpr
+            assert promised is not None
+            assert (promised.rank, promised.holdout, promised.confidence) == (
+                k, 1000, confidence)
+            assert promised.expected_fpr == k / 1001
+            assert promised.fpr_interval == list(fpr_interval(1000, k))
+            assert a.metrics.holdout_fpr == (k - 1) / 1000
+        assert made[0.9].artifact.threshold < made[0.5].artifact.threshold
+
+    def test_other_selections_record_no_promise(self) -> None:
+        normal, anomalies = unit_cluster(800, 1), unit_cluster(50, 2, spread=3.0)
+        result = calibrate(normal[:400], normal[400:], anomalies, model="m", dimension=16,
+                           method="best_f1", bootstrap=20)
+        assert result.artifact.metrics.threshold_fpr is None
+        assert "threshold_fpr" not in result.artifact.to_json()["metrics"]
+
+    def test_a_confidence_the_holdout_cannot_support_is_refused(self) -> None:
+        """300 held-out normals give a 1 % threshold at 0.9 but not at 0.99."""
+        rows = unit_cluster(600, 12)
+        calibrate(rows[:300], rows[300:], None, model="m", dimension=16, bootstrap=20,
+                  confidence=0.9)
+        with pytest.raises(CalibrationError, match="threshold_confidence"):
+            calibrate(rows[:300], rows[300:], None, model="m", dimension=16, bootstrap=20,
+                      confidence=0.99)
+
+
+class TestReferenceSample:
+    def test_artifact_round_trip_with_reference_rows(self, tmp_path: Path) -> None:
+        """The artifact keeps at most `reference_size` held-out rows (a subset drawn with
+        the seed), globally and per key; they survive saving and loading to float16
+        precision as unit float32 rows, and the file is written again byte for byte."""
+        rows = unit_cluster(1600, 13)
+        keys = ["a" if i % 4 else "b" for i in range(1600)]
+        train, hold = np.arange(600), np.arange(600, 1600)
+        result = calibrate(rows[train], rows[hold], None, model="m", dimension=16,
+                           bootstrap=20, reference_size=300, seed=5)
+        per_key = calibrate_keys(rows[train], [keys[i] for i in train],
+                                 [Ref("t", 0, int(i)) for i in train], rows[hold],
+                                 [keys[i] for i in hold], target_fpr=0.01, min_train=10,
+                                 reference_size=200, seed=5)
+        artifact = result.artifact.with_baselines([], per_key.to_json("k", 10,
+                                                                      keep_text=False))
+        path, again = tmp_path / "c.json", tmp_path / "again.json"
+        save_artifact(artifact, path)
+        loaded = load_artifact(path)
+        save_artifact(loaded, again)
+        assert again.read_bytes() == path.read_bytes()
+        body = orjson.loads(path.read_bytes())
+        assert set(body["reference"]) == {"rows", "count"}
+        assert body["reference"]["count"] == 300
+        kept = loaded.reference_rows(16)
+        assert kept is not None
+        assert kept.dtype == np.float32
+        assert kept.shape == (300, 16)
+        np.testing.assert_allclose(np.linalg.norm(kept, axis=1), 1.0, atol=1e-6)
+        match = kept @ rows[hold].T
+        assert np.all(match.max(axis=1) > 0.9999)  # each is a held-out row, to float16
+        originals = rows[hold][match.argmax(axis=1)]
+        np.testing.assert_allclose(kept, originals, atol=1e-3)
+        assert len(set(match.argmax(axis=1).tolist())) == 300
+        assert not np.any(np.max(kept @ rows[train].T, axis=1) > 0.99999)
+        assert loaded.keys is not None
+        for key, limit in (("a", 200), ("b", 200)):
+            key_rows = loaded.keys.baselines[key].reference_rows(16)
+            assert key_rows is not None
+            own = rows[hold][[keys[i] == key for i in hold]]
+            assert len(key_rows) == min(limit, len(own))
+            assert np.all(np.max(key_rows @ own.T, axis=1) > 0.9999)
+
+    def test_v2_artifact_without_reference_loads_byte_identically(self,
+                                                                  tmp_path: Path) -> None:
+        """An artifact made before issue 22 (no reference, no threshold promises) loads
+        with none of them and is written back to the same bytes, the same version."""
+        rows = unit_cluster(1600, 14)
+        keys = ["a" if i % 2 else "b" for i in range(1600)]
+        result = calibrate(rows[:600], rows[600:], None, model="m", dimension=16,
+                           bootstrap=20)
+        per_key = calibrate_keys(rows[:600], keys[:600], [Ref("t", 0, i) for i in range(600)],
+                                 rows[600:], keys[600:], target_fpr=0.01, min_train=10)
+        body = result.artifact.with_baselines([], per_key.to_json("k", 10,
+                                                                  keep_text=False)).to_json()
+        del body["reference"]
+        del body["metrics"]["threshold_fpr"]
+        body["keys"].pop("pooled_fpr", None)
+        for baseline in body["keys"]["baselines"].values():
+            for name in ("reference", "threshold_origin", "threshold_fpr"):
+                baseline.pop(name, None)
+        old = tmp_path / "old.json"
+        old.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        loaded = load_artifact(old)
+        assert loaded.reference is None
+        assert loaded.reference_rows(16) is None
+        assert loaded.metrics.threshold_fpr is None
+        assert loaded.keys is not None
+        assert all(b.reference_rows(16) is None and b.threshold_fpr is None
+                   for b in loaded.keys.baselines.values())
+        again = tmp_path / "again.json"
+        save_artifact(loaded, again)
+        assert again.read_bytes() == old.read_bytes()
+        assert b'"reference"' not in again.read_bytes()
+        assert version_of(loaded) == version_of(load_artifact(again))
+
+    def test_reference_size_zero_keeps_none(self) -> None:
+        rows = unit_cluster(1000, 15)
+        result = calibrate(rows[:600], rows[600:], None, model="m", dimension=16,
+                           bootstrap=20, reference_size=0)
+        assert result.artifact.reference is None
+        assert "reference" not in result.artifact.to_json()
+
+    @pytest.mark.parametrize("where", ["global", "key"])
+    def test_a_reference_that_does_not_hold_its_rows_is_refused(
+        self, tmp_path: Path, where: str
+    ) -> None:
+        """A count that does not match the encoded rows (a truncated or foreign
+        artifact) is a ConfigError naming the file and the section."""
+        rows = unit_cluster(1000, 16)
+        keys = ["a"] * 1000
+        result = calibrate(rows[:600], rows[600:], None, model="m", dimension=16,
+                           bootstrap=20)
+        per_key = calibrate_keys(rows[:600], keys[:600], [Ref("t", 0, i) for i in range(600)],
+                                 rows[600:], keys[600:], target_fpr=0.01, min_train=10)
+        body = result.artifact.with_baselines([], per_key.to_json("k", 10,
+                                                                  keep_text=False)).to_json()
+        section = body["reference"] if where == "global" else \
+            body["keys"]["baselines"]["a"]["reference"]
+        section["count"] += 1
+        path = tmp_path / "bad.json"
+        path.write_bytes(orjson.dumps(body))
+        with pytest.raises(ConfigError, match=r"bad\.json.*reference does not hold"):
             load_artifact(path)

@@ -68,6 +68,16 @@ class TestDerive:
         assert ref.supports(850, 0.01, 0.9)
         assert not ref.supports(300, 0.01, 0.9)
 
+    def test_support_is_monotonic_in_the_number_of_normals(self) -> None:
+        """The rank steps, so 'expected FPR at least half the target' alone flips between
+        true and false as n grows; support holds from one count on, for good."""
+        flags = [ref.supports(n, 0.01, 0.9) for n in range(1, 2001)]
+        first = flags.index(True)
+        assert all(flags[first:])
+        k = ref.rank(first + 1, 0.01, 0.9)
+        assert k is not None
+        assert k / (first + 2) >= 0.005
+
 
 class TestLeaveOneOut:
     def test_each_row_is_scored_against_the_others(self) -> None:

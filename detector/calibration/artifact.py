@@ -3,7 +3,11 @@ normals and labelled anomalies) and `detector run` loads, and its JSON file.
 
 The centroid is built on a training split of the normal samples and the threshold is
 chosen on the held-out normals (detector.calibration.stats), so it is not biased by the
-samples that made the centroid.
+samples that made the centroid. With the target-FPR selection the threshold is the
+order statistic of the held-out scores that detector.model.reference.rank picks at the
+stated confidence, and a random subset of the held-out normals is kept in the artifact
+as its reference sample (`reference`): normals that never taught the centroid, which
+the daemon re-scores against the baseline as it learns (docs/design/thresholds.md).
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from detector.calibration.sections import (
     Keys,
     Metrics,
     ModelInfo,
+    Reference,
     Scoring,
     Section,
     decode,
 )
 from detector.calibration.stats import (
+    REFERENCE_SIZE,
     Floats,
     Method,
     at_precision,
@@ -37,12 +43,14 @@ from detector.calibration.stats import (
     fpr,
     min_holdout,
     pr_auc,
+    promise,
+    reference_section,
     roc_auc,
     similarity_profile,
-    threshold_at_fpr,
 )
 from detector.errors import CalibrationError, ConfigError
 from detector.model.centroid import Centroid
+from detector.model.reference import Rows
 from detector.model.reservoir import Exemplar
 
 ARTIFACT_SCHEMA = "detector.calibration/v2"
@@ -69,6 +77,9 @@ class CalibrationArtifact(BaseModel):
     # v2: exemplars of the global reservoir and per-key baselines; absent in v1
     exemplars: list[EncodedExemplar] = []
     keys: Keys | None = None
+    # issue 22: held-out normals that never taught the centroid; absent before, and then
+    # absent from the JSON too
+    reference: Reference | None = None
 
     def to_json(self) -> dict[str, Any]:
         body = self.model_dump()
@@ -77,6 +88,8 @@ class CalibrationArtifact(BaseModel):
                 body[name] = value.to_json()
             elif isinstance(value, list):
                 body[name] = [v.to_json() if isinstance(v, Section) else v for v in value]
+        if self.reference is None:
+            del body["reference"]
         body["schema"] = body.pop("schema_")
         return body
 
@@ -94,6 +107,10 @@ class CalibrationArtifact(BaseModel):
     def decoded_exemplars(self, dimension: int) -> list[Exemplar]:
         """The global reservoir's exemplars."""
         return decode(self.exemplars, dimension)
+
+    def reference_rows(self, dimension: int) -> Rows | None:
+        """The global reference sample as float32 unit rows; None when absent."""
+        return None if self.reference is None else self.reference.decoded(dimension)
 
 
 @dataclass(frozen=True)
@@ -120,9 +137,16 @@ def calibrate(
     text_prefix: str = "",
     score: Callable[[Floats], Floats] | None = None,
     scoring: dict[str, Any] | None = None,
+    confidence: float = 0.5,
+    reference_size: int = REFERENCE_SIZE,
 ) -> Result:
     """Centroid from `train`, threshold from `holdout` (and labelled `anomalies`);
     `text_prefix` is what the texts were embedded with (`embedding.text_prefix`).
+
+    With `method` target_fpr the threshold is the held-out score at
+    `rank(n, target_fpr, confidence)` (`scoring.threshold_confidence`; 0.5: the median
+    FPR is at most the target). At most `reference_size` held-out rows (a random subset
+    drawn with `seed`) are kept as the artifact's reference sample; 0 keeps none.
 
     `score` replaces the centroid cosine as the score the threshold applies to (e.g. the
     kNN score of detector.calibration.keys); `scoring` is recorded in the artifact.
@@ -142,8 +166,14 @@ def calibrate(
     sims = scorer(holdout_rows)
     anomaly_sims = (scorer(np.asarray(anomalies))
                     if anomalies is not None and len(np.asarray(anomalies)) else np.empty(0))
-    threshold = threshold_at_fpr(sims, target_fpr)
-    lo, hi = bootstrap_ci(sims, target_fpr, bootstrap, seed)
+    chosen = promise(sims, target_fpr, confidence)
+    if chosen is None:
+        msg = (f"{len(sims)} held-out normals cannot promise a {target_fpr:.2%} "
+               f"false-positive rate at confidence {confidence}: give more normal samples, "
+               f"a larger --holdout or a lower scoring.threshold_confidence")
+        raise CalibrationError(msg)
+    threshold, threshold_fpr = chosen
+    lo, hi = bootstrap_ci(sims, target_fpr, bootstrap, seed, at_rank=threshold_fpr["rank"])
     metrics: dict[str, Any] = {
         "holdout_fpr": fpr(sims, threshold), "threshold_ci95": [lo, hi],
         "target_fpr": target_fpr,
@@ -151,6 +181,7 @@ def calibrate(
                                "p01": float(np.quantile(sims, 0.01)),
                                "p50": float(np.median(sims))},
         "similarity_profile": similarity_profile(sims, holdout_rows, seed),
+        "threshold_fpr": threshold_fpr,
     }
     target = target_fpr
     if len(anomaly_sims):
@@ -166,6 +197,8 @@ def calibrate(
             metrics["at_precision"] = {"precision": precision, "recall": recall}
             target = target_precision
         metrics["holdout_fpr"] = fpr(sims, threshold)
+        if method != "target_fpr":
+            del metrics["threshold_fpr"]  # the promise is the target-FPR selection's
     elif method != "target_fpr":
         msg = f"--select {method} needs labelled anomalies (--anomalies or --label-field)"
         raise CalibrationError(msg)
@@ -176,6 +209,7 @@ def calibrate(
                 "anomalies": len(anomaly_sims)},
         metrics=metrics, scoring={"center": None, "method": "centroid"} | (scoring or {}),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        reference=reference_section(holdout_rows, reference_size, seed),
     )
     return Result(artifact, sims, anomaly_sims)
 
@@ -234,12 +268,28 @@ def parse_artifact(body: Any, name: str) -> CalibrationArtifact:
     except (ValidationError, ValueError, KeyError) as exc:
         msg = f"calibration artifact {path} is invalid: {exc}"
         raise ConfigError(msg) from None
+    _check_references(artifact, path)
     if artifact.scoring.center is not None:
         # reserved for embedding post-processing; bench/quality found none worth applying
         msg = (f"calibration artifact {path} asks for scoring.center, which this detector "
                f"does not apply; recalibrate with this version")
         raise ConfigError(msg)
     return artifact
+
+
+def _check_references(artifact: CalibrationArtifact, path: str) -> None:
+    """Refuse reference samples whose encoded rows are not `count` rows of the model's
+    dimension (a truncated or foreign artifact), before the daemon relies on them."""
+    dimension = artifact.model.dimension
+    named = [("reference", artifact.reference)]
+    if artifact.keys is not None:
+        named += [(f"keys.baselines[{key!r}].reference", b.reference)
+                  for key, b in artifact.keys.baselines.items()]
+    for name, ref in named:
+        if ref is not None and not ref.fits(dimension):
+            msg = (f"calibration artifact {path} is invalid: {name} does not hold "
+                   f"{ref.count} rows of {dimension} dimensions")
+            raise ConfigError(msg)
 
 
 def check_compatible(artifact: CalibrationArtifact, model: str, dimension: int,

@@ -6,11 +6,15 @@ of the source reference). It scores by the centroid cosine or by the mean cosine
 nearest exemplars (`scoring.method`).
 
 Per key: every key value with at least `min_train` training normals gets its own
-baseline; its threshold is chosen on its own held-out normals when it has at least
-`min_holdout(target_fpr)` of them (three expected false positives at the target), else
-it is left to the *pooled* key threshold, chosen on all held-out normals of keyed
-baselines, each scored against its own key's baseline. Keys with fewer training normals
-get no baseline: the daemon judges them against the global one.
+baseline. Its threshold is chosen on its own held-out normals when they support one at
+the stated confidence (detector.model.reference.supports with
+`scoring.key_threshold_confidence`, default 0.9: the conservative end): the order
+statistic at `rank(n, target, confidence)`. Otherwise it is left to the *pooled* key
+threshold, chosen at the same confidence on all held-out normals of keyed baselines,
+each scored against its own key's baseline (and when even those are too few, to the
+global threshold). Keys with fewer training normals get no baseline: the daemon judges
+them against the global one. Each key keeps at most `reference_size` of its held-out
+normals as its reference sample (docs/design/thresholds.md).
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from detector.calibration.stats import min_holdout, threshold_at_fpr
+from detector.calibration.stats import KEY_REFERENCE_SIZE, promise, reference_section
 from detector.model.centroid import Centroid
+from detector.model.reference import supports
 from detector.model.reservoir import Ref, Reservoir, encode_exemplars
 
 Floats = npt.NDArray[np.float64]
 Method = Literal["centroid", "knn"]
+# where a key's threshold comes from: its own held-out normals, the pooled key threshold,
+# or (no pooled one either) the global threshold
+Origin = Literal["own", "pooled", "global"]
 
 
 @dataclass(slots=True)
@@ -56,38 +64,65 @@ def fit(rows: npt.ArrayLike, refs: Sequence[Ref], reservoir_size: int) -> Fitted
 
 @dataclass(slots=True)
 class KeyCalibration:
-    """Per-key baselines, their thresholds (None: use the pooled one), and the pooled one."""
+    """Per-key baselines, their thresholds (None: use the pooled one), and the pooled one;
+    what each threshold promises (the FprPromise section: rank, held-out count,
+    confidence, expected FPR and its 90 % interval) and each key's reference sample."""
 
     baselines: dict[str, Fitted]
     thresholds: dict[str, float | None]
     holdout: dict[str, int]
     pooled: float | None
     pooled_fpr_by_key: dict[str, float] = field(default_factory=dict)
+    promises: dict[str, dict[str, Any]] = field(default_factory=dict)  # own thresholds
+    pooled_promise: dict[str, Any] | None = None
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def threshold(self, key: str) -> float | None:
         own = self.thresholds.get(key)
         return own if own is not None else self.pooled
 
+    def origin(self, key: str) -> Origin:
+        if self.thresholds.get(key) is not None:
+            return "own"
+        return "pooled" if self.pooled is not None else "global"
+
+    def promise(self, key: str) -> dict[str, Any] | None:
+        """What the threshold applied to `key` promises (None: the global one applies)."""
+        return self.promises.get(key) if self.origin(key) == "own" else self.pooled_promise
+
     def to_json(self, key_field: str, min_train: int, *, keep_text: bool) -> dict[str, Any]:
         """The artifact's ``keys`` section."""
-        return {
-            "field": key_field, "min_train": min_train, "pooled_threshold": self.pooled,
-            "baselines": {
-                key: {"centroid": b.centroid.to_dict(), "threshold": self.thresholds[key],
-                      "counts": {"train": b.train, "holdout": self.holdout.get(key, 0)},
-                      "exemplars": encode_exemplars(b.reservoir.exemplars(),
-                                                    keep_text=keep_text)}
-                for key, b in sorted(self.baselines.items())},
-        }
+        body: dict[str, Any] = {"field": key_field, "min_train": min_train,
+                                "pooled_threshold": self.pooled}
+        if self.pooled_promise is not None:
+            body["pooled_fpr"] = self.pooled_promise
+        baselines = {}
+        for key, b in sorted(self.baselines.items()):
+            entry: dict[str, Any] = {
+                "centroid": b.centroid.to_dict(), "threshold": self.thresholds[key],
+                "counts": {"train": b.train, "holdout": self.holdout.get(key, 0)},
+                "exemplars": encode_exemplars(b.reservoir.exemplars(), keep_text=keep_text),
+                "threshold_origin": self.origin(key)}
+            promised = self.promise(key)
+            if promised is not None:
+                entry["threshold_fpr"] = promised
+            if key in self.references:
+                entry["reference"] = self.references[key]
+            baselines[key] = entry
+        body["baselines"] = baselines
+        return body
 
 
 def calibrate_keys(
     train: npt.ArrayLike, train_keys: Sequence[str | None], train_refs: Sequence[Ref],
     holdout: npt.ArrayLike, holdout_keys: Sequence[str | None], *,
     target_fpr: float, method: Method = "centroid", k: int = 5,
-    reservoir_size: int = 100, min_train: int = 50,
+    reservoir_size: int = 100, min_train: int = 50, confidence: float = 0.9,
+    reference_size: int = KEY_REFERENCE_SIZE, seed: int = 0,
 ) -> KeyCalibration:
-    """Fit a baseline per key with enough training normals and choose its threshold."""
+    """Fit a baseline per key with enough training normals and choose its threshold at
+    `confidence` (`scoring.key_threshold_confidence`); keep at most `reference_size` of
+    each key's held-out normals (drawn with `seed`) as its reference sample."""
     train_rows = np.asarray(train, dtype=np.float64)
     hold_rows = np.asarray(holdout, dtype=np.float64)
     baselines: dict[str, Fitted] = {}
@@ -98,14 +133,24 @@ def calibrate_keys(
     thresholds: dict[str, float | None] = {}
     held: dict[str, int] = {}
     own_scores: dict[str, Floats] = {}
+    promises: dict[str, dict[str, Any]] = {}
+    references: dict[str, dict[str, Any]] = {}
     for key, baseline in baselines.items():
         idx = [i for i, k_ in enumerate(holdout_keys) if k_ == key]
         held[key] = len(idx)
         own_scores[key] = baseline.scores(hold_rows[idx], method, k) if idx else np.empty(0)
-        enough = len(idx) >= min_holdout(target_fpr)
-        thresholds[key] = threshold_at_fpr(own_scores[key], target_fpr) if enough else None
+        chosen = (promise(own_scores[key], target_fpr, confidence)
+                  if supports(len(idx), target_fpr, confidence) else None)
+        thresholds[key] = None if chosen is None else chosen[0]
+        if chosen is not None:
+            promises[key] = chosen[1]
+        reference = reference_section(hold_rows[idx], reference_size, seed) if idx else None
+        if reference is not None:
+            references[key] = reference
     pooled_scores = np.concatenate(list(own_scores.values())) if own_scores else np.empty(0)
-    pooled = threshold_at_fpr(pooled_scores, target_fpr) if len(pooled_scores) else None
+    pooled_chosen = promise(pooled_scores, target_fpr, confidence)
+    pooled = None if pooled_chosen is None else pooled_chosen[0]
     by_key = {key: float(np.mean(s < pooled)) for key, s in own_scores.items()
               if len(s) and pooled is not None}
-    return KeyCalibration(baselines, thresholds, held, pooled, by_key)
+    return KeyCalibration(baselines, thresholds, held, pooled, by_key, promises,
+                          None if pooled_chosen is None else pooled_chosen[1], references)

@@ -3,13 +3,70 @@ installed; it is in the `dev` extra and not needed by the daemon)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from detector.calibration.artifact import Result
+from detector.calibration.artifact import CalibrationArtifact, Result
+from detector.calibration.sections import FprPromise
 from detector.calibration.stats import roc_points
+
+
+def fpr_range(promised: FprPromise | None) -> str:
+    """A threshold's expected false-positive rate and its 90 % interval, as text."""
+    if promised is None:
+        return "-"
+    low, high = promised.fpr_interval
+    return f"{promised.expected_fpr:.2%} (90 % interval {low:.2%} .. {high:.2%})"
+
+
+def global_promise(artifact: CalibrationArtifact) -> str | None:
+    """What the global threshold promises, as text (None: not a target-FPR selection or
+    an artifact made before issue 22)."""
+    p = artifact.metrics.threshold_fpr
+    if p is None:
+        return None
+    return (f"{fpr_range(p)}; rank {p.rank} of {p.holdout} held-out normals at "
+            f"confidence {p.confidence:g}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """One key's line of the summary and the report."""
+
+    key: str
+    holdout: int
+    origin: str  # own, pooled or global
+    threshold: float | None
+    fpr: str
+
+
+def key_rows(artifact: CalibrationArtifact) -> list[KeyRow]:
+    """Per key baseline: held-out count, where its threshold comes from, the threshold
+    applied and its expected FPR range (a pooled key shows the pooled threshold's, which
+    holds over all keys' held-out normals together, not for the key alone)."""
+    keys = artifact.keys
+    if keys is None:
+        return []
+    rows = []
+    for key, b in sorted(keys.baselines.items()):
+        origin = b.threshold_origin or ("own" if b.threshold is not None else "pooled")
+        threshold = (b.threshold if origin == "own" else keys.pooled_threshold
+                     if origin == "pooled" else artifact.threshold)
+        rows.append(KeyRow(key, b.counts.holdout, origin, threshold, fpr_range(b.threshold_fpr)))
+    return rows
+
+
+def key_table(rows: list[KeyRow]) -> list[str]:
+    """The per-key rows as a Markdown table."""
+    out = ["| key | held-out | threshold from | threshold | expected FPR |",
+           "|---|---:|---|---:|---|"]
+    for r in rows:
+        threshold = "-" if r.threshold is None else f"{r.threshold:.4f}"
+        out.append(f"| {r.key} | {r.holdout} | {r.origin} | {threshold} | {r.fpr} |")
+    return out
 
 
 def write_report(result: Result, directory: Path) -> list[Path]:
@@ -33,9 +90,24 @@ def write_report(result: Result, directory: Path) -> list[Path]:
         f"{m.threshold_ci95[0]:.4f} .. {m.threshold_ci95[1]:.4f})",
         f"- false-positive rate on held-out normals: {m.holdout_fpr:.2%}",
     ]
+    promised = global_promise(a)
+    if promised is not None:
+        lines.append(f"- expected false-positive rate of the threshold: {promised}")
+    if a.reference is not None:
+        lines.append(f"- reference sample: {a.reference.count} held-out normals kept in "
+                     f"the artifact")
     if m.roc_auc is not None:
         lines += [f"- ROC AUC: {m.roc_auc:.3f}, PR AUC: {m.pr_auc:.3f}",
                   f"- recall at the target FPR: {m.recall_at_target_fpr:.2%}"]
+    if a.keys is not None:
+        pooled = a.keys.pooled_threshold
+        lines += ["", f"## Per-key thresholds (`{a.keys.field}`)", "",
+                  "A key's own threshold when its held-out normals support one, else the "
+                  "pooled key threshold"
+                  + ("" if pooled is None else
+                     f" ({pooled:.4f}, expected FPR {fpr_range(a.keys.pooled_fpr)} over "
+                     f"all keys' held-out normals)")
+                  + ", else the global one.", "", *key_table(key_rows(a))]
     lines += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
     if not plots:
         lines.append("(no plots: matplotlib is not installed)")

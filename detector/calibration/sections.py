@@ -1,7 +1,7 @@
 """The typed sections of the calibration artifact (detector.calibration.artifact): the
 embedding model, sample counts, metrics with the similarity profile, the scoring
-method, encoded exemplars and per-key baselines. Each is written back as it was read,
-so an artifact's JSON survives loading and saving byte for byte."""
+method, encoded exemplars, reference samples and per-key baselines. Each is written
+back as it was read, so an artifact's JSON survives loading and saving byte for byte."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from detector.model.reference import Rows, decode_rows
 from detector.model.reservoir import Exemplar, decode_exemplars
 
 
@@ -74,6 +75,20 @@ class AtPrecision(Section):
     recall: float
 
 
+class FprPromise(Section):
+    """What a threshold at an order statistic of held-out scores promises
+    (detector.model.reference): it is the `rank`-th smallest of `holdout` scores, chosen
+    so that its false-positive rate exceeds the target with probability at most
+    1 - `confidence`; its expected false-positive rate is rank / (holdout + 1) and
+    `fpr_interval` the central 90 % interval."""
+
+    rank: int
+    holdout: int
+    confidence: float
+    expected_fpr: float
+    fpr_interval: list[float]
+
+
 class Metrics(Section):
     """How the threshold does on held-out normals (and labelled anomalies, when given);
     `calibrate` records them all, an artifact that lacks some still loads."""
@@ -88,6 +103,7 @@ class Metrics(Section):
     recall_at_target_fpr: float | None = None
     best_f1: BestF1 | None = None
     at_precision: AtPrecision | None = None
+    threshold_fpr: FprPromise | None = None  # target_fpr selection; absent before issue 22
 
 
 class Scoring(Section):
@@ -123,6 +139,29 @@ def decode(exemplars: list[EncodedExemplar], dimension: int) -> list[Exemplar]:
     return decode_exemplars([e.to_json() for e in exemplars], dimension)
 
 
+class Reference(Section):
+    """Held-out normals that never taught the baseline: `count` unit rows as base64
+    float16 (detector.model.reference.encode_rows). The daemon re-scores them against the
+    baseline as it is now to re-derive its threshold."""
+
+    rows: str
+    count: int
+
+    def decoded(self, dimension: int) -> Rows:
+        rows = decode_rows(self.rows, dimension)
+        if len(rows) != self.count:
+            msg = f"the reference holds {len(rows)} rows, not its count {self.count}"
+            raise ValueError(msg)
+        return rows
+
+    def fits(self, dimension: int) -> bool:
+        """Whether the encoded text holds exactly `count` rows of `dimension` (checked
+        on the base64 length, without decoding)."""
+        text = self.rows
+        size = len(text) * 3 // 4 - text[-2:].count("=") if text else 0
+        return len(text) % 4 == 0 and size == self.count * dimension * 2
+
+
 class KeyCounts(Section):
     train: int = 0
     holdout: int = 0
@@ -135,9 +174,19 @@ class KeyBaseline(Section):
     threshold: float | None = None  # None: the pooled key threshold applies
     counts: KeyCounts = KeyCounts()
     exemplars: list[EncodedExemplar] = []
+    # issue 22: where the threshold comes from ("own" or "pooled") and what it promises
+    # (for a pooled key, the pooled threshold's promise over all keys' held-out normals),
+    # and the key's own held-out normals; absent in artifacts made before
+    threshold_origin: str | None = None
+    threshold_fpr: FprPromise | None = None
+    reference: Reference | None = None
 
     def decoded_exemplars(self, dimension: int) -> list[Exemplar]:
         return decode(self.exemplars, dimension)
+
+    def reference_rows(self, dimension: int) -> Rows | None:
+        """The key's held-out reference normals as float32 unit rows; None when absent."""
+        return None if self.reference is None else self.reference.decoded(dimension)
 
 
 class Keys(Section):
@@ -146,4 +195,5 @@ class Keys(Section):
     field: str
     min_train: int | None = None
     pooled_threshold: float | None = None
+    pooled_fpr: FprPromise | None = None  # absent before issue 22
     baselines: dict[str, KeyBaseline] = {}

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.errors import CalibrationError
+from detector.model.reference import encode_rows, fpr_interval, rank
 
 Floats = npt.NDArray[np.float64]
 # how the threshold is chosen: on held-out normals at a target false-positive rate, or,
@@ -49,8 +50,9 @@ def fpr(normal_sims: npt.ArrayLike, threshold: float) -> float:
 
 
 def bootstrap_ci(normal_sims: npt.ArrayLike, target_fpr: float, rounds: int, seed: int,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of `threshold_at_fpr`, in O(n + rounds) memory.
+                 level: float = 0.95, *, at_rank: int | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of `threshold_at_fpr` (or, given a 1-based `at_rank`,
+    of that order statistic), in O(n + rounds) memory.
 
     The estimate is the order statistic k = floor(target_fpr * n) of the sorted normals.
     Resampling n values with replacement is drawing n indices uniformly from 0..n-1 into
@@ -62,12 +64,46 @@ def bootstrap_ci(normal_sims: npt.ArrayLike, target_fpr: float, rounds: int, see
     """
     sims = np.sort(np.asarray(normal_sims, dtype=np.float64))
     n = len(sims)
-    k = min(math.floor(target_fpr * n), n - 1)
+    k = min(math.floor(target_fpr * n) if at_rank is None else at_rank - 1, n - 1)
     rng = np.random.default_rng(seed)
     index = np.minimum((n * rng.beta(k + 1, n - k, size=rounds)).astype(np.intp), n - 1)
     estimates = sims[index]
     tail = (1 - level) / 2
     return float(np.quantile(estimates, tail)), float(np.quantile(estimates, 1 - tail))
+
+
+REFERENCE_SIZE = 2000  # held-out normals kept as the global reference (--reference-size)
+KEY_REFERENCE_SIZE = 1000  # and per key baseline
+
+
+def reference_section(rows: npt.ArrayLike, size: int, seed: int) -> dict[str, Any] | None:
+    """At most `size` of `rows` (a random subset drawn with `seed`, in their order),
+    normalised and encoded as the artifact's ``reference`` form; None when there are
+    none to keep."""
+    matrix = np.asarray(rows)
+    if size <= 0 or matrix.ndim != 2 or len(matrix) == 0:
+        return None
+    if len(matrix) > size:
+        keep = np.sort(np.random.default_rng(seed).choice(len(matrix), size, replace=False))
+        matrix = matrix[keep]
+    unit = matrix.astype(np.float64)
+    norms = np.linalg.norm(unit, axis=1, keepdims=True)
+    unit = np.divide(unit, norms, out=np.zeros_like(unit), where=norms > 0)
+    return {"rows": encode_rows(unit), "count": len(unit)}
+
+
+def promise(sims: npt.ArrayLike, target_fpr: float, confidence: float
+            ) -> tuple[float, dict[str, Any]] | None:
+    """The threshold at `rank(n, target_fpr, confidence)` among `sims` and its promise
+    (the FprPromise section); None when the sample is too small for that confidence."""
+    s = np.sort(np.asarray(sims, dtype=np.float64))
+    n = len(s)
+    k = rank(n, target_fpr, confidence)
+    if k is None:
+        return None
+    low, high = fpr_interval(n, k)
+    return float(s[k - 1]), {"rank": k, "holdout": n, "confidence": confidence,
+                             "expected_fpr": k / (n + 1), "fpr_interval": [low, high]}
 
 
 PROFILE_LEVELS = 101  # similarity quantiles stored: every percentile, 0 to 100

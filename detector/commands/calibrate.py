@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from detector.calibration import keys as keycal
+from detector.calibration import report
 from detector.calibration.artifact import Result, calibrate, load_artifact, save_artifact
 from detector.calibration.samples import read_samples
 from detector.calibration.stats import Method, split
@@ -56,6 +57,8 @@ class CalibrateOptions:
     holdout: float = 0.3
     seed: int = 0
     bootstrap: int = 1000
+    reference_size: int = 2000  # held-out normals kept as the reference sample
+    key_reference_size: int = 1000  # per key baseline
     out: Path = Path("calibration.json")
     report_dir: Path | None = None
     cache_dir: Path = Path(".cache/embeddings")
@@ -151,7 +154,8 @@ def calibrate_vectors(settings: Settings, opts: CalibrateOptions, normal_vecs: M
         bootstrap=opts.bootstrap, seed=opts.seed,
         text_prefix=settings.embedding.text_prefix,
         score=lambda rows: fitted.scores(rows, scoring.method, scoring.k),
-        scoring={"method": scoring.method, "k": scoring.k})
+        scoring={"method": scoring.method, "k": scoring.k},
+        confidence=scoring.threshold_confidence, reference_size=opts.reference_size)
     exemplars = encode_exemplars(fitted.reservoir.exemplars(),
                                  keep_text=scoring.keep_exemplar_text)
     keys_section = None
@@ -160,7 +164,9 @@ def calibrate_vectors(settings: Settings, opts: CalibrateOptions, normal_vecs: M
             normal_vecs[train], [keys[i] for i in train], train_refs, normal_vecs[hold],
             [keys[i] for i in hold], target_fpr=opts.target_fpr, method=scoring.method,
             k=scoring.k, reservoir_size=scoring.key_reservoir_size,
-            min_train=scoring.key_min_samples)
+            min_train=scoring.key_min_samples,
+            confidence=scoring.key_threshold_confidence,
+            reference_size=opts.key_reference_size, seed=opts.seed)
         keys_section = per_key.to_json(key_field, scoring.key_min_samples,
                                        keep_text=scoring.keep_exemplar_text)
     return Result(result.artifact.with_baselines(exemplars, keys_section),
@@ -259,9 +265,13 @@ def summary_table(result: Result, out: Path, calls: int) -> str:
                       f"{m.threshold_ci95[1]:.4f} at the target FPR)"),
         ("held-out FPR", f"{m.holdout_fpr:.2%}"),
     ]
+    promised = report.global_promise(a)
+    if promised is not None:
+        rows.append(("expected FPR", promised))
     if m.roc_auc is not None and m.best_f1 is not None:
         rows += [("ROC AUC", f"{m.roc_auc:.3f}"), ("PR AUC", f"{m.pr_auc:.3f}"),
                  ("best F1", f"{m.best_f1.f1:.3f} at {m.best_f1.threshold:.4f}")]
+    per_key = report.key_rows(a)
     if a.keys is not None:
         baselines = a.keys.baselines
         own = sum(b.threshold is not None for b in baselines.values())
@@ -269,12 +279,35 @@ def summary_table(result: Result, out: Path, calls: int) -> str:
         rows.append(("per-key baselines",
                      f"{len(baselines)} keys of {a.keys.field} ({own} with their own "
                      f"threshold; pooled key threshold "
-                     f"{'none' if pooled is None else f'{pooled:.4f}'})"))
+                     f"{'none' if pooled is None else f'{pooled:.4f}'}"
+                     + (f", expected FPR {report.fpr_range(a.keys.pooled_fpr)}"
+                        if a.keys.pooled_fpr is not None else "") + ")"))
     rows += [("scoring", f"{a.scoring.method}, "
                          f"{len(a.exemplars)} exemplars"),
+             ("reference", "none" if a.reference is None
+              else f"{a.reference.count} held-out normals"),
              ("embedding calls", calls), ("artifact", out)]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows) + "\n"
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if per_key:
+        lines += ["", *_key_lines(per_key[:SUMMARY_KEYS])]
+        if len(per_key) > SUMMARY_KEYS:
+            lines.append(f"... and {len(per_key) - SUMMARY_KEYS} more keys (all in the "
+                         f"artifact and in --report-dir's report.md)")
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY_KEYS = 50  # keys listed in the summary; the report lists all
+
+
+def _key_lines(rows: list[report.KeyRow]) -> list[str]:
+    """Per key: held-out count, own/pooled, threshold and expected FPR range, aligned."""
+    cells = [("key", "held-out", "threshold from", "threshold", "expected FPR")]
+    cells += [(r.key, str(r.holdout), r.origin,
+               "-" if r.threshold is None else f"{r.threshold:.4f}", r.fpr) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    return ["  ".join(c.ljust(w) for c, w in zip(cell[:4], widths, strict=True))
+            + "  " + cell[4] for cell in cells]
 
 
 def command(settings: Settings, opts: CalibrateOptions) -> int:

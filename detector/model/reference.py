@@ -24,11 +24,12 @@ Floats = npt.NDArray[np.float64]
 Rows = npt.NDArray[np.float32]
 
 
-def binomial_cdf(n: int, p: float) -> Floats:
-    """P(Binomial(n, p) <= j) for j = 0 .. n."""
-    j = np.arange(1, n + 1, dtype=np.float64)
+def binomial_cdf(n: int, p: float, upto: int | None = None) -> Floats:
+    """P(Binomial(n, p) <= j) for j = 0 .. `upto` (default n)."""
+    top = n if upto is None else max(0, min(n, upto))
+    j = np.arange(1, top + 1, dtype=np.float64)
     log_choose = np.concatenate([[0.0], np.cumsum(np.log(n - j + 1) - np.log(j))])
-    counts = np.arange(n + 1, dtype=np.float64)
+    counts = np.arange(top + 1, dtype=np.float64)
     log_pmf = log_choose + counts * math.log(p) + (n - counts) * math.log1p(-p)
     cdf: Floats = np.minimum(np.cumsum(np.exp(log_pmf)), 1.0)
     return cdf
@@ -41,8 +42,11 @@ def rank(n: int, target: float, confidence: float) -> int | None:
     when even the smallest score cannot promise that (too few reference normals)."""
     if n < 1:
         return None
-    cdf = binomial_cdf(n, target)  # cdf[k - 1] = P(FPR of the k-th smallest > target)
-    ok = np.flatnonzero(cdf[:n] <= 1.0 - confidence + 1e-12)
+    # cdf[k - 1] = P(FPR of the k-th smallest > target); the largest rank with it at most
+    # 1 - confidence lies below the mean plus ten standard deviations
+    upto = math.ceil(n * target + 10.0 * math.sqrt(n * target * (1.0 - target)) + 10.0)
+    cdf = binomial_cdf(n, target, min(upto, n - 1))
+    ok = np.flatnonzero(cdf <= 1.0 - confidence + 1e-12)
     return int(ok[-1]) + 1 if len(ok) else None
 
 
@@ -54,7 +58,7 @@ def fpr_interval(n: int, k: int, level: float = 0.9) -> tuple[float, float]:
     tail = (1.0 - level) / 2.0
 
     def beta_cdf(x: float) -> float:
-        return float(1.0 - binomial_cdf(n, x)[k - 1])
+        return float(1.0 - binomial_cdf(n, x, k - 1)[k - 1])
 
     def solve(goal: float) -> float:
         low, high = 0.0, 1.0
@@ -113,11 +117,22 @@ def derive(scores: npt.ArrayLike, target: float, confidence: float,
 
 
 def supports(n: int, target: float, confidence: float) -> bool:
-    """Whether n reference normals support a threshold of its own for `target`: a rank
-    exists and its expected false-positive rate is at least half the target (fewer would
-    make the threshold needlessly blind)."""
-    k = rank(n, target, confidence)
-    return k is not None and k / (n + 1) >= target / 2.0
+    """Whether n reference normals support a threshold of their own for `target`: n is at
+    least `min_support`."""
+    return n >= min_support(target, confidence)
+
+
+@functools.lru_cache(maxsize=64)
+def min_support(target: float, confidence: float) -> int:
+    """The fewest reference normals from which on a rank exists at this confidence and
+    its expected false-positive rate is at least half the target, for every larger count
+    too (the rank steps, so the condition alone is not monotonic in n)."""
+    last_failure = 0
+    for n in range(1, math.ceil(20.0 / target) + 1):
+        k = rank(n, target, confidence)
+        if k is None or k / (n + 1) < target / 2.0:
+            last_failure = n
+    return last_failure + 1
 
 
 def leave_one_out(rows: npt.ArrayLike, total: npt.ArrayLike) -> Floats:

@@ -232,6 +232,9 @@ def build(scoring: ScoringSettings, centroid: Centroid, threshold: float, *,
     samples = round(centroid.weight)
     if artifact is not None:
         reservoir.merge(artifact.decoded_exemplars(dimension))
+        rows = artifact.reference_rows(dimension)
+        if rows is not None and reference is None:
+            reference = Sample(rows)  # held-out normals: the threshold follows the centroid
         if artifact.keys is not None and scoring.key_field is not None:
             bases = _key_bases(artifact.keys, dimension)
             pooled = artifact.keys.pooled_threshold
@@ -248,7 +251,9 @@ def _key_bases(keys: Keys, dimension: int) -> dict[str, KeyBase]:
     out = {}
     for key, body in keys.baselines.items():
         exemplars = body.decoded_exemplars(dimension)
+        rows = body.reference_rows(dimension)
         out[str(key)] = KeyBase(
             Centroid.from_dict(body.centroid), body.threshold, body.counts.train,
-            [(e.vector, e.ref) for e in exemplars])
+            [(e.vector, e.ref) for e in exemplars],
+            None if rows is None else Sample(rows))
     return out
