@@ -381,13 +381,20 @@ class Settings(BaseSettings):
         return SecretStr(value) if value else None
 
 
-def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Settings:
-    """Build the settings, turning validation failures into a `ConfigError` naming the field."""
+def config_file(config_path: Path | str | None = None) -> Path | None:
+    """The YAML file the settings are read from: `config_path`, else $DETECTOR_CONFIG,
+    else config/detector.yaml when it exists, else none."""
     path = Path(config_path) if config_path else None
     if path is None and os.environ.get("DETECTOR_CONFIG"):
         path = Path(os.environ["DETECTOR_CONFIG"])
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
+    return path
+
+
+def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings, turning validation failures into a `ConfigError` naming the field."""
+    path = config_file(config_path)
     if path is not None and not path.is_file():
         msg = f"configuration file not found: {path}"
         raise ConfigError(msg)
