@@ -1,13 +1,6 @@
 """The `detector` command line: parse, load settings once, call one command with them.
 
-Every flag of every subcommand is declared here; a value a flag cannot take is refused by
-its `type=` function (a usage error, exit 2) before any command runs. A command's body
-lives in its own module of `detector.commands` (`run`, `calibrate`, `replay`, `compare`,
-`check`, `effective`)
-as one function taking the settings and the command's options (`CalibrateOptions`,
-`ReplayOptions`); the CLI builds those from the parsed arguments and calls it. The
-library never imports the CLI. Errors that reach here become one line on stderr and an
-exit code from `detector.exits`.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """Configuration: one frozen settings object, built once at the edge and passed down.
 
-Sources, highest priority first: keyword arguments (tests, CLI flags), ``DETECTOR_*``
-environment variables (``__`` between levels, e.g. ``DETECTOR_EMBEDDING__BACKEND``), the
-YAML file (``--config``, else ``$DETECTOR_CONFIG``, else ``config/detector.yaml`` when it
-exists), then the defaults below. API keys come only from the environment (or a mounted
-Kubernetes Secret exposed as an environment variable): ``DETECTOR_EMBEDDING__API_KEY``,
-else ``DASHSCOPE_API_KEY`` / ``OPENAI_API_KEY`` for the matching backend.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Process exit codes of every `detector` command, in one place (each command's --help
 and the CLI reference list them).
 
-A second SIGTERM/SIGINT ends the process at once with the shell's convention,
-``128 + signal number`` (`by_signal`).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The calibration artifact: what `detector calibrate` makes (`calibrate`, from embedded
 normals and labelled anomalies) and `detector run` loads, and its JSON file.
 
-The centroid is built on a training split of the normal samples and the threshold is
-chosen on the held-out normals (detector.calibration.stats), so it is not biased by the
-samples that made the centroid.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

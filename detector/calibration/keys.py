@@ -1,16 +1,6 @@
 """Fitting baselines and calibrating per-key thresholds. Pure numpy, no I/O.
 
-A baseline is fitted on training normals: their mean as the centroid, and a reservoir
-sampled from them exactly as the daemon samples accepted comments (A-Res keyed by a hash
-of the source reference). It scores by the centroid cosine or by the mean cosine to the k
-nearest exemplars (`scoring.method`).
-
-Per key: every key value with at least `min_train` training normals gets its own
-baseline; its threshold is chosen on its own held-out normals when it has at least
-`min_holdout(target_fpr)` of them (three expected false positives at the target), else
-it is left to the *pooled* key threshold, chosen on all held-out normals of keyed
-baselines, each scored against its own key's baseline. Keys with fewer training normals
-get no baseline: the daemon judges them against the global one.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

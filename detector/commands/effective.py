@@ -1,8 +1,6 @@
 """`detector config`: the effective configuration, every value with where it came from.
 
-Values left to the detector (rebalance timeout, reorder window, transactional id, replica
-id, min.insync.replicas) are shown as it derives them; secrets show only whether they are
-set and from where.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

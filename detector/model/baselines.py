@@ -1,25 +1,6 @@
 """What a comment is judged against: a global baseline and one per key. Pure, no I/O.
 
-A *baseline* is a centroid (mergeable S, w), a threshold, and a reservoir of accepted
-normal exemplars. `scoring.key_field` names where a comment's key comes from (a dotted
-path into the JSON value, or ``@key`` for the Kafka record key); each key value gets its
-own baseline, created on first sight (from the calibration artifact's baseline for that
-key when there is one, else empty). A key with fewer than `key_min_samples` accepted
-comments is judged against the global baseline. Every accepted comment feeds the global
-baseline and its key's, so a young key grows up on the comments the global baseline
-found normal.
-
-The threshold of a key baseline is its own calibrated one where calibration had enough
-data for that key, else the pooled per-key threshold of the artifact (all calibration
-normals, each scored against its own key's baseline), else the global threshold.
-
-At most `max_keys` key baselines are held; the least recently seen is evicted (and
-counted) to make room. An evicted key starts again from its artifact baseline or empty.
-
-Scores: ``centroid`` is the cosine to the baseline's centroid, ``knn`` the mean cosine to
-the k nearest exemplars of its reservoir (the centroid cosine while the reservoir is
-empty). A comment is accepted — it updates the centroid and is offered to the
-reservoir — when its score is at least threshold + margin.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations
