@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-netfaults lint typecheck unit bench bench-quality bench-soak clean schema
+.PHONY: venv demo test test-netfaults lint typecheck unit bench bench-quality bench-soak clean schema docs docs-site
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,7 @@ test: venv
 	bash scripts/ensure-promtool.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 	$(PY) -m pytest -m "not netfaults_long"
 
 # Network faults in network namespaces (root, iproute2; tests/netns.py): all scenarios,
@@ -44,6 +45,15 @@ unit: venv
 schema: venv
 	$(PY) -m devtools.schema
 
+# Regenerate the reference pages of the documentation site from the settings model, the
+# CLI parser and the chart's values schema (tests/test_docs.py fails when stale).
+docs: venv
+	$(PY) -m devtools.docs
+
+# Build the site into site/ (`make test` does the same with --strict).
+docs-site: venv docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: venv
 	$(PY) -m bench.run
 
@@ -55,4 +65,4 @@ bench-quality: venv
 	$(PY) -m bench.quality.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .cache/demo
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .cache/demo site

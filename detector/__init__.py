@@ -1,8 +1,6 @@
 """detector: a streaming anomaly detector for text comments on Kafka.
 
-Comments are embedded in micro-batches, scored by cosine similarity to an
-incrementally updated centroid of normal comments, and those below a calibrated
-threshold are published as alerts.
+Design notes: docs/design/modules.md.
 """
 
 from importlib.metadata import PackageNotFoundError, version

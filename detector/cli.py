@@ -1,12 +1,6 @@
 """The `detector` command line: parse, load settings once, call one command with them.
 
-Every flag of every subcommand is declared here; a value a flag cannot take is refused by
-its `type=` function (a usage error, exit 2) before any command runs. A command's body
-lives in its own module of `detector.commands` (`run`, `calibrate`, `replay`, `compare`)
-as one function taking the settings and the command's options (`CalibrateOptions`,
-`ReplayOptions`); the CLI builds those from the parsed arguments and calls it. The
-library never imports the CLI. Errors that reach here become one line on stderr and an
-exit code from `detector.exits`.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations
@@ -16,46 +10,132 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeAlias
 
-import orjson
+import shtab
 from aiokafka.errors import KafkaError
 
 from detector import __version__
-from detector.commands import calibrate, compare, replay
+from detector.commands import calibrate, check, compare, effective, replay
 from detector.commands import run as app
-from detector.config import Settings, load_settings
+from detector.config import Settings, config_file, load_settings
 from detector.errors import ConfigError, DetectorError, FatalEmbeddingError
-from detector.exits import EXIT_FATAL_EMBEDDING, EXIT_INTERRUPTED, EXIT_KAFKA, EXIT_USAGE
+from detector.exits import (
+    EXIT_CHECK_FAILED,
+    EXIT_FATAL_EMBEDDING,
+    EXIT_INTERRUPTED,
+    EXIT_KAFKA,
+    EXIT_OK,
+    EXIT_OUT_OF_BOUNDS,
+    EXIT_TRANSACTION,
+    EXIT_USAGE,
+    MEANINGS,
+)
 from detector.io.ranges import parse_bounds, parse_time
 from detector.logs import configure_logging
 
 CONFIG_HELP = "YAML configuration file (default: $DETECTOR_CONFIG, else config/detector.yaml)"
+_Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# Every command can fail on its configuration, on its start, or be interrupted.
+_COMMON = (EXIT_OK, EXIT_USAGE)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's lines, and appends an option's default to its help unless the
+    help already names it or there is none worth showing (None, False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default == []
+                or default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        return f"{text} (default: {default})"
+
+
+def exit_codes(*codes: int) -> str:
+    """An epilog listing `codes` with their meanings (detector.exits)."""
+    lines = ["exit codes:"] + [f"  {code:<4} {MEANINGS[code]}" for code in codes]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="detector",
+        prog="detector", formatter_class=HelpFormatter,
         description="Streaming anomaly detector for text comments on Kafka.",
+        epilog=exit_codes(*sorted(MEANINGS)),
     )
     parser.add_argument("--version", action="version", version=f"detector {__version__}")
-    parser.add_argument("--config", "-c", default=None, help=CONFIG_HELP)
+    parser.set_defaults(settings=True)
+    _files(parser.add_argument("--config", "-c", default=None, help=CONFIG_HELP))
     # --config is also accepted after the subcommand; there it has no default, so that
     # when it is given only before the subcommand, the subcommand does not reset it
     config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("--config", "-c", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    _files(config.add_argument("--config", "-c", default=argparse.SUPPRESS, help=CONFIG_HELP))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="consume, score and publish alerts until SIGTERM",
-                         parents=[config])
+    run = _command(
+        sub, config, "run", help="consume, score and publish alerts until SIGTERM",
+        description="The daemon: consume comments, embed and score them, publish alerts, "
+                    "dead letters and scores, commit offsets. SIGTERM/SIGINT drain and "
+                    "stop; a second signal exits at once.",
+        codes=(*_COMMON, EXIT_FATAL_EMBEDDING, EXIT_TRANSACTION, EXIT_KAFKA))
     run.set_defaults(func=_cmd_run)
 
-    show = sub.add_parser("config", help="print the effective configuration (secrets masked)",
-                          parents=[config])
+    show = _command(
+        sub, config, "config", help="print the effective configuration (secrets masked)",
+        description="Print the configuration the detector would use: the file, DETECTOR_* "
+                    "variables and defaults merged, derived values filled in, each with "
+                    "where it came from. Secrets show only whether they are set.",
+        codes=_COMMON)
+    show.add_argument("--json", action="store_true",
+                      help="JSON ({settings, sources}) instead of commented YAML")
     show.set_defaults(func=_cmd_config)
+
+    verify = _command(
+        sub, config, "check", help="verify the configuration against files, API and brokers",
+        description="Check, without consuming or producing, that the files the "
+                    "configuration names exist and parse, the calibration artifact fits "
+                    "the embedder, the API key is there and one embedding call succeeds, "
+                    "the brokers answer with the configured security, the input topic and "
+                    "group can be read, and the output topics exist or may be created. "
+                    "One line per check.",
+        codes=(*_COMMON, EXIT_CHECK_FAILED))
+    verify.add_argument("--offline", action="store_true",
+                        help="skip the embedding call (no API request, no model load)")
+    verify.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for the brokers")
+    verify.set_defaults(func=_cmd_check)
 
     _add_replay(sub, config)
     _add_calibrate(sub, config)
+
+    completion = _command(
+        sub, None, "completion", help="print a shell completion script",
+        description="Print the completion script for bash or zsh. bash: "
+                    "`detector completion bash > /etc/bash_completion.d/detector`; zsh: "
+                    "`detector completion zsh > \"${fpath[1]}/_detector\"`.",
+        codes=(EXIT_OK, EXIT_USAGE))
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell")
+    completion.set_defaults(func=_cmd_completion, settings=False)
+    for command in sub.choices.values():
+        for action in command._actions:
+            if action.type is Path:
+                _files(action, directory=action.dest.endswith("_dir"))
     return parser
+
+
+def _command(sub: _Sub, config: argparse.ArgumentParser | None, name: str, *, help: str,
+             description: str, codes: tuple[int, ...]) -> argparse.ArgumentParser:
+    """A subcommand with a description, defaults in its help and its exit codes."""
+    return sub.add_parser(name, help=help, description=description,
+                          parents=[config] if config is not None else [],
+                          formatter_class=HelpFormatter, epilog=exit_codes(*codes))
+
+
+def _files(action: argparse.Action, *, directory: bool = False) -> None:
+    """Mark an option's value as a file (or directory) name for shell completion."""
+    action.complete = shtab.DIRECTORY if directory else shtab.FILE  # type: ignore[attr-defined]
 
 
 def _partitions(text: str) -> list[int]:
@@ -84,13 +164,13 @@ def _bound(text: str) -> tuple[int, int]:
     return partition, offset
 
 
-def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-                 config: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "replay", help="re-score a range of a topic without touching the live group",
-        parents=[config],
+def _add_replay(sub: _Sub, config: argparse.ArgumentParser) -> None:
+    p = _command(
+        sub, config, "replay", help="re-score a range of a topic without touching the live group",
         description="Re-score a bounded range of a topic with the live pipeline code. "
-                    "Without --alerts-topic or --output, alerts are written to stdout.")
+                    "Without --alerts-topic or --output, alerts are written to stdout.",
+        codes=(*_COMMON, EXIT_FATAL_EMBEDDING, EXIT_KAFKA, EXIT_OUT_OF_BOUNDS,
+               EXIT_INTERRUPTED))
     p.add_argument("--topic", help="topic to replay (default: input.topic)")
     p.add_argument("--from", dest="time_from", type=_time,
                    help="start time (ISO 8601, UTC if no zone, or epoch ms)")
@@ -115,7 +195,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--force", action="store_true",
                    help="allow writing to the live alerts topic")
     p.add_argument("--progress-file", type=Path, default=Path("replay-progress.json"),
-                   help="where progress is saved (default: replay-progress.json)")
+                   help="where progress is saved")
     p.add_argument("--resume", action="store_true",
                    help="continue the replay saved in --progress-file")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -134,13 +214,13 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.set_defaults(func=_cmd_replay)
 
 
-def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-                 config: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "calibrate", help="choose the threshold on your own data and write an artifact",
-        parents=[config],
+def _add_calibrate(sub: _Sub, config: argparse.ArgumentParser) -> None:
+    p = _command(
+        sub, config, "calibrate",
+        help="choose the threshold on your own data and write an artifact",
         description="Build the centroid on a training split of normal comments and choose "
-                    "the threshold on held-out normals (and labelled anomalies if given).")
+                    "the threshold on held-out normals (and labelled anomalies if given).",
+        codes=(*_COMMON, EXIT_FATAL_EMBEDDING, EXIT_KAFKA, EXIT_INTERRUPTED))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--normal", type=Path, help="JSONL file of normal comments")
     src.add_argument("--topic", help="read normal comments from this topic (no group)")
@@ -161,11 +241,14 @@ def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="false-positive rate on held-out normals "
                         "(default: scoring.target_fpr)")
     p.add_argument("--select", choices=["target_fpr", "best_f1", "target_precision"],
-                   default="target_fpr", help="how to choose the threshold")
-    p.add_argument("--target-precision", type=float, default=0.9)
+                   default="target_fpr", help="how to choose the threshold "
+                   "(best_f1 and target_precision need labelled anomalies)")
+    p.add_argument("--target-precision", type=float, default=0.9,
+                   help="with --select target_precision: the precision to reach")
     p.add_argument("--holdout", type=float, default=0.3,
-                   help="share of normals held out to choose the threshold (default 0.3)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="share of normals held out to choose the threshold")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the train/held-out split and the bootstrap")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the CI")
     p.add_argument("--reference-size", type=int, default=2000, metavar="N",
                    help="held-out normals kept in the artifact as the reference sample the "
@@ -174,10 +257,12 @@ def _add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--key-reference-size", type=int, default=1000, metavar="N",
                    help="the same per key baseline, from its own held-out normals "
                         "(default 1000)")
-    p.add_argument("--out", type=Path, default=Path("calibration.json"))
+    p.add_argument("--out", type=Path, default=Path("calibration.json"),
+                   help="where the calibration artifact is written")
     p.add_argument("--report-dir", type=Path, default=None,
                    help="write report.md, report.json and PNG plots here")
-    p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"))
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/embeddings"),
+                   help="SQLite cache of embeddings: a re-run makes no embedding calls")
     p.add_argument("--publish", action="store_true",
                    help="put the artifact on the state topic: running replicas adopt it "
                         "without a restart")
@@ -188,10 +273,24 @@ def _cmd_run(_args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(app.run(settings, handle_signals=True))
 
 
-def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
-    sys.stdout.write(orjson.dumps(
-        settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    file = config_file(args.config)
+    leaves = effective.values(settings, file)
+    sys.stdout.write(effective.as_json(leaves) if args.json else effective.as_yaml(leaves, file))
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    if args.timeout <= 0:
+        sys.stderr.write("detector: error: --timeout must be positive\n")
+        return EXIT_USAGE
+    return check.command(settings, offline=args.offline, timeout_s=args.timeout,
+                         out=sys.stdout)
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -263,6 +362,9 @@ def _cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.settings is False:  # completion: needs no configuration
+        completed: int = args.func(args)
+        return completed
     try:
         settings = load_settings(args.config)
         configure_logging(settings.log.level, settings.log.format)

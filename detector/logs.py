@@ -1,14 +1,6 @@
 """structlog configuration: a console renderer on a terminal, JSON lines otherwise.
 
-The standard library's records (aiokafka logs through it) go through structlog's
-`ProcessorFormatter` with the same processors and renderer, so in JSON mode every line
-on stderr is one JSON object with the same fields: ``event``, ``level``, ``logger``,
-``timestamp`` (plus the event's own keys).
-
-Both structlog and the standard library (aiokafka logs through it) write to whatever
-`sys.stderr` is at the moment of writing, not the object it was at configuration time:
-a replaced or closed stream (a test harness's capture, a redirected daemon) must never
-turn a log line into an exception inside the pipeline.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """Prometheus metrics of one detector instance, on a registry of its own.
 
-A registry per instance (not the global default) lets tests run several detectors in
-one process and read each one's figures. Process figures (CPU seconds, resident memory,
-open file descriptors) are collected into the same registry.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

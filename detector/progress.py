@@ -1,9 +1,6 @@
 """Progress of a long command (calibrate's embedding, replay) on stderr, with rate and ETA.
 
-On a terminal it is a tqdm progress bar redrawn in place. Otherwise (a log file, a
-Kubernetes Job) it writes plain lines: one each time another tenth is done or
-`every_s` seconds have passed since the last one, and one at the end, e.g.
-``replay: 1200/5000 (24%) 350 records/s, ETA 11s  [p0:700/2500 p1:500/2500]``.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

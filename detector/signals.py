@@ -1,8 +1,6 @@
 """The one SIGTERM/SIGINT handler of the daemon and the replay command.
 
-The first signal asks for a graceful stop (sets the `stop` event the command waits on:
-drain in-flight batches, commit or save progress, close); a second one exits at once
-with ``128 + signal number``.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -88,10 +88,10 @@ class TestConfigFlag:
         self, config: Path, before: bool, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """`detector --config F config` and `detector config --config F` both read F."""
-        argv = ["--config", str(config), "config"] if before else \
-            ["config", "--config", str(config)]
+        argv = ["--config", str(config), "config", "--json"] if before else \
+            ["config", "--json", "--config", str(config)]
         assert main(argv) == 0
-        assert orjson.loads(capsys.readouterr().out)["name"] == "from-the-other-file"
+        assert orjson.loads(capsys.readouterr().out)["settings"]["name"] == "from-the-other-file"
 
     @pytest.mark.parametrize("command", [["run"], ["config"], ["replay"],
                                          ["calibrate", "--normal", "n.jsonl"]])

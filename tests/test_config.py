@@ -112,16 +112,16 @@ class TestNoSharedState:
 class TestShippedConfiguration:
     def test_static_membership_is_documented_where_it_is_set(self) -> None:
         """config/detector.yaml names kafka.group_instance_id (null: each replica sets its
-        own) and says what a restart without it costs; the README's operations say so too."""
+        own) and says what a restart without it costs; the operator guide says so too."""
         text = Path("config/detector.yaml").read_text()
         kafka = yaml.safe_load(text)["kafka"]
         assert "group_instance_id" in kafka
         assert kafka["group_instance_id"] is None
         assert "session_timeout_ms" in kafka
         assert "static membership" in text.lower()
-        operations = Path("README.md").read_text().split("## Operations", 1)[1]
+        operations = Path("docs/guide/metrics.md").read_text()
         assert "DETECTOR_KAFKA__GROUP_INSTANCE_ID" in operations
-        assert "session" in operations.split("### Probes and shutdown", 1)[1]
+        assert "session" in operations.split("## Probes and shutdown", 1)[1]
 
 
 class TestOperatingSections:

@@ -1,5 +1,5 @@
-"""The Dockerfile, checked statically (no Docker engine here): stages, pinned base,
-non-root runtime without compilers, entrypoint, and an install step that matches
+"""The Dockerfile, checked statically (the test environment has no Docker engine): stages,
+pinned base, non-root runtime without compilers, entrypoint, and an install step that matches
 pyproject.toml and the Helm chart."""
 
 from __future__ import annotations

@@ -793,7 +793,7 @@ class TestPrometheusOperator:
     def test_alerts_cover_the_failure_modes_and_use_exported_series(self) -> None:
         """the nine alerts exist, each on this release's series (namespace and the
         Service's job label), on metrics the daemon exports, with severity and a
-        runbook link to a README section of the same name."""
+        runbook link to a section of the same name in docs/guide/runbook.md."""
         docs = render(*VARIANTS["all-enabled"])
         rule = one(docs, "PrometheusRule")
         assert rule["metadata"]["labels"]["release"] == "prometheus"
@@ -801,14 +801,14 @@ class TestPrometheusOperator:
         assert set(rules) == set(ALERTS)
         exported = {family.name for family in Metrics().registry.collect()}
         service = one(docs, "Service")["metadata"]["name"]
-        runbook = Path("README.md").read_text()
+        runbook = Path("docs/guide/runbook.md").read_text()
         for name, r in rules.items():
             for metric in re.findall(r"detector_[a-z_]+", r["expr"]):
                 assert re.sub(r"_(total|bucket|sum|count)$", "", metric) in exported, metric
                 assert f'job="{service}"' in r["expr"]
             assert r["labels"]["severity"] in ("warning", "critical")
             assert r["annotations"]["runbook_url"].endswith("#" + name.lower())
-            assert f"#### {name}\n" in runbook, f"README runbook has no section {name}"
+            assert f"## {name}\n" in runbook, f"the runbook has no section {name}"
 
     def test_rules_pass_promtool_and_a_promql_typo_fails(self, tmp_path: Path) -> None:
         """the rendered PrometheusRule's groups pass `promtool check rules` (PromQL, for

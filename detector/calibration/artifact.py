@@ -1,13 +1,7 @@
 """The calibration artifact: what `detector calibrate` makes (`calibrate`, from embedded
 normals and labelled anomalies) and `detector run` loads, and its JSON file.
 
-The centroid is built on a training split of the normal samples and the threshold is
-chosen on the held-out normals (detector.calibration.stats), so it is not biased by the
-samples that made the centroid. With the target-FPR selection the threshold is the
-order statistic of the held-out scores that detector.model.reference.rank picks at the
-stated confidence, and a random subset of the held-out normals is kept in the artifact
-as its reference sample (`reference`): normals that never taught the centroid, which
-the daemon re-scores against the baseline as it learns (docs/design/thresholds.md).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """What a recalibration from live traffic leaves out: comments the detector alerted on, and
 comments operators labelled `anomaly` (their latest label).
 
-`detector calibrate --topic T --exclude-alerted --exclude-labelled` reads the alerts
-topic and the feedback topic from the range's start to their current end (alerts and
-labels come after the comments they name) and drops the comments of T they name, by
-source (topic, partition, offset) or by id. Reading is `read_values`; the rule is the
-pure `Exclusions.add_*`.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """Fitting baselines and calibrating per-key thresholds. Pure numpy, no I/O.
 
-A baseline is fitted on training normals: their mean as the centroid, and a reservoir
-sampled from them exactly as the daemon samples accepted comments (A-Res keyed by a hash
-of the source reference). It scores by the centroid cosine or by the mean cosine to the k
-nearest exemplars (`scoring.method`).
-
-Per key: every key value with at least `min_train` training normals gets its own
-baseline. Its threshold is chosen on its own held-out normals when they support one at
-the stated confidence (detector.model.reference.supports with
-`scoring.key_threshold_confidence`, default 0.9: the conservative end): the order
-statistic at `rank(n, target, confidence)`. Otherwise it is left to the *pooled* key
-threshold, chosen at the same confidence on all held-out normals of keyed baselines,
-each scored against its own key's baseline (and when even those are too few, to the
-global threshold). Keys with fewer training normals get no baseline: the daemon judges
-them against the global one. Each key keeps at most `reference_size` of its held-out
-normals as its reference sample (docs/design/thresholds.md).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
 """The threshold of a start from the seed file when no calibration artifact is given: one
 that fits the model, derived from the seed samples themselves.
 
-An embedding model's similarity scale is its own: USE scores ordinary comments 0.2-0.75
-against the seed centroid, multilingual-e5 0.80-0.95. So with ``scoring.threshold:
-auto`` the threshold is the ``scoring.target_fpr`` quantile of the seed's *leave-one-out*
-similarities: each seed text is scored against the centroid of all the others, so no
-text judges itself. For a centroid sum ``S`` of ``n`` unit rows that is
-``x_i . (S - x_i) / ||S - x_i||`` for every row at once (the plain mean, also when
-``scoring.decay`` < 1 makes the seeded centroid weight later lines more).
-
-The confidence interval is distribution-free (order statistics): the interval between
-the r-th and s-th smallest similarities covers the true quantile with probability
-``P(r <= B < s)``, ``B ~ Binomial(n, target_fpr)``. A bound the seed is too small to
-determine is None. The statistics are pure numpy; `seed_decision` logs the decision
-(detector.operating.startup embeds the file and builds the start from it).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

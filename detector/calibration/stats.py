@@ -2,8 +2,7 @@
 false-positive rate with their bootstrap interval, ROC/PR curves, best F1, the
 threshold at a target precision, and the similarity profile drift monitoring uses.
 
-An alert fires when ``similarity < threshold``, so the false-positive rate of a
-threshold t on normals is ``mean(sims < t)``.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

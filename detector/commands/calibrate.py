@@ -1,10 +1,7 @@
 """`detector calibrate`: embed normal (and labelled anomalous) comments, choose the
 threshold on held-out normals, and write the artifact `detector run` loads plus a report.
 
-Inputs come from JSONL files or from a topic's time range read without any consumer
-group. Embeddings are cached on disk (SQLite, keyed like the daemon's in-memory cache:
-detector.embedders.cache.cache_key), so a re-run with the same texts makes no embedding
-calls.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -2,18 +2,7 @@
 artifact adds and removes over a range, against the artifact in force, before anyone
 publishes it.
 
-The range is resolved once and replayed twice, frozen (no learning, so each side sees
-only its artifact): once from the artifact in force (the one a starting replica would
-use: published on the state topic unless the configured file is newer, detector.state.published)
-and once from the candidate. Alerts are matched by source (topic, partition, offset). The
-report counts alerts on each side, the added and removed ones per key (the comment's
-`scoring.key_field` value; ``(none)`` without one) and quotes a few examples of each.
-
-With `--max-alert-ratio R` and/or `--max-threshold-move D` the report says whether the
-candidate stays within those bounds (`bounds`), and the command exits
-`EXIT_OUT_OF_BOUNDS` when it does not: the alert ratio, (candidate alerts + 1) / (alerts
-in force + 1), must lie in [1/R, R], and the candidate's threshold must be within D of
-the one in force. The recalibration CronJob publishes only a candidate within bounds.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

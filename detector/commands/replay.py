@@ -1,12 +1,6 @@
 """`detector replay`: re-score a bounded range of a topic with the live pipeline code.
 
-The range is resolved once at start (timestamps through offsets-for-times, explicit
-``partition:offset`` bounds, end offsets captured at start so a live topic's replay
-terminates). Partitions are assigned manually and no group offsets are committed, so
-the live consumer group is untouched. Partitions are replayed one after another in
-partition order, each through a bounded `Pipeline`, which makes an evolving-centroid
-replay deterministic. Progress is written to a JSON file after every commit interval,
-so an interrupted replay resumes where it stopped.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """`detector run`: wire settings, embedder, Kafka clients, pipeline and HTTP server together.
 
-Start-up order: health server (/healthz answers at once, /readyz only once the consumer
-joined its group, so a slow broker cannot get the pod killed by its liveness probe
-while `kafka.connect_deadline_s` bounds the wait) → embedder → the state topic read
-(replicas' contributions and the published calibration artifact) → base centroid (the
-artifact in force, detector.operating.startup, else the seed file; an artifact it
-refuses stops the start before any topic is created) → output and state topics →
-producer → consumer (subscribed with the rebalance listener) → drift stage, feedback
-reader and adopter (detector.operating.wiring) → state sync (which hands newly published
-artifacts to the adopter) → pipeline, then the drift timer and feedback reader. Shutdown
-runs it backwards after the pipeline has drained and committed.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

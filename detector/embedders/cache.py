@@ -1,16 +1,6 @@
 """An embedding cache around any `Embedder`: repeated texts are embedded once.
 
-Comment streams repeat themselves (spam campaigns, copy-paste, bots). `CachingEmbedder`
-keeps the rows of the last `entries` distinct texts in a bounded LRU, keyed by
-`cache_key`: a hash of everything that decides a vector (backend, model, dimension,
-text_type, instruct, the text prefix) and the text itself. `detector calibrate`'s
-on-disk cache uses the same key. Identical texts inside one batch are sent once. The
-rows it returns are the rows the wrapped embedder returned for that text, so scores,
-alerts and centroid updates are the same with and without it.
-
-It is per process and starts empty: replicas do not share it and a restart clears it.
-Two batches in flight at the same time may each send a text seen for the first time;
-from then on it is a hit. Memory: about ``entries x (4 x dimension + 200)`` bytes.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """The pooled `httpx.AsyncClient` of the hosted embedders, on the configured transport.
 
-`embedding.http_transport` picks what carries the requests under httpx's interface:
-``aiohttp`` (default, PyPI `httpx-aiohttp`) or ``httpx`` (httpcore + anyio). Both get the
-same pool size, timeouts, TLS context and proxies, so nothing but the per-request CPU
-differs: httpcore's pool checks and anyio's cancellation bookkeeping cost several times
-what aiohttp's connector does (bench/RESULTS.md, part 9).
-
-TLS: ``embedding.ca_bundle`` trusts that CA file; ``verify_tls: false`` turns
-verification off; otherwise certifi's bundle (or ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
-Proxies come from ``HTTP(S)_PROXY``/``ALL_PROXY``/``NO_PROXY`` through httpx's own
-environment handling on both transports (`HttpxAiohttpClient` builds an aiohttp
-transport per proxy mount).
-
-`DirectPoster` sends each request straight to the transport the client chose for the
-one URL an embedder posts to (its proxy mount, if any), with the client's headers and
-timeouts: `AsyncClient.send` would add per request what an embedding call never uses
-(auth flow, redirect loop, cookie extraction, URL merging), 15-20 % of the client's CPU
-under py-spy.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

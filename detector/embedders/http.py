@@ -1,12 +1,6 @@
 """What both HTTP embedders share: the pooled client, retries, rate limits, accounting.
 
-`HttpEmbedder.embed` sends one request per batch through one `httpx.AsyncClient`
-(connection pool sized to the configured concurrency, explicit timeouts, TLS
-verification on, proxies from the environment). Retriable failures are retried with
-exponential backoff and full jitter, or after the server's `Retry-After`, until a total
-deadline (`RetryPolicy`, embedders/retry.py); then the last error is raised and the
-pipeline keeps the batch and its input paused and tries again under the same policy.
-Subclasses only say how a request looks and how a response or error reads.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

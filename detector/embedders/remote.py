@@ -1,18 +1,6 @@
 """The hosted embedders: DashScope native API and any OpenAI-compatible `/embeddings`.
 
-DashScope (Alibaba Cloud Model Studio, text-embedding-v4 / v3):
-``POST {base_url}/api/v1/services/embeddings/text-embedding/text-embedding`` with
-``{"model", "input": {"texts"}, "parameters": {"dimension", "text_type", "instruct",
-"output_type": "dense"}}``; results carry `text_index`; errors carry a `code` that
-decides more than the HTTP status does (``Throttling.RateQuota`` can come with 400).
-
-OpenAI-compatible (OpenAI, DashScope compatible-mode, vLLM, TEI, Ollama):
-``POST {base_url}/embeddings`` with ``{"model", "input", "dimensions",
-"encoding_format": "base64"}``; results carry `index` and each embedding as base64 of
-little-endian float32 (a quarter of the bytes of decimal floats, decoded by numpy
-instead of parsed digit by digit); errors are ``{"error": {"message", "type", "code"}}``.
-A server that refuses base64 answers 400 naming the field: that is noticed once, the
-same call is resent at once with ``"float"``, and float is used from then on.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """The one retry policy for embedding calls: exponential backoff with full jitter, or the
 server's `Retry-After`, within a deadline. Pure, no I/O.
 
-It is used at two levels with one meaning:
-
-* the HTTP embedder (`embedders/http.py`) retries one request while the next delay still
-  ends before `deadline_s` has passed since the call began; then it raises the last error;
-* the pipeline (`pipeline.py`) then keeps the batch: it never drops a text that only
-  failed retriably, so it calls the embedder again after `delay` (same backoff, same
-  honouring of `Retry-After`, counted in outer attempts) until the call succeeds, fails
-  non-retriably, or shutdown begins; the input stays paused behind the batch meanwhile.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
 """Which characters show nothing on their own: a text made only of them is empty.
 
-Python's `unicodedata` has no Default_Ignorable_Code_Point property (it lives in the
-Unicode Character Database's DerivedCoreProperties.txt, which no installed package
-ships), so its ranges are embedded here. Source: DerivedCoreProperties.txt; the table was
-checked code point by code point against ``\\p{Default_Ignorable_Code_Point}`` of the
-`regex` module 2026.5.9 (Unicode 16/17 tables). The property's ranges have not changed
-since Unicode 14.0 (which added U+180F); tests check known members and non-members.
-
-Invisible, for `visible`:
-
-* default-ignorable code points (zero-width space and joiners, bidi controls, variation
-  selectors, the combining grapheme joiner U+034F, Mongolian vowel separator U+180E,
-  invisible operators U+2061-U+2064, tags, the Hangul fillers U+115F, U+1160, U+3164,
-  U+FFA0 ...);
-* the blank Braille pattern U+2800, which is not default-ignorable (it is a symbol, So)
-  but renders as an empty cell and is used, like the Hangul fillers, as "text" that
-  shows nothing;
-* whitespace and other non-printable characters (controls, unassigned, private use);
-* combining marks (categories Mn, Me): they decorate a base character, so text made only
-  of marks has nothing to show. With any visible character present the text is visible.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """Parse a record's JSON value as a standard JSON reader would, quickly and safely.
 
-* orjson parses the common case. What it refuses but JSON allows (a number beyond a
-  double or 64 bits, ``1e999`` or a 401-digit integer in a field nobody reads; a UTF-8
-  byte-order mark) goes through the standard library's exact parser, which is kept as
-  strict as JSON: ``NaN``/``Infinity`` literals, trailing content, a lone surrogate
-  escape (``"\\ud800"``) are still refused.
-* Nesting is bounded before any parser runs: brackets inside strings do not count, and
-  a 100,000-deep document is refused in about a millisecond (a linear scan in C: string
-  literals are cut out by one regular expression, the brackets left are summed by numpy).
-* A key the detector reads (a part of the text or id path) that appears twice in one
-  object is refused: readers that keep the first key and readers that keep the last one
-  (orjson) would see different comments. The exact parser checks only records whose raw
-  text could hold such a repeat: the quoted name occurs twice, or a key has an escape.
-
-Pure functions, no I/O. Errors are `JsonRefusedError` exceptions, never a value of the result type.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

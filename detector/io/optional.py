@@ -1,13 +1,7 @@
 """Waiting for a topic that the daemon reads but does not need to start: the feedback
 topic (operator labels) and the state topic (other replicas' records).
 
-Such a topic may not exist yet when a replica starts: Strimzi's Topic Operator or an
-operator creates it later, and `kafka.create_topics: false` means the daemon does not. A
-reader then waits for it with back-off (1, 2, 4 ... 30 s between looks) instead of giving
-up, and says so while it waits: `detector_topic_missing{reader,topic}` is 1 and
-`/readyz` names it in its detail (still 200: scoring does not depend on it). Once the
-topic exists the reader reads it from its beginning (every record in it was written after
-the reader started waiting).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

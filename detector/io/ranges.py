@@ -1,10 +1,6 @@
 """Bounded ranges of a topic, shared by `detector calibrate --topic` and `detector replay`.
 
-`resolve_plan` turns a time range (offsets-for-times), explicit ``partition:offset``
-bounds and a partition choice into per-partition ``[start, end)`` offsets. End offsets
-are captured when the plan is made, so reading a live topic terminates. `read_plan`
-yields a plan's records without a consumer group. A `Plan` also carries replay's resume
-point and serialises to the replay progress file.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

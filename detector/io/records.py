@@ -2,8 +2,7 @@
 encode scores and dead letters as JSON (alerts: detector.model.alerts). Pure functions,
 no I/O.
 
-Score and dead-letter schemas are versioned (``detector.score/v1`` ...) and documented
-in the README; change them only with a new version.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

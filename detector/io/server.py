@@ -1,11 +1,6 @@
 """A small HTTP server for /metrics, /healthz and /readyz (asyncio streams, no framework).
 
-`/healthz` answers 200 while the event loop runs and the pipeline task is alive;
-`/readyz` answers 200 once the consumer joined its group (with or without partitions) and
-the embedder is not in a fatal state; `/metrics` is the detector's registry in the format
-the scraper asks for (Prometheus text, or OpenMetrics when its Accept header prefers it),
-gzip-compressed when its Accept-Encoding allows. HEAD answers with the headers of GET and
-no body.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """The alert record, schema ``detector.alert/v2``: an alert that explains itself. Pure.
 
-It keeps every v1 field (``similarity`` is still the value compared with the threshold:
-the centroid cosine, or with `scoring.method: knn` the mean cosine to the k nearest
-exemplars; ``centroid`` is the judging baseline's) and adds which baseline judged the
-comment (its key, or the global one), the threshold and where that came from, the
-scoring method, the cosine to the baseline's centroid, and the nearest accepted normal
-exemplars with their similarity and source reference (and text, when
-`scoring.keep_exemplar_text` is on). The README documents every field.
-
-When an operator label decided (an `anomaly`-labelled near duplicate), the alert says so
-in the optional field ``label``: ``{"kind", "source": {topic, partition, offset},
-"similarity", "reason"}`` (absent when the threshold decided; docs/guide/labels.md).
-The score record carries the same field, so a comment a `normal` label suppressed shows
-there.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,35 +1,6 @@
 """What a comment is judged against: a global baseline and one per key. Pure, no I/O.
 
-A *baseline* is a centroid (mergeable S, w), a threshold, and a reservoir of accepted
-normal exemplars. `scoring.key_field` names where a comment's key comes from (a dotted
-path into the JSON value, or ``@key`` for the Kafka record key); each key value gets its
-own baseline, created on first sight (from the calibration artifact's baseline for that
-key when there is one, else empty). A key with fewer than `key_min_samples` accepted
-comments is judged against the global baseline. Every accepted comment feeds the global
-baseline and its key's, so a young key grows up on the comments the global baseline
-found normal.
-
-The threshold of a key baseline is its own calibrated one where calibration had enough
-data for that key, else the pooled per-key threshold of the artifact (all calibration
-normals, each scored against its own key's baseline), else the global threshold.
-
-At most `max_keys` key baselines are held; the least recently seen is evicted (and
-counted) to make room. An evicted key starts again from its artifact baseline or empty.
-
-Scores: ``centroid`` is the cosine to the baseline's centroid, ``knn`` the mean cosine to
-the k nearest exemplars of its reservoir (the centroid cosine while the reservoir is
-empty). A comment is accepted — it updates the centroid and is offered to the
-reservoir — when its score reaches the baseline's admission gate.
-
-Thresholds follow their baseline (detector.model.reference): a baseline with reference
-normals re-derives its threshold and gate from their scores against its current state
-whenever it has taken REFRESH_MIN updates or REFRESH_FRACTION of its samples since the
-last derivation; a baseline without them keeps its fixed threshold, which is its gate.
-
-Operator labels come first (`memory`, a detector.model.label_memory.LabelMemory): a
-comment within the near-duplicate radius of a `normal`-labelled comment does not alert,
-one within the radius of an `anomaly`-labelled comment alerts whatever its score, and
-neither teaches the baseline; `Judgement.label` says which label decided.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

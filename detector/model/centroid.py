@@ -1,14 +1,6 @@
 """The centroid of normal comments: a mergeable weighted sum, pure numpy, no I/O.
 
-State is a weighted sum vector ``S`` of unit embeddings and a weight ``w``. Each
-accepted comment updates ``S <- decay * S + x`` and ``w <- decay * w + 1`` (with
-``decay = 1`` this is the plain mean; below 1 an exponential moving mean whose memory
-is about ``1 / (1 - decay)`` comments). The centroid direction is ``S / ||S||``; the
-similarity of a unit vector ``x`` is ``x . S / ||S||``. Two states add up, so replicas
-can merge their increments.
-
-Which comments update it (only those reaching their baseline's admission gate, in record
-order) is decided by detector.model.baselines.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,37 +1,7 @@
 """Drift monitoring: windows of scored comments tested against the calibration. Pure: no
 I/O, no clock (the caller passes the time).
 
-A *stream* is the global traffic or one key's. Each stream's records fall into windows
-that close after `window_records` records or `window_s` seconds. A closed window runs two
-one-sided tests against its `Reference` (what calibration measured on held-out normals):
-
-* **Alert rate.** The threshold was the (k+1)-th smallest of n_h held-out similarities,
-  so its true false-positive rate is Beta(k + 1, n_h - k) distributed, and the alert
-  count of a window of n normal comments is Beta-binomial(n, k + 1, n_h - k). The
-  p-value is that distribution's upper tail at the observed count: a small calibration
-  set widens it, so an imprecise threshold does not read as drift.
-* **Similarity shift.** A one-sided Kolmogorov-Smirnov statistic D = sup(F_window -
-  F_ref): how much more of the window lies at low similarity than of the held-out
-  normals. F_ref interpolates the stored percentiles, exact to 1 / (levels - 1), which
-  is subtracted from D; p = exp(-2 n_eff D^2) with n_eff = n n_h / (n + n_h), the
-  two-sample form, because the reference is itself a sample of n_h. One-sided because
-  an incrementally learnt centroid raises normal similarities, which is not drift.
-
-False alarms: each test runs at alpha = budget / (2 * budget_windows), so by the union
-(Bonferroni) bound the probability of any false event in one stream over
-`budget_windows` windows is at most `budget`. Each key is its own stream: with K keys
-active the expected false events over that span are at most (K + 1) * budget.
-
-Memory, at most: (1 + max_keys) open windows of window_records similarities (8 bytes
-each) and sample_size alerted embeddings (4 bytes per dimension): about 42 MB with the
-defaults at 512 dimensions, reached only while every stream is flooded with alerts.
-
-An event also says whether the window's alerted (low-scoring) comments are one tight
-cluster or broad, from a uniform sample of their embeddings: the densest comment's
-near-duplicates (cosine at least halfway from the held-out normals' 99.9th percentile
-pairwise cosine to 1) are the cluster. `campaign`: the cluster's estimated count alone
-is a significant alert excess and the other alerts are not; `mixed`: both are; `broad`:
-the cluster alone is not.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

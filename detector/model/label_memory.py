@@ -2,12 +2,7 @@
 comment within the near-duplicate radius of a `normal`-labelled one does not alert, one
 within the radius of an `anomaly`-labelled one alerts whatever its score. Pure numpy.
 
-The radius is the model's own: halfway from the 99.9th percentile of pairwise cosines
-among held-out normals to 1 (the drift monitor's near-duplicate scale), so on any model
-only about one pair of ordinary comments in a thousand is that close. The memory is
-bounded (the oldest label is forgotten first); a comment's latest label replaces its
-earlier one, and `forget` revokes it. The nearest labelled comment within the radius
-decides; at equal similarity an `anomaly` label wins.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

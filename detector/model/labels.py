@@ -1,29 +1,7 @@
 """Operator feedback: label records, the cache that finds a labelled alert's embedding,
 and what a label does to the centroid. Pure: no I/O.
 
-A label record (``detector.feedback/v1``, JSON) names one scored comment by its source
-(topic, partition, offset) or by its id, and says ``normal``, ``anomaly`` or ``revoke``
-(take back the comment's earlier label; docs/guide/labels.md)::
-
-    {"schema": "detector.feedback/v1", "source": {"topic": "comments", "partition": 0,
-     "offset": 42}, "id": "c-17", "label": "normal", "text": "...",
-     "labeller": "alice", "time": "2026-11-26T12:00:00Z"}
-
-`parse_label` returns a `Label` or a `Rejected` with the dead-letter reason.
-
-The embedding of a labelled comment comes from the `AlertCache`, a bounded
-least-recently-added map of recent alerts (embedding, similarity, key, a hash of the
-text) by source and by id; a label's ``text`` must then match the cached text
-(`text_hash`). When the alert has been evicted, the label's optional ``text`` can be
-embedded instead (once the daemon checked it against the consumed record).
-
-`LabelBook` holds the latest label of each labelled comment (bounded). A ``normal``
-label teaches the centroid the comment's embedding with weight `weight` (as a merged
-increment, the form replicas share through the state topic); repeating it changes
-nothing; an ``anomaly`` label never teaches, undoes an earlier ``normal`` label of the
-same comment (calibration leaves such comments out: detector.calibration.exclusions); a
-``revoke`` label forgets the comment's label and undoes its teaching when it can.
-Labels of cached alerts count as true or false alerts: the alert precision.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -2,13 +2,7 @@
 the baseline as it is now to give its threshold and admission gate on the model's own
 scale. Pure numpy, no I/O.
 
-The statistics are distribution-free. If the n reference scores and a new normal
-comment's score are exchangeable (same population, the reference never taught the
-baseline), the false-positive rate of the k-th smallest reference score as a threshold is
-Beta(k, n + 1 - k) distributed, so P(FPR > target) = P(Binomial(n, target) <= k - 1).
-`rank` picks the largest k whose FPR exceeds the target with probability at most
-1 - confidence: confidence 0.5 is the point estimate (about target * n), 0.9 the
-conservative end.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """A bounded, weighted reservoir of accepted normal embeddings: pure numpy, no I/O.
 
-Each exemplar is a unit vector with the reference of the record it came from (topic,
-partition, offset, id; the text only when asked to keep it). The reservoir keeps the
-``capacity`` exemplars of highest *priority*, A-Res style (Efraimidis & Spirakis): an
-item of weight ``w`` gets the key ``log(u) / w`` with ``u`` in (0, 1), so the kept set is
-a weighted sample without replacement of everything ever offered. ``u`` is not random:
-it is a hash of the source reference, so the sample depends only on *which* records were
-offered, not on their order, the batching, or which replica saw them. Consequences:
-
-* merging is exact: the top ``capacity`` of a union of reservoirs is the reservoir of
-  the union, so replicas exchanging their exemplars agree, and a replay agrees with the
-  live run;
-* a record offered twice (a redelivery after a rebalance) has the same key and is kept
-  once.
-
-Scoring: ``knn`` is the mean cosine to the ``k`` nearest exemplars; ``nearest`` gives
-the nearest exemplars of a row (used to explain alerts).
-
-Serialised form (the state topic, the calibration artifact): each vector is quantised
-to int8 with one float scale (cosines change by about 1e-3), base64-encoded; about
-700 bytes per exemplar at 512 dimensions plus its reference (~80 bytes; more with text).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """Scoring: embedded comments in, verdicts and the outputs to publish out. Pure, no I/O.
 
-`Scorer.score` takes a batch of embedded items in submission order — a comment with its
-unit vector, or a comment whose text the embedding API refused (a `DeadLetter`) — and
-returns one `Verdict` per item, in the same order: the similarity to the baseline, whether
-it is an alert, whether it updated the centroid, and the messages (alert, score, dead
-letter) to publish for it. Each confident vector updates the centroid before the next one
-is scored, so cutting the same items into other batches gives the same verdicts and the
-same centroid (the alert and score messages carry the centroid version after their batch).
-
-What judges a comment is `detector.model.baselines.Baselines`: the global baseline, or the
-baseline of the comment's key (`scoring.key_field`) once that key has enough accepted
-comments, each with its centroid, threshold and exemplar reservoir; the score is the
-centroid cosine or, with `scoring.method: knn`, the mean cosine to the k nearest
-exemplars. Alerts (``detector.alert/v2``, detector.model.alerts) carry that baseline and the
-nearest normal exemplars.
-
-`record` is the accounting the pipeline does for each verdict (metrics and log lines);
-it lives here, next to what it accounts for, so that the `Scorer` itself stays pure.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

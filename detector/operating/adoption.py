@@ -1,22 +1,6 @@
 """Adopting a calibration artifact published on the state topic, in a running replica.
 
-The state follower hands every published artifact (detector.state.published) to
-`Adopter.offer`. An artifact already in force is ignored. One that cannot be read or is
-not usable (detector.operating.startup: made for another embedding model, dimension or
-text prefix, or for another scoring method or key field) is refused: logged at error with
-the reason, counted (``detector_calibrations_published{outcome="refused"}``), and the one
-in force stays.
-
-Adopting replaces, between two scored batches (the event loop runs one or the other):
-the global centroid, threshold and exemplar reservoir; the pooled key threshold and the
-per-key starting baselines (key baselines held now are dropped and start again from the
-new artifact on their next comment); the drift reference. Each owner rebases itself
-(`Baselines.rebase`, `SharedCentroid.rebase`, `SharedBaselines.rebase`): the shared state
-moves to the new artifact's base (its version names it; the state sync publishes on it
-at its next publish), this replica's contribution starts from zero and other replicas'
-contributions count again once they adopted it too, exactly as after a restart with a
-new artifact. What was learnt on the old artifact is not carried over: the new artifact
-is the new starting point, as calibration meant it to be.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

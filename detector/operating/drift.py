@@ -2,27 +2,7 @@
 events to the outbox. No I/O of its own: publishing is the `emit` callable's (the
 `Outbox`), time is the `clock`'s.
 
-The pipeline calls `observe` with every scored batch (after the pure `Scorer` judged it):
-each scored comment is one observation of the global stream and, when it has a key
-(`scoring.key_field`), of its key's stream, with its score, whether it alerted, and for
-alerts the embedding and source reference (for the campaign/broad classification). A
-timer calls `tick` so windows close by time while traffic is idle.
-
-Windows run on processing time (the clock when a comment is scored), not record
-timestamps, so a consumer catching up on a backlog fills windows by records.
-
-References: the global stream and every key stream are tested against the global
-reference of the artifact in force (`metrics.similarity_profile`): per-key calibration
-stores no profile per key. The per-key and pooled thresholds are chosen for the same
-target false-positive rate, so the alert-rate test holds for a key judged by its own
-baseline; the similarity test of such a key compares its own-centroid scores, which sit
-higher than global ones, so it fires later for keys than for global traffic.
-
-Events are not tied to an input record: they are published through `Outbox.emit`, which
-acknowledges them like alerts (and puts them in the transaction in exactly-once mode) but
-holds no offset back; a crash between a window's close and the event's acknowledgement
-loses that event (the window's records are committed by then or re-read, and re-read
-records open a new window).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

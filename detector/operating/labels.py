@@ -1,44 +1,7 @@
 """Operator labels in the daemon: every replica reads `feedback.topic` and applies the
 labels that are its own (detector.model.labels holds the pure rules).
 
-Every replica reads all partitions of the feedback topic with no consumer group. The
-pipeline hands each scored batch to `observe`, which keeps the embedding of every alert
-in the `AlertCache` (`feedback.alert_cache_size`). A label is applied by exactly one
-replica in the steady state: the one whose cache holds the labelled alert (the replica
-that scored it) or, for a label whose alert is not cached but that carries `text`, the
-replica owning the labelled source partition, which embeds the text. Other replicas
-skip it. A `normal` label teaches the global baseline and, when the alert's key has a
-baseline held (`scoring.key_field`), that key's too (centroid with `feedback.weight`, and
-the exemplar reservoir); an `anomaly` label never teaches, undoes an earlier `normal`
-label of the same comment (in both baselines), and counts as a true alert. A text label
-whose alert is no longer cached has no known key: it teaches the global baseline only.
-
-The increment goes into this replica's contribution to the shared centroid, so it
-reaches the other replicas through the state topic and survives restarts. The read
-positions travel in the same state record (`SharedCentroid.feedback`), published with
-the contribution they produced: after a restart the replica resumes after the last label
-whose effect was published, so no label is applied twice and none whose effect was lost
-is skipped. A replica with no record yet starts at the end of the feedback topic (the
-labels before it were other replicas' to apply). A feedback topic that does not exist yet
-is waited for with back-off (detector.io.optional: a metric and /readyz say so) and,
-once it appears, read from its beginning.
-
-A label that cannot be used goes to the dead-letter topic with its reason, published by
-the replica owning input partition ``feedback partition mod input partitions`` (so once,
-not once per replica); the dead letter is tied to no input offset (`Outbox.emit`).
-
-A label is applied only to a record this detector consumed (docs/guide/labels.md): a
-label's ``text`` must match the cached alert's text (``text_mismatch`` otherwise); a
-text label whose alert is not cached is checked by the owner of the source partition:
-its offset must be below the group's committed position (labels beyond it wait, at most
-`feedback.max_pending` of them for `feedback.pending_s`, then are refused
-``not_consumed``), and the record read back at that offset must decode to the same text
-(``text_mismatch``; ``source_unavailable`` when it is gone). Those refusals are
-dead-lettered by the replica that made them.
-
-What a label means for the next comments is the label memory's (`SharedLabels`,
-detector.state.label_records): a `normal` or `anomaly` label remembers the comment's
-vector, which decides its near duplicates before the threshold; ``revoke`` forgets it.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

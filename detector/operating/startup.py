@@ -1,23 +1,7 @@
 """Where a detector starts from: the one place that decides the initial state, for `run`,
 `replay`, `replay --compare` and the adoption of a newly published artifact.
 
-The artifact in force is the one published on the state topic (detector.state.published)
-unless the configured `scoring.calibration_file` was created strictly later; with no
-artifact at all, the seed file is embedded now. `usable` is the one check an artifact
-passes before it is used: made with the configured embedding model, dimension and text
-prefix, and calibrated for the configured scoring method and key field (a threshold
-means something only for the score it was chosen on). A published artifact that is not
-usable is logged and left out at start; a configured one stops the start.
-
-`build` makes the baselines: from an artifact, the global centroid and threshold, the
-global reservoir's exemplars and, when the artifact was made with a key field and one
-is configured, one base per key plus the pooled key threshold; from a seed file, the
-global centroid and threshold, the seed rows filling the global reservoir.
-
-`label_memory` makes the memory of labelled comments (with `feedback.enabled`), its
-near-duplicate radius on the model's own scale: the artifact's similarity profile
-(pairwise q0.999 of held-out normals; an artifact without one: its exemplars'), or the
-seed rows' pairwise q0.999 (`feedback.label_radius` overrides it).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

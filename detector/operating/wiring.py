@@ -3,10 +3,7 @@ stage (detector.operating.drift) and its timer, the feedback reader
 (detector.operating.labels), and the adoption of calibration artifacts published on the
 state topic (detector.operating.adoption; the state sync hands them to `Operating.adopt`).
 
-`Operating` is an async context manager: entered once the pipeline exists (`attach`
-binds it to the partitions the feedback reader asks about), it starts the drift timer
-and the feedback reader and stops them on exit; `on_scored` is what the pipeline calls
-with every scored batch.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

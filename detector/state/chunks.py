@@ -2,28 +2,7 @@
 Pure, no I/O (the publish path is detector.commands.calibrate, the read path
 detector.state.store).
 
-A published artifact (detector.state.published) at the default ``scoring.reservoir_size``
-of 2,000 exemplars is about 1.7 MB at 512 dimensions and 3.3 MB at 1,024: above
-aiokafka's default ``max_request_size`` (1 MiB) and the broker's default
-``max.message.bytes`` (about 1 MB). Rather than asking for larger limits on the producer,
-the topic and the broker, a record that does not fit in `PART_BYTES` is written as
-
-* parts under ``NAME/calibration/VERSION/N`` (``detector.calibration-part/v1``), each
-  carrying ``PART_BYTES`` of the published record base64-encoded (~683 KB of JSON), then
-* a head under ``NAME/calibration`` (``detector.calibration-chunked/v1``) naming the
-  version, the number of parts and the SHA-256 of the whole record, written last.
-
-A record that fits is written unchanged under ``NAME/calibration`` as before, so replicas
-of an older release still read small artifacts.
-
-Compaction keeps the newest record per key: the newest head, and the parts of every
-version until the publisher deletes (tombstones) the parts of the version it replaced.
-Parts are keyed by version, so a publish that fails half-way leaves the previous head and
-its parts whole: the previous artifact stays readable. A reader (`Reassembler`) keeps the
-parts it has seen since the last head; a head whose parts are not all there, or whose
-reassembled record does not match its digest, is ignored (logged). Parts are always
-written before their head, and compaction keeps the order of what it keeps, so reading
-the topic from the beginning meets the parts of the newest head before the head.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
 """Calibration artifacts published on the state topic, and which artifact is in force.
 
-`detector calibrate --publish` (or `publish`) writes the artifact's JSON body wrapped in a
-``detector.calibration-published/v1`` record under the record key ``NAME/calibration``
-of the compacted state topic, so the newest published artifact of a detector is kept
-for ever and every replica sees it: the running ones adopt it (detector.operating.adoption), a
-starting one starts from it. Its *version* is the first 16 hex digits of the SHA-256 of
-the artifact's canonical JSON; it names the artifact in logs, alerts, metrics and as the
-base of the shared state, so replicas that adopted the same artifact share their
-learning and ignore state learnt on another base.
-
-Which artifact is in force at start-up (detector.operating.startup): the published one,
-unless the configured `scoring.calibration_file` was created strictly later (an operator
-who deploys a newer file wins over an older publish). Pure.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

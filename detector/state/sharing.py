@@ -1,21 +1,7 @@
 """Per-key baselines and exemplars across replicas: the records and how they merge.
 Pure, no I/O (detector.state.store reads and writes the topic).
 
-Next to the global centroid's record (``NAME/REPLICA``, `detector.state/v2`, unchanged,
-see detector.state.store) each replica publishes, in the same compacted topic:
-
-* ``NAME/REPLICA/k/KEY`` (`detector.state.key/v1`): its cumulative contribution to the
-  centroid of key baseline KEY (S, w, updates; about 11 KB of JSON at 512 dimensions);
-* ``NAME/REPLICA/x/KEY/N`` (`detector.state.exemplars/v1`, KEY empty for the global
-  baseline): chunk N of the exemplars *it* accepted that are still in its reservoir of
-  that baseline, int8-quantised (~700 bytes each plus the reference; chunks are cut at
-  about 512 KB so a record stays under the broker's 1 MB default).
-
-Centroid contributions merge as the global one does (the change since the last record
-applied). Exemplars merge exactly: a reservoir keeps the top priorities of everything
-offered, and priorities are a hash of the source reference, so the union of every
-replica's published exemplars gives every replica the same reservoir; re-reading a
-record changes nothing. A chunk that a replica no longer needs is rewritten empty.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """Shared centroid state in a compacted Kafka topic: one centroid across replicas.
 
-Every replica starts from the same *base* (the calibration artifact or the seed file)
-and keeps its *contribution*: the sum of the changes its own updates made to the
-centroid's weighted sum S and weight w (with decay a change includes the shrinking of
-S, so contributions still add up). The merged centroid is
-
-    S = S_base + Σ_replicas contribution.sum,    w = w_base + Σ contribution.weight
-
-Each replica publishes its cumulative contribution under the key ``NAME/REPLICA`` (on
-a timer, when partitions are revoked, and at shutdown) and applies the difference
-between each other replica's newest contribution and the last one it applied. A
-cumulative value per key is idempotent and survives compaction; a replica restarting
-under the same id (a StatefulSet or static pod name) continues its own contribution. A
-replica that dies loses at most the updates it made since its last publish.
-
-Records whose base or model differ from the configuration are ignored, so a new
-calibration artifact starts a fresh centroid instead of inheriting an old one.
-
-Per-key baselines and the exemplar reservoirs travel in the same topic under their own
-record keys and schemas (detector.state.sharing), and so do labelled comments, one record
-per comment (detector.state.label_records); this record format is unchanged.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """The batcher: decoded comments wait here until they make a batch for the reorder window.
 
-A batch holds at most `batch_size` comments; a smaller one is cut once the oldest pending
-comment waited `linger_s` (so a trickle is never held back) or when forced (shutdown,
-revocation). A batch is cut only while the window has room, except when forced: then the
-batcher waits for room, so what is held stays bounded.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Replay bounds: where a bounded replay stops in each partition. Pure, no I/O.
 
-A bounded replay reads each partition from its start offset up to an exclusive end
-offset. `Bounds.clip` drops fetched records at or past the end and says which partitions
-just reached it (the pipeline pauses those); once every partition has, the replay has
-read its whole range (`reached`). A live pipeline has no bounds.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

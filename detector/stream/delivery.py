@@ -1,23 +1,6 @@
 """Delivery: publish outputs, know which records are done, commit their offsets.
 
-The `Outbox` takes each record's outputs (alerts, scores, dead letters) from the
-pipeline, sends them to a `Sink`, waits for the broker's acknowledgements, and marks
-the record done in the `OffsetTracker` only then; a send the producer gave up on is
-resent with back-off until it is acknowledged or shutdown cancels it. `Outbox.commit`
-commits the done prefix of each partition through a `Committer`; a transaction that
-cannot be committed raises `TransactionFailedError` to the caller.
-
-The delivery modes:
-
-* at_least_once (default): outputs are produced idempotently with acks=all, and the
-  consumer group's offsets are committed once every record below them is done. A crash
-  between publishing and committing re-publishes at most one commit interval of outputs
-  (the duplicate window).
-* exactly_once: one Kafka transaction per commit interval holds the alerts, dead
-  letters, scores *and* the consumed offsets (`send_offsets_to_transaction`), so a
-  `read_committed` reader sees each output exactly once. The outbox holds the `Gate`
-  exclusively while it reads the done offsets and closes the transaction, so no publish
-  is in flight then and the transaction holds exactly the outputs of what it commits.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """Embedding a batch of comments without losing any: the pipeline's embedding stage.
 
-`BatchEmbedder.embed` returns, in order, a unit vector for each comment or — for a text
-the API refuses for its content — a `DeadLetter`. A refused batch is split in halves
-until the offending text is alone, so only that one is dead-lettered. A retriable
-failure that outlived the embedder's own retries keeps its batch: it is tried again
-after the `RetryPolicy` backoff (or the server's `Retry-After`), with no deadline at this
-level, until it succeeds, fails non-retriably, or shutdown begins (`stop_retrying`).
-
-At most `concurrency` calls run at once, however many batches wait (the pipeline's
-reorder window decides that); a batch backing off holds no call slot. With
-`hedge_after_p99` > 0 a call far past the recent p99 is sent once more (`detector.stream.hedge`).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

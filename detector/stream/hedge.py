@@ -1,12 +1,6 @@
 """Hedged embedding calls: a second identical call for one that runs far past the p99.
 
-Hosted APIs have stragglers: a few calls take many times the usual latency, and an
-ordered pipeline waits for each one. With `embedding.hedge_after_p99` set to a factor
-k > 0, a call still running after k x (the p99 of recent successful calls), and at
-least `MIN_HEDGE_S`, is sent once more; whichever answer comes first is used and the
-other call is cancelled. It costs a second call (and its tokens) for each hedge, so it
-is off by default (k = 0). No hedge is sent before `MIN_SAMPLES` calls have been seen,
-and a due hedge waits while `may_hedge()` says no (every call slot busy).
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

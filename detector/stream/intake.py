@@ -1,9 +1,6 @@
 """The intake: which fetched records the pipeline takes, and when the input is paused.
 
-Backpressure pauses every assigned partition (the consumer keeps polling, so it keeps its
-group membership) and resuming opens them again, except partitions a bounded replay has
-read to their end: `Intake.clip` drops records past the `Bounds` and pauses the
-partitions that reached them. A live pipeline has no bounds and takes every record.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """Group membership: the partitions a consumer owns between rebalances, and their lag.
 
-`Membership` is the consumer's rebalance listener. It knows whether a rebalance completed
-(`joined`: even one that assigns nothing, so a replica beyond the partition count is a
-ready standby, not a pod that never gets ready) and which partitions are owned now (the
-consumer's assignment still lists revoked partitions until the next one is applied). On
-revocation it hands the revoked partitions to `finish` (the pipeline scores, publishes
-and commits their work) and drops their lag gauges, which another replica reports now.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Offset bookkeeping: which offset is safe to commit per partition. Pure, no I/O.
 
-Records of a partition are registered in the order they were fetched. A record is
-*done* once it is scored and its output (alert, score, dead letter) is acknowledged by
-the broker. The committable offset of a partition is one past the longest prefix of
-done records, so a commit never passes a record that is still in flight.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """Flow control: fetch → decode → batch → embed → score in order → deliver → commit.
 
-One `Pipeline` drives one consumer as a script of stage calls to collaborators with one
-concern each: the `Intake` (intake.py) pauses the input while the pipeline is backlogged
-and clips a bounded replay at its `Bounds` (bounds.py); the `Batcher` (batcher.py) cuts
-decoded comments into batches; the `ReorderWindow` (reorder.py) holds at most
-`embedding.window` batches' embedding tasks (the `BatchEmbedder`, embedding.py, runs at
-most `concurrency` calls) so the `Scorer` takes them in submission order; the `Outbox`
-(delivery.py) publishes outputs, tracks done records and commits; `Membership`
-(membership.py) follows rebalances. Memory and uncommitted records hold at most
-``reorder_window × batch_size`` texts plus one poll.
-
-A record is *done* when it is scored (or dead-lettered) and every output it caused is
-acknowledged by the broker; offsets are committed only over done prefixes, on a timer,
-on partition revocation and at shutdown. A bounded replay stops fetching once every
-partition reached its bound, and then finishes its work without a deadline.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

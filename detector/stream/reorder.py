@@ -1,10 +1,6 @@
 """The reorder window: batches being embedded or waiting to be scored, in submission order.
 
-Each batch starts its embedding task when it enters the window; the scorer takes batches
-from the head only, so comments are scored in the order they were submitted whatever
-order the embedding calls finish in. The window holds at most `capacity` batches: the
-pipeline stops cutting batches (and pauses its input) while it is full. No I/O here
-beyond the tasks the window holds.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

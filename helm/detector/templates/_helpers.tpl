@@ -144,3 +144,25 @@ tolerations:
 {{- define "detector.jobName" -}}
 {{- printf "%s-%s-%d" (include "detector.fullname" . | trunc 40 | trimSuffix "-") (first .Values.job.args) .Release.Revision | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/*
+`detector check` as an init container: the files, API key, brokers and topics the
+configuration names are verified before the main container starts; each problem is one
+line in `kubectl logs POD -c check`.
+*/}}
+{{- define "detector.checkContainer" -}}
+- name: check
+  image: {{ include "detector.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["--config", "/etc/detector/detector.yaml", "check"{{ if .Values.check.offline }}, "--offline"{{ end }}]
+  {{- with include "detector.env" . }}
+  env:
+    {{- . | nindent 4 }}
+  {{- end }}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    {{- include "detector.volumeMounts" . | nindent 4 }}
+{{- end }}
