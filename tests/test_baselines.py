@@ -123,7 +123,7 @@ class TestBaselines:
         """max_keys bounds the keys; the least recently seen one goes first."""
         b = Baselines(global_baseline(), Policy(max_keys=2))
         evicted: list[str | None] = []
-        b.on_evict = lambda baseline: evicted.append(baseline.key)
+        b.when_evicted(lambda baseline: evicted.append(baseline.key))
         b.judge(unit(1), "a", ref(1))
         b.judge(unit(1), "b", ref(2))
         b.judge(unit(1), "a", ref(3))

@@ -155,7 +155,7 @@ async def _starting_point(settings: Settings, embedder: Embedder
                         replicas=ignored)
         store.restore_shared(baselines)
         # the global contribution just restored is on the state topic already
-        baselines.published[None] = shared.own.updates
+        baselines.restored(shared.own.updates)
     await check_durability(settings.kafka, [t for t in outputs if t not in created])
     log.info("detector starting", version=__version__, origin=state.origin,
              threshold=state.threshold, threshold_source=state.source,

@@ -89,6 +89,14 @@ class Baseline:
         self.own.weight += self.centroid.weight - before_weight
         self.own.updates += updates
 
+    def learn(self, increment: npt.NDArray[np.float64], weight: float) -> None:
+        """Merge an increment (a label's teaching, or its undoing with negative values)
+        into the centroid, counted as one update of this replica's contribution."""
+        self.centroid.merge(increment, weight)
+        self.own.sum += increment
+        self.own.weight += weight
+        self.own.updates += 1
+
     def restore(self, contribution: Contribution) -> None:
         """At start: take back this replica's own published contribution (the centroid
         moves by it and it is counted as ours)."""
@@ -195,11 +203,16 @@ class Baselines:
         self.keys: OrderedDict[str, Baseline] = OrderedDict()
         self.evictions = 0
         self.calibration = calibration  # version of the artifact in force (alerts)
-        self.on_evict: Callable[[Baseline], None] | None = None
+        self._on_evict: list[Callable[[Baseline], None]] = []
 
     @property
     def dimension(self) -> int:
         return self.global_.centroid.dimension
+
+    def when_evicted(self, forget: Callable[[Baseline], None]) -> None:
+        """Call `forget` with every key baseline evicted from now on (sharing drops what it
+        tracked for it)."""
+        self._on_evict.append(forget)
 
     def rebase(self, fresh: Baselines, calibration: str | None) -> int:
         """Start again from `fresh` (built from the artifact of version `calibration`): the
@@ -291,8 +304,8 @@ class Baselines:
         while len(self.keys) >= self.policy.max_keys:
             _, evicted = self.keys.popitem(last=False)
             self.evictions += 1
-            if self.on_evict is not None:
-                self.on_evict(evicted)
+            for forget in self._on_evict:
+                forget(evicted)
         baseline = self._new(value)
         self.keys[value] = baseline
         if not seen:

@@ -369,11 +369,7 @@ class FeedbackStage:
                weight: float) -> None:
         """Add an increment to a key baseline as this replica's contribution (shared
         through the state topic like its accepted comments)."""
-        baseline = self.baselines.keys[key]
-        baseline.centroid.merge(increment, weight)
-        baseline.own.sum += increment
-        baseline.own.weight += weight
-        baseline.own.updates += 1
+        self.baselines.keys[key].learn(increment, weight)
 
     def _owns(self, topic: str, partition: int) -> bool:
         return TopicPartition(topic, partition) in self.owned()

@@ -1,23 +1,7 @@
 """Labelled comments shared across replicas: the memory records of the state topic and
 the memory they keep in step. Pure, no I/O (detector.state.store reads and writes).
 
-The replica that resolves a label (it has the comment's vector) remembers it in its
-`LabelMemory` (detector.model.label_memory) and queues one record under the record key
-of the labelled comment, ``NAME/@label/TOPIC/PARTITION/OFFSET``: the key names the
-comment, not the replica, so in the compacted topic the latest label of a comment wins
-whichever replica resolved it, and a ``revoke`` label writes a tombstone (no value)
-that removes it. The value (``detector.state.label/v1``)::
-
-    {"schema": "detector.state.label/v1", "name": "detector", "replica": "r1",
-     "model": {"name": "...", "dimension": 512}, "kind": "normal" | "anomaly",
-     "source": {"topic", "partition", "offset"}, "vector": "<base64 float32 LE>",
-     "labeller": "alice", "saved_at": "..."}
-
-Every replica applies the records it reads (records of another model are ignored) and
-restores them all at start. Its own records come back from the topic after it applied
-them: a record it wrote itself is skipped, and so is the tombstone of a revoke it made
-(counted per key until read back), so a newer local label is never undone by its own
-older write.
+Design notes: docs/design/modules.md.
 """
 
 from __future__ import annotations

@@ -104,13 +104,17 @@ class SharedBaselines:
     sent: dict[str | None, int] = field(default_factory=dict)  # reservoir.inserted then
 
     def __post_init__(self) -> None:
-        self.baselines.on_evict = self._forget
+        self.baselines.when_evicted(self._forget)
 
     def _forget(self, baseline: Baseline) -> None:
         for replica, key in [k for k in self.applied if k[1] == baseline.key]:
             del self.applied[(replica, key)]
         self.published.pop(baseline.key, None)
         self.sent.pop(baseline.key, None)
+
+    def restored(self, published_updates: int) -> None:
+        """At start: the global contribution just restored is on the topic already."""
+        self.published[None] = published_updates
 
     def rebase(self, base: str) -> None:
         """A new calibration was adopted: share on `base` from now on, starting afresh (no
