@@ -97,8 +97,7 @@ def test_a_running_replica_adopts_a_new_artifact_and_alerts_name_it() -> None:
 
     assert replica.adopter.offer(encode("d", second))
     assert not replica.adopter.offer(encode("d", second))  # already in force
-    # re-derived from the artifact's reference rows: equal up to their float16 rounding
-    assert replica.scorer.threshold == pytest.approx(second.threshold, abs=1e-4)
+    assert replica.scorer.threshold == second.threshold
     assert replica.shared.base == f"calibration:{version_of(second)}"
     assert replica.shared_baselines.scope.base == replica.shared.base
     assert replica.shared.own.updates == 0
@@ -120,7 +119,7 @@ def test_an_incompatible_or_broken_artifact_is_refused_and_the_current_one_kept(
     other_model = artifact(unit(np.ones(DIM)), 3, model="another-model")
     assert not replica.adopter.offer(encode("d", other_model))
     assert not replica.adopter.offer(b'{"schema": "detector.calibration-published/v1"}')
-    assert replica.scorer.threshold == pytest.approx(first.threshold, abs=1e-4)
+    assert replica.scorer.threshold == first.threshold
     assert replica.baselines.calibration == version_of(first)
     assert replica.shared.base == "calibration:old"
     sample = replica.metrics.registry.get_sample_value

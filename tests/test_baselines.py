@@ -210,21 +210,34 @@ class TestReferenceThreshold:
         held, _ = compressed_population(rng, 2000)
         centroid = Centroid.from_vectors(train)
         sample = Sample(held.astype(np.float32))
-        baseline = Baseline(None, centroid, Reservoir(50, 64), 0.0, 1000, sample)
+        baseline = Baseline(None, centroid, Reservoir(50, 64), None, 1000, sample)
         policy = Policy(target_fpr=0.01, admit_quantile=admit_quantile, update=update,
                         explain=0)
         return Baselines(baseline, policy), rng
 
-    def test_the_threshold_is_derived_from_the_reference_not_the_fixed_one(self) -> None:
+    def test_the_threshold_is_derived_from_the_reference(self) -> None:
         b, _ = self.baselines()
         threshold, source = b.threshold_of(b.global_)
         assert source == "global"
-        assert threshold != 0.0  # the fixed 0.0 is not used
         derived = b.global_.derived
         assert derived is not None
         assert derived.rank == 20  # 2,000 reference rows, 1 %, confidence 0.5
         assert 0.005 < derived.expected_fpr < 0.015
         assert derived.gate > threshold
+
+    def test_the_calibrated_threshold_holds_until_the_baseline_learns(self) -> None:
+        """At its base (version 0) the calibrated threshold is used as it is; once the
+        centroid has learnt, the reference-derived one takes over."""
+        rng = np.random.default_rng(6)
+        train, _ = compressed_population(rng, 1000)
+        held, _ = compressed_population(rng, 2000)
+        baseline = Baseline(None, Centroid.from_vectors(train), Reservoir(50, 64), 0.9123,
+                            1000, Sample(held.astype(np.float32)))
+        b = Baselines(baseline, Policy(explain=0))
+        assert b.threshold_of(b.global_)[0] == 0.9123
+        judge_all(b, compressed_population(rng, 200)[0])
+        assert b.threshold_of(b.global_)[0] != 0.9123
+        assert b.global_.derived is not None
 
     def test_a_stationary_compressed_stream_keeps_its_alert_rate_and_admits_most(
             self) -> None:

@@ -136,7 +136,7 @@ class TestLikeWithLike:
         train, held = self.population(rng, 1000, 0), self.population(rng, 2000, 0)
         centroid = Centroid.from_vectors(train)
         sims = held @ centroid.vector
-        baseline = Baseline(None, centroid, Reservoir(10, 64), 0.0, 1000,
+        baseline = Baseline(None, centroid, Reservoir(10, 64), None, 1000,
                             Sample(held.astype(np.float32)))
         held_baselines = Baselines(baseline, Policy(update=False, explain=0))
         threshold = held_baselines.threshold_of(baseline)[0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -65,9 +65,11 @@ class Baseline:
     own: Contribution = field(init=False)
     derived: Derived | None = field(init=False, default=None)
     derived_version: int = field(init=False, default=-1)
+    base_version: int = field(init=False, default=0)  # the centroid's version at its base
 
     def __post_init__(self) -> None:
         self.own = Contribution.zero(self.centroid.dimension)
+        self.base_version = self.centroid.version
 
     @property
     def samples(self) -> int:
@@ -112,6 +114,7 @@ class Baseline:
         self.base_samples = fresh.base_samples
         self.reference = fresh.reference
         self.derived, self.derived_version = None, -1
+        self.base_version = self.centroid.version
         self.own = Contribution.zero(self.centroid.dimension)
 
 
@@ -272,9 +275,16 @@ class Baselines:
         scores = self.reference_scores(baseline, sample)
         if scores is None:
             return None
-        baseline.derived = reference.derive(scores, self.policy.target_fpr, confidence,
-                                            self.policy.admit_quantile)
-        return baseline.derived
+        derived = reference.derive(scores, self.policy.target_fpr, confidence,
+                                   self.policy.admit_quantile)
+        if derived is not None and baseline.threshold is not None \
+                and version - baseline.base_version < REFRESH_MIN:
+            # the base as calibrated: its threshold came from the full-precision held-out
+            # scores; the reference (float16, perhaps a subset) takes over once it learns
+            derived = replace(derived, threshold=baseline.threshold,
+                              gate=max(baseline.threshold, derived.gate))
+        baseline.derived = derived
+        return derived
 
     def reference_scores(self, baseline: Baseline, sample: Sample
                          ) -> npt.NDArray[np.float64] | None:
