@@ -350,7 +350,8 @@ class TestRecalibration:
     ) -> None:
         """A replica applies labels and stops; labels (with text) arrive while it is down.
         Restarted under the same id it resumes after the labels it had applied: it applies
-        exactly the new ones, on top of the contribution it had published."""
+        exactly the new ones (their comments no longer cached: read back from the input
+        topic and checked), on top of the contribution it had published."""
         shop, _ = await shop_and_mixed(local_embedder, tmp_path)
         topic, feedback_topic = await new_topic(), await new_topic()
         settings = detector_settings(
@@ -372,9 +373,11 @@ class TestRecalibration:
             await wait_for(lambda: metric(det.metrics, "detector_assigned_partitions") == 1,
                            deadline_s=120, what="partition assigned")
             start = metric(det.metrics, "detector_centroid_version")
+            # every labelled comment is consumed first: a label applies only to a record
+            # this detector consumed, and its text must match it
             await produce(kafka_bootstrap, topic, [message(t, i) for i, t in
-                                                   enumerate(drugs[:8])])
-            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") == 8,
+                                                   enumerate(drugs[:12])])
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") == 12,
                            what="scored")
             await produce(kafka_bootstrap, feedback_topic, labels(range(8)))
             await wait_for(lambda: taught(det) == 8, what="first labels taught")
