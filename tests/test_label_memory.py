@@ -91,3 +91,20 @@ class TestRadius:
         assert q is not None
         assert 0.2 < q < 0.6  # about 3.3 / sqrt(64) for random directions
         assert pairwise_q999(rows[:1]) is None
+
+
+class TestPacking:
+    def test_forgetting_a_middle_label_keeps_every_other_one_findable(self) -> None:
+        """Rows stay packed (the last moves into a freed slot) without losing its label,
+        its kind or its place in the age order."""
+        memory = LabelMemory(3, 3, radius=0.99)
+        memory.remember("a", "normal", unit(1, 0, 0))
+        memory.remember("b", "anomaly", unit(0, 1, 0))
+        memory.remember("c", "anomaly", unit(0, 0, 1))
+        assert memory.forget("a")
+        got = memory.match(np.stack([unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)]))
+        assert [None if m is None else (m.ident, m.kind) for m in got] == [
+            None, ("b", "anomaly"), ("c", "anomaly")]
+        memory.remember("d", "normal", unit(1, 0, 0))
+        assert memory.remember("e", "normal", unit(1, 1, 1)) == "b"  # b is now the oldest
+        assert [e.ident for e in memory.entries()] == ["c", "d", "e"]

@@ -63,11 +63,11 @@ class LabelMemory:
         self.capacity = capacity
         self.dimension = dimension
         self.radius = radius
+        # rows 0 .. len-1 are in use (packed: a comparison costs what is remembered)
         self._rows = np.zeros((capacity, dimension), dtype=np.float32)
         self._anomaly = np.zeros(capacity, dtype=bool)
-        self._used = np.zeros(capacity, dtype=bool)
-        self._slots: OrderedDict[Hashable, int] = OrderedDict()  # oldest first
-        self._free = list(range(capacity - 1, -1, -1))
+        self._idents: list[Hashable] = []  # slot -> ident
+        self._slots: OrderedDict[Hashable, int] = OrderedDict()  # ident -> slot, oldest first
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -86,43 +86,50 @@ class LabelMemory:
             msg = "a labelled vector must be finite and non-zero"
             raise ValueError(msg)
         dropped: Hashable | None = None
-        slot = self._slots.pop(ident, None)
-        if slot is None:
-            if not self._free:
-                dropped, old = self._slots.popitem(last=False)
-                self._release(old)
-            slot = self._free.pop()
+        if ident in self._slots:
+            self._release(ident)
+        elif len(self._slots) >= self.capacity:
+            dropped = next(iter(self._slots))
+            self._release(dropped)
+        slot = len(self._idents)
+        self._idents.append(ident)
         self._slots[ident] = slot
         self._rows[slot] = row / norm
         self._anomaly[slot] = kind == "anomaly"
-        self._used[slot] = True
         return dropped
 
     def forget(self, ident: Hashable) -> bool:
         """Revoke the label of `ident`; whether there was one."""
-        slot = self._slots.pop(ident, None)
-        if slot is None:
+        if ident not in self._slots:
             return False
-        self._release(slot)
+        self._release(ident)
         return True
 
-    def _release(self, slot: int) -> None:
-        self._used[slot] = False
-        self._rows[slot] = 0.0
-        self._free.append(slot)
+    def _release(self, ident: Hashable) -> None:
+        """Drop `ident`'s row, moving the last row into its slot to keep rows packed."""
+        slot = self._slots.pop(ident)
+        last = len(self._idents) - 1
+        if slot != last:
+            moved = self._idents[last]
+            self._rows[slot] = self._rows[last]
+            self._anomaly[slot] = self._anomaly[last]
+            self._idents[slot] = moved
+            self._slots[moved] = slot  # keeps its place in the age order
+        self._idents.pop()
+        self._rows[last] = 0.0
+        self._anomaly[last] = False
 
     def match(self, rows: npt.ArrayLike) -> list[Match | None]:
         """For each unit row, the nearest labelled comment within the radius, if any."""
         x = np.asarray(rows, dtype=np.float32)
         if x.ndim == 1:
             x = x[None, :]
-        if not self._slots:
+        n = len(self._idents)
+        if not n:
             return [None] * len(x)
-        sims = x @ self._rows.T  # (n, capacity); unused slots are zero rows
-        sims[:, ~self._used] = -np.inf
+        sims = x @ self._rows[:n].T
         # an anomaly label wins a tie: nudge it above an equal normal one
-        best = np.argmax(sims + self._anomaly[None, :] * 1e-7, axis=1)
-        idents = {slot: ident for ident, slot in self._slots.items()}
+        best = np.argmax(sims + self._anomaly[None, :n] * 1e-7, axis=1)
         out: list[Match | None] = []
         for i, slot in enumerate(best):
             similarity = float(sims[i, slot])
@@ -130,7 +137,7 @@ class LabelMemory:
                 out.append(None)
                 continue
             kind: Kind = "anomaly" if self._anomaly[slot] else "normal"
-            out.append(Match(kind, idents[int(slot)], similarity))
+            out.append(Match(kind, self._idents[int(slot)], similarity))
         return out
 
     def entries(self) -> Iterator[Remembered]:
@@ -140,4 +147,4 @@ class LabelMemory:
             yield Remembered(ident, kind, self._rows[slot].copy())
 
     def nbytes(self) -> int:
-        return int(self._rows.nbytes + self._anomaly.nbytes + self._used.nbytes)
+        return int(self._rows.nbytes + self._anomaly.nbytes)
