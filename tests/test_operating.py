@@ -242,7 +242,12 @@ class TestFeedback:
                 (None, orjson.dumps({"schema": "detector.feedback/v1", "label": "normal",
                                      "source": {k: alert["source"][k] for k in
                                                 ("topic", "partition", "offset")}}))
-                for alert in alerts] + [(None, b"not a label")])
+                for alert in alerts] + [(None, b"not a label")] + [
+                # a label whose text is not the comment at its offset: refused
+                (None, orjson.dumps({"schema": "detector.feedback/v1", "label": "normal",
+                                     "text": "buy cheap pills now, not what was scored",
+                                     "source": {k: alerts[0]["source"][k] for k in
+                                                ("topic", "partition", "offset")}}))])
 
             def taught(d: RunningDetector) -> float:
                 return metric_sum(d.metrics, "detector_feedback_labels_total",
@@ -250,9 +255,14 @@ class TestFeedback:
 
             await wait_for(lambda: taught(da) == 10 and taught(db) == 10,
                            what="each replica taught its own alerts' labels")
+            await wait_for(lambda: sum(metric(d.metrics, "detector_feedback_labels_total",
+                                              {"outcome": "refused",
+                                               "reason": "text_mismatch"}) for d in (da, db))
+                           == 1, what="the mismatched label refused by its alert's replica")
             for d in (da, db):
+                # the other replica's ten alerts (and, on one, the mismatched label)
                 assert metric(d.metrics, "detector_feedback_labels_total",
-                              {"outcome": "skipped", "reason": "other_replica"}) == 10
+                              {"outcome": "skipped", "reason": "other_replica"}) in (10, 11)
                 assert metric(d.metrics, "detector_feedback_false_alerts") == 10
             await wait_for(lambda: all(metric(d.metrics, "detector_centroid_version")
                                        >= v + 20 for d, v in zip((da, db), start, strict=True)),
@@ -265,11 +275,25 @@ class TestFeedback:
             await wait_for(lambda: metric(da.metrics, "detector_records_scored_total") == 20
                            and metric(db.metrics, "detector_records_scored_total") == 20,
                            what="later drug reviews scored")
+            # the labelled comments re-sent, each to the other replica's partition: the
+            # label memory shared through the state topic keeps them from alerting there
+            for partition in (0, 1):
+                await produce(kafka_bootstrap, topic, [
+                    message(t, 9000 + 1000 * partition + i)
+                    for i, t in enumerate(drug_comments(10, 50 + partition))],
+                    partition=1 - partition)
+            await wait_for(lambda: metric(da.metrics, "detector_records_scored_total") == 30
+                           and metric(db.metrics, "detector_records_scored_total") == 30,
+                           what="labelled comments re-sent and scored")
         scores = values(await read_topic(kafka_bootstrap, a.alerts.scores_topic or "",
-                                         at_least=40))
+                                         at_least=60))
+        resent = [s for s in scores if int(s["id"][1:]) >= 9000]
+        assert len(resent) == 20
+        assert not [s["id"] for s in resent if s["anomaly"]], "a labelled normal alerted again"
+        assert all(s["label"]["kind"] == "normal" for s in resent)
         dead = values(await read_topic(kafka_bootstrap, a.alerts.dead_letter_topic,
-                                       at_least=1, deadline_s=20))
-        assert [d["reason"] for d in dead] == ["invalid_json"]
+                                       at_least=2, deadline_s=20))
+        assert sorted(d["reason"] for d in dead) == ["invalid_json", "text_mismatch"]
         for partition in (0, 1):
             before = [s["similarity"] for s in scores
                       if 1000 * partition <= int(s["id"][1:]) < 1000 * partition + 10]
