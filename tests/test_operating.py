@@ -418,3 +418,14 @@ class TestRecalibration:
                            == 1, what="sentinel read")
             assert taught(det) == 4, "exactly the labels sent while down were applied"
             assert metric(det.metrics, "detector_centroid_version") == start + 12
+            # the label memory came back from the state topic: the comments labelled
+            # before the restart, sent again, do not alert
+            await produce(kafka_bootstrap, topic, [message(t, 500 + i) for i, t in
+                                                   enumerate(drugs[:8])])
+            await wait_for(lambda: metric(det.metrics, "detector_records_scored_total") == 8,
+                           what="labelled comments re-sent and scored")
+        scores = values(await read_topic(kafka_bootstrap, settings.alerts.scores_topic or "",
+                                         at_least=20))
+        resent = [s for s in scores if int(s["id"][1:]) >= 500]
+        assert len(resent) == 8
+        assert not [s["id"] for s in resent if s["anomaly"]], "memory lost at restart"
