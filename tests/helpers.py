@@ -25,6 +25,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import NewTopic as TopicSpec
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -471,3 +472,13 @@ class FakeRecord:
     partition: int = 0
     offset: int = 42
     timestamp: int = 1_700_000_000_000
+
+
+async def create_topic(bootstrap: str, name: str) -> None:
+    """One topic of one partition, replication 1."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([TopicSpec(name, 1, 1)])
+    finally:
+        await admin.close()

@@ -14,7 +14,6 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin import NewTopic as TopicSpec
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from detector.embedders import build_embedder
@@ -26,6 +25,7 @@ from tests.helpers import (
     NewTopic,
     RecordingEmbedder,
     committed,
+    create_topic,
     detector_settings,
     metric,
     produce,
@@ -44,15 +44,6 @@ SECRET = "sk-never-print-me-7f3a9c"
 def comments(n: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
     return [(str(i).encode(), orjson.dumps({"text": c.text}))
             for i, c in enumerate(stream(n, anomaly_rate=0.05, seed=seed))]
-
-
-async def create_topic(bootstrap: str, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([TopicSpec(name, 1, 1)])
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(params=["aiohttp", "httpx"])

@@ -11,25 +11,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin import NewTopic as TopicSpec
 
 from detector.commands.run import _ready
 from detector.config import Settings
 from detector.model.baselines import Contribution
 from detector.state.store import ReplicaRecord, StateStore
-from tests.helpers import DIM, Replica, label, metric, produce, unique, unit, wait_for
+from tests.helpers import DIM, Replica, create_topic, label, metric, produce, unique, unit, wait_for
 
 pytestmark = pytest.mark.kafka
-
-
-async def create_topic(bootstrap: str, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([TopicSpec(name, 1, 1)])
-    finally:
-        await admin.close()
 
 
 async def cancel(task: asyncio.Task[Any]) -> None:

@@ -20,13 +20,20 @@ import orjson
 import pytest
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin import NewTopic as TopicSpec
 
 from detector.commands import run as app
 from detector.embedders.local import LocalEmbedder
 from detector.errors import ConfigError
 from devtools.broker import LocalKafka, free_port
-from tests.helpers import NewTopic, detector_settings, pod_spec, render, rendered_config, unique
+from tests.helpers import (
+    NewTopic,
+    create_topic,
+    detector_settings,
+    pod_spec,
+    render,
+    rendered_config,
+    unique,
+)
 
 BROKER_DELAY_S = 90.0
 FIELDS = {"event", "level", "logger", "timestamp"}
@@ -41,15 +48,6 @@ def status(port: int, path: str) -> int | None:
         return int(exc.code)
     except OSError:
         return None
-
-
-async def create_topic(bootstrap: str, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([TopicSpec(name, 1, 1)])
-    finally:
-        await admin.close()
 
 
 class Kubelet:
